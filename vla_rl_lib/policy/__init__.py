@@ -1,0 +1,1 @@
+"""Policies: the ``VLAPolicy`` interface, action tokenization, a tiny local VLA, HF wrappers."""
