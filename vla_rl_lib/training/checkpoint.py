@@ -1,0 +1,144 @@
+"""Training checkpoints: small, atomic, and loadable with ``weights_only=True``.
+
+A checkpoint is a directory::
+
+    config.yaml               the run's full configuration
+    policy_state_dict.pt      trainable weights + value head only (never the frozen base)
+    optimizer_state_dict.pt   optimizer state
+    trainer_state.json        update counter, best eval score, RNG states, base-model path
+
+It is written into a sibling temporary directory and renamed into place, so a
+crash (even ``kill -9``) leaves either the previous checkpoint or the new one,
+never a half-written mix. Replacing an existing checkpoint moves the old one
+aside first and deletes it only after the new one is in place;
+``recover_checkpoint`` puts it back if the process died in between.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONFIG_FILE = "config.yaml"
+POLICY_FILE = "policy_state_dict.pt"
+OPTIMIZER_FILE = "optimizer_state_dict.pt"
+TRAINER_STATE_FILE = "trainer_state.json"
+CHECKPOINT_FILES = (CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt; the message names the file."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating tensors holding NaN or inf."""
+    return [
+        name
+        for name, tensor in state.items()
+        if torch.is_floating_point(tensor) and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    config_yaml: str,
+    policy_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+) -> Path:
+    """Write a checkpoint atomically. Refuses to save non-finite weights."""
+    path = Path(path)
+    bad = non_finite_tensors(policy_state)
+    if bad:
+        raise CheckpointError(
+            f"refusing to save checkpoint {path}: non-finite values in {bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        (tmp / CONFIG_FILE).write_text(config_yaml)
+        torch.save({k: v.detach().cpu() for k, v in policy_state.items()}, tmp / POLICY_FILE)
+        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        (tmp / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=1, allow_nan=False))
+        for name in CHECKPOINT_FILES:
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def recover_checkpoint(path: str | Path) -> Path | None:
+    """Return a usable checkpoint directory at ``path``, repairing an interrupted swap.
+
+    Stale temporary directories from a killed writer are removed.
+    """
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.exists():
+        os.replace(old, path)  # died after moving the old one aside, before the new one landed
+    if path.parent.exists():
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    return path if path.exists() else None
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """Load every part of a checkpoint, with an error naming any missing or corrupt file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"checkpoint directory {path} does not exist; pass a directory written by "
+            "`python -m vla_rl_lib train` (e.g. outputs/<experiment>/checkpoint_latest)"
+        )
+    missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    out: dict[str, Any] = {"config_yaml": (path / CONFIG_FILE).read_text()}
+    for key, name in (("policy_state", POLICY_FILE), ("optimizer_state", OPTIMIZER_FILE)):
+        try:
+            out[key] = torch.load(path / name, map_location=map_location, weights_only=True)
+        except Exception as exc:  # torch raises several types for truncated/corrupt pickles
+            raise CheckpointError(
+                f"checkpoint file {path / name} is corrupt or truncated ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); resume from another checkpoint"
+            ) from exc
+    try:
+        out["trainer_state"] = json.loads((path / TRAINER_STATE_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint file {path / TRAINER_STATE_FILE} is corrupt: {exc}") from exc
+    bad = non_finite_tensors(out["policy_state"])
+    if bad:
+        raise CheckpointError(f"checkpoint file {path / POLICY_FILE} holds non-finite weights: {bad[:5]}")
+    return out
+
+
+def is_finite_number(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
