@@ -7,11 +7,16 @@ from vla_rl_lib.algorithms.advantage import (
     episode_returns,
     group_normalized_advantages,
 )
+from vla_rl_lib.algorithms.ppo import PPOBatch, explained_variance, ppo_loss, ppo_update
 
 __all__ = [
+    "PPOBatch",
     "broadcast_to_steps",
     "compute_gae",
     "episode_ids",
     "episode_returns",
+    "explained_variance",
     "group_normalized_advantages",
+    "ppo_loss",
+    "ppo_update",
 ]

@@ -1,0 +1,232 @@
+"""The PPO (and critic-free GRPO) update, in the manner of CleanRL's single-file PPO.
+
+One update: normalize the batch's advantages once, then ``num_epochs`` passes
+of shuffled minibatches. Each minibatch is one optimizer step whose gradient
+is accumulated over micro-batches (so a 7B model never holds a whole
+minibatch's activations), clipped to ``max_grad_norm``. A step whose loss or
+gradient is not finite is skipped and counted; an approximate KL above
+``target_kl`` ends the update before its step is taken.
+
+The policy is anything with ``evaluate(images, instructions, token_ids,
+temperature) -> EvaluateOutput`` (``vla_rl_lib.policy.base.VLAPolicy``); it
+runs in whatever train/eval mode the caller left it in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vla_rl_lib.config import PPOConfig
+
+ADVANTAGE_NORM_EPS = 1e-8
+HUBER_DELTA = 1.0  # on the value error; with normalized returns errors of ~1 are typical
+
+
+@dataclass
+class PPOBatch:
+    """One update's samples, flattened over (time, env). M = number of samples."""
+
+    images: np.ndarray | torch.Tensor  # (M, H, W, 3) uint8
+    instructions: list[str]  # (M,)
+    token_ids: torch.Tensor  # (M, D) int64, the sampled action tokens
+    old_log_probs: torch.Tensor  # (M,) at rollout time
+    old_values: torch.Tensor  # (M,) at rollout time
+    advantages: torch.Tensor  # (M,)
+    returns: torch.Tensor  # (M,) value targets
+
+    def __post_init__(self) -> None:
+        size = len(self.instructions)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if len(value) != size:
+                raise ValueError(
+                    f"PPOBatch.{f.name} holds {len(value)} samples but instructions holds {size}; "
+                    "every field needs one entry per sample"
+                )
+        for name in ("old_log_probs", "old_values", "advantages", "returns"):
+            if getattr(self, name).ndim != 1:
+                raise ValueError(
+                    f"PPOBatch.{name} must be 1-D (M,), got {tuple(getattr(self, name).shape)}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+
+def _value_error_loss(error: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "mse":
+        return 0.5 * error**2
+    if kind == "huber":
+        return F.huber_loss(error, torch.zeros_like(error), reduction="none", delta=HUBER_DELTA)
+    raise ValueError(f"value_loss_type={kind!r} is unknown; choose 'mse' or 'huber'")
+
+
+def ppo_loss(
+    new_log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    entropy: torch.Tensor,
+    new_values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    settings: PPOConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped-surrogate PPO loss (a mean over the samples) and its detached statistics.
+
+    loss = policy_loss - entropy_coef * entropy + value_loss_coef * value_loss,
+    with the ratio clipped to [1 - clip_ratio, 1 + (clip_ratio_high or clip_ratio)].
+    GRPO has no critic: its value loss is 0 and ``new_values`` get no gradient.
+    """
+    log_ratio = new_log_probs - old_log_probs
+    ratio = log_ratio.exp()
+    low = 1.0 - settings.clip_ratio
+    high = 1.0 + (
+        settings.clip_ratio if settings.clip_ratio_high is None else settings.clip_ratio_high
+    )
+    policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(low, high)).mean()
+
+    if settings.algorithm == "grpo":
+        value_loss = torch.zeros((), dtype=policy_loss.dtype, device=policy_loss.device)
+    else:
+        unclipped = _value_error_loss(new_values - returns, settings.value_loss_type)
+        if settings.clip_value_loss:
+            clipped_values = old_values + (new_values - old_values).clamp(
+                -settings.value_clip_range, settings.value_clip_range
+            )
+            clipped = _value_error_loss(clipped_values - returns, settings.value_loss_type)
+            value_loss = torch.max(unclipped, clipped).mean()
+        else:
+            value_loss = unclipped.mean()
+
+    entropy_mean = entropy.mean()
+    loss = (
+        policy_loss - settings.entropy_coef * entropy_mean + settings.value_loss_coef * value_loss
+    )
+    with torch.no_grad():
+        stats = {
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "entropy": entropy_mean.detach(),
+            # k3 estimator of KL(old || new): unbiased, always >= 0 (Schulman, "Approximating KL")
+            "approx_kl": ((ratio - 1) - log_ratio).mean(),
+            "clip_fraction": ((ratio < low) | (ratio > high)).float().mean(),
+        }
+    return loss, stats
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var(target - predicted) / Var(target); nan when the target is constant."""
+    target_var = target.var(unbiased=False)
+    if target_var == 0:
+        return math.nan
+    return float(1 - (target - predicted).var(unbiased=False) / target_var)
+
+
+def _take(images: np.ndarray | torch.Tensor, index: torch.Tensor) -> np.ndarray | torch.Tensor:
+    return (
+        images[index.numpy()] if isinstance(images, np.ndarray) else images[index.to(images.device)]
+    )
+
+
+def ppo_update(
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: PPOBatch,
+    settings: PPOConfig,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, float | int | bool]:
+    """Run one PPO/GRPO update on ``batch``; return the logged statistics.
+
+    Statistics are means over the optimizer steps taken (``grad_norm`` is the
+    norm before clipping). ``explained_variance`` compares the rollout values
+    with the returns (nan for GRPO, which has no critic).
+    """
+    size = len(batch)
+    if size == 0:
+        raise ValueError("PPOBatch is empty: collect at least one step before updating")
+    advantages = batch.advantages.detach().float()
+    if settings.normalize_advantages and size > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + ADVANTAGE_NORM_EPS)
+    minibatch_size = min(settings.minibatch_size, size)
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+
+    totals = dict.fromkeys(
+        ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"), 0.0
+    )
+    steps = skipped = epochs_completed = 0
+    early_stopped = False
+    for _epoch in range(settings.num_epochs):
+        order = torch.randperm(size, generator=generator)
+        for start in range(0, size, minibatch_size):
+            index = order[start : start + minibatch_size]
+            optimizer.zero_grad(set_to_none=True)
+            minibatch_stats = dict.fromkeys(
+                ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), 0.0
+            )
+            loss_is_finite = True
+            for micro in index.split(settings.micro_batch_size):
+                out = policy.evaluate(
+                    _take(batch.images, micro),
+                    [batch.instructions[i] for i in micro.tolist()],
+                    batch.token_ids[micro],
+                    temperature,
+                )
+                device = out.log_probs.device
+                loss, stats = ppo_loss(
+                    out.log_probs,
+                    batch.old_log_probs[micro].to(device),
+                    advantages[micro].to(device),
+                    out.entropy,
+                    out.values,
+                    batch.old_values[micro].to(device),
+                    batch.returns[micro].to(device),
+                    settings,
+                )
+                weight = len(micro) / len(index)  # the accumulated gradient is the minibatch mean's
+                (loss * weight).backward()
+                loss_is_finite &= bool(torch.isfinite(loss))
+                for key, value in stats.items():
+                    minibatch_stats[key] += weight * float(value)
+
+            if settings.target_kl is not None and minibatch_stats["approx_kl"] > settings.target_kl:
+                early_stopped = (
+                    True  # the policy has moved far enough from the one that collected the data
+                )
+                optimizer.zero_grad(set_to_none=True)
+                break
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+            if not (loss_is_finite and math.isfinite(grad_norm)):
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            optimizer.step()
+            steps += 1
+            for key, value in minibatch_stats.items():
+                totals[key] += value
+            totals["grad_norm"] += grad_norm
+        if early_stopped:
+            break
+        epochs_completed += 1
+    optimizer.zero_grad(set_to_none=True)
+
+    result: dict[str, float | int | bool] = {
+        key: value / steps if steps else math.nan for key, value in totals.items()
+    }
+    result["explained_variance"] = (
+        math.nan
+        if settings.algorithm == "grpo"
+        else explained_variance(
+            batch.old_values.detach().float().cpu(), batch.returns.detach().float().cpu()
+        )
+    )
+    result["num_minibatch_steps"] = steps
+    result["skipped_steps"] = skipped
+    result["early_stopped"] = early_stopped
+    result["epochs_completed"] = epochs_completed
+    return result
