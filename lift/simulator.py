@@ -1,0 +1,103 @@
+"""The batched simulator contract every backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from lift.task import ACTION_DIM
+from lift.types import Observation, SimulatorConfig, StepResult
+
+
+class Simulator(ABC):
+    """``num_envs`` copies of one task, stepped together.
+
+    Every array has a leading ``num_envs`` axis. Episode starts are seeded:
+    ``reset(seed=s)`` sets a base seed, and the k-th episode started after it
+    (counted across envs, in env order) draws its start from
+    ``(s, seed_stream, k)``, so runs are reproducible and every start differs.
+    Use ``seed_stream=0`` for training and another stream (e.g. 1) for held-out
+    evaluation.
+    """
+
+    action_dim: int = ACTION_DIM
+
+    def __init__(self, config: SimulatorConfig, instruction: str) -> None:
+        self.config = config
+        self.instruction = instruction
+
+    @property
+    def num_envs(self) -> int:
+        return self.config.num_envs
+
+    @abstractmethod
+    def reset(
+        self,
+        seed: int | None = None,
+        env_ids: np.ndarray | list[int] | None = None,
+        seed_stream: int | None = None,
+    ) -> Observation:
+        """Start new episodes in ``env_ids`` (all when None) and return the whole batch.
+
+        ``seed`` restarts the episode counter from a new base seed; ``seed_stream``
+        (kept until changed) selects an independent sequence of starts.
+        """
+
+    @abstractmethod
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Apply ``actions`` (num_envs, 8) in [-1, 1] for one control period."""
+
+    @abstractmethod
+    def render(
+        self,
+        camera: str = "third_person",
+        env_ids: np.ndarray | list[int] | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """RGB frames (n, H, W, 3) uint8; ``size`` is (height, width), default the config's."""
+
+    @abstractmethod
+    def get_seed_state(self) -> dict[str, Any]:
+        """What :meth:`set_seed_state` needs to continue the same sequence of episode starts."""
+
+    @abstractmethod
+    def set_seed_state(self, state: dict[str, Any]) -> None:
+        """Continue the sequence of episode starts captured by :meth:`get_seed_state`."""
+
+    def close(self) -> None:  # noqa: B027 - backends without resources need nothing here
+        """Release renderers and native resources."""
+
+    def __enter__(self) -> Simulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def validate_env_ids(env_ids: np.ndarray | list[int] | None, num_envs: int) -> np.ndarray:
+    """Sorted unique env indices; all envs when ``env_ids`` is None."""
+    if env_ids is None:
+        return np.arange(num_envs)
+    ids = np.unique(np.asarray(env_ids, dtype=np.int64).reshape(-1))
+    if ids.size and (ids.min() < 0 or ids.max() >= num_envs):
+        raise ValueError(f"env_ids {ids.tolist()} out of range: valid ids are 0..{num_envs - 1}")
+    return ids
+
+
+def validate_actions(actions: np.ndarray, num_envs: int, action_dim: int = ACTION_DIM) -> np.ndarray:
+    """Actions as float64 (num_envs, action_dim), clipped to [-1, 1]; NaN/inf or a wrong shape raise."""
+    array = np.asarray(actions, dtype=np.float64)
+    expected = (num_envs, action_dim)
+    if array.shape != expected:
+        raise ValueError(
+            f"actions must have shape (num_envs, action_dim) = {expected}; got {array.shape}"
+        )
+    finite = np.isfinite(array)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.all(axis=1)).tolist()
+        raise ValueError(
+            f"actions contain NaN or inf in env rows {rows}; expected finite values of shape {expected}"
+        )
+    return np.clip(array, -1.0, 1.0)

@@ -1,0 +1,145 @@
+"""The PickPlace-CRANE-X7 task, independent of any physics engine.
+
+Numbers come from ``shared/crane_x7_facts.md`` (see ``lift/assets/crane_x7/README.md``).
+Backends use these functions so that every simulator samples, scores and maps
+actions the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ENV_ID = "PickPlace-CRANE-X7"
+INSTRUCTION = "pick up the blue cube"
+
+ARM_JOINT_NAMES = (
+    "crane_x7_shoulder_fixed_part_pan_joint",
+    "crane_x7_shoulder_revolute_part_tilt_joint",
+    "crane_x7_upper_arm_revolute_part_twist_joint",
+    "crane_x7_upper_arm_revolute_part_rotate_joint",
+    "crane_x7_lower_arm_fixed_part_joint",
+    "crane_x7_lower_arm_revolute_part_joint",
+    "crane_x7_wrist_joint",
+)
+FINGER_JOINT_NAMES = ("crane_x7_gripper_finger_a_joint", "crane_x7_gripper_finger_b_joint")
+ARM_LOWER = np.array([-2.74017, -1.5708, -2.74017, -2.77507, -2.74017, -1.5708, -2.9147])
+ARM_UPPER = np.array([2.74017, 1.5708, 2.74017, 0.0000175, 2.74017, 1.5708, 2.9147])
+FINGER_RANGE = (-0.0873, 1.5708)
+
+ACTION_DIM = 8  # 7 arm joints, then one gripper command
+STATE_DIM = 9  # 7 arm joints, then both finger joints
+
+# Rest pose [0, pi/8, 0, -5pi/8, 0, -pi/4, pi/2] with fingers at 0, plus N(0, 0.02) noise.
+REST_ARM_QPOS = np.array([0.0, np.pi / 8, 0.0, -5 * np.pi / 8, 0.0, -np.pi / 4, np.pi / 2])
+REST_FINGER_QPOS = 0.0
+JOINT_NOISE_STD = 0.02
+
+# pd_joint_delta_pos moves each arm target by at most this many radians per step.
+MAX_JOINT_DELTA = 0.1
+# Gripper command -1 -> open, +1 -> closed (finger angle targets, radians).
+# Open 1.0 rad leaves >= 48 mm between the pads for the 40 mm cube; closed 0.0 rad
+# (the rest pose) is where the fingertips meet, so a held cube is squeezed at the force limit.
+GRIPPER_OPEN = 1.0
+GRIPPER_CLOSED = 0.0
+
+CUBE_HALF_SIZE = 0.02
+CUBE_SPAWN_XY = np.array([0.15, 0.02])
+CUBE_SPAWN_JITTER = 0.01  # uniform, each of x and y
+SUCCESS_HEIGHT = 0.14  # cube centre z: 0.12 m above its resting height
+SUCCESS_DISTANCE = 0.05  # gripper base to cube centre
+LIFT_HEIGHT = SUCCESS_HEIGHT - CUBE_HALF_SIZE  # 0.12 m of lift for full progress
+DENSE_SUCCESS_REWARD = 5.0
+
+
+def episode_rng(base_seed: int, seed_stream: int, episode_index: int) -> np.random.Generator:
+    """The generator for one episode start: reproducible, distinct per episode and stream."""
+    return np.random.default_rng([base_seed, seed_stream, episode_index])
+
+
+def sample_initial_state(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Arm joint positions (7,) and cube centre xy (2,) for a new episode."""
+    arm = REST_ARM_QPOS + rng.normal(0.0, JOINT_NOISE_STD, size=7)
+    arm = np.clip(arm, ARM_LOWER, ARM_UPPER)
+    cube_xy = CUBE_SPAWN_XY + rng.uniform(-CUBE_SPAWN_JITTER, CUBE_SPAWN_JITTER, size=2)
+    return arm, cube_xy
+
+
+def gripper_target(command: np.ndarray) -> np.ndarray:
+    """Finger angle target for gripper commands in [-1, 1] (-1 open, +1 closed)."""
+    fraction_closed = (np.asarray(command) + 1.0) / 2.0
+    return GRIPPER_OPEN + fraction_closed * (GRIPPER_CLOSED - GRIPPER_OPEN)
+
+
+def gripper_command(target: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`gripper_target`."""
+    fraction_closed = (np.asarray(target) - GRIPPER_OPEN) / (GRIPPER_CLOSED - GRIPPER_OPEN)
+    return fraction_closed * 2.0 - 1.0
+
+
+def joint_targets_from_action(
+    action: np.ndarray, previous_arm_targets: np.ndarray, control_mode: str
+) -> np.ndarray:
+    """Map clipped actions (N, 8) in [-1, 1] to PD targets (N, 8): 7 arm joints, gripper.
+
+    ``pd_joint_delta_pos``: arm targets move from the previous targets by
+    ``0.1 * action`` rad (so holding still is action 0 and gravity sag does not
+    accumulate). ``pd_joint_pos``: each arm dim maps [-1, 1] linearly onto the
+    joint's range. Arm targets are kept inside the joint ranges.
+    """
+    arm = action[:, :7]
+    if control_mode == "pd_joint_delta_pos":
+        arm_targets = previous_arm_targets + MAX_JOINT_DELTA * arm
+    elif control_mode == "pd_joint_pos":
+        arm_targets = ARM_LOWER + (arm + 1.0) / 2.0 * (ARM_UPPER - ARM_LOWER)
+    else:
+        raise ValueError(
+            f"control_mode={control_mode!r} is unknown: use 'pd_joint_delta_pos' or 'pd_joint_pos'"
+        )
+    arm_targets = np.clip(arm_targets, ARM_LOWER, ARM_UPPER)
+    return np.concatenate([arm_targets, gripper_target(action[:, 7:8])], axis=1)
+
+
+def action_from_joint_targets(
+    arm_targets: np.ndarray,
+    gripper: np.ndarray,
+    previous_arm_targets: np.ndarray,
+    control_mode: str,
+) -> np.ndarray:
+    """The action (N, 8) that asks for ``arm_targets`` (N, 7), clipped to [-1, 1].
+
+    In ``pd_joint_delta_pos`` a request further than 0.1 rad away is cut to 0.1 rad.
+    ``gripper`` (N,) is already a command in [-1, 1].
+    """
+    if control_mode == "pd_joint_delta_pos":
+        arm = (arm_targets - previous_arm_targets) / MAX_JOINT_DELTA
+    elif control_mode == "pd_joint_pos":
+        arm = 2.0 * (arm_targets - ARM_LOWER) / (ARM_UPPER - ARM_LOWER) - 1.0
+    else:
+        raise ValueError(
+            f"control_mode={control_mode!r} is unknown: use 'pd_joint_delta_pos' or 'pd_joint_pos'"
+        )
+    action = np.concatenate([arm, np.asarray(gripper).reshape(-1, 1)], axis=1)
+    return np.clip(action, -1.0, 1.0)
+
+
+def is_success(cube_height: np.ndarray, gripper_to_cube_dist: np.ndarray) -> np.ndarray:
+    return (cube_height >= SUCCESS_HEIGHT) & (gripper_to_cube_dist <= SUCCESS_DISTANCE)
+
+
+def binary_success_reward(success: np.ndarray) -> np.ndarray:
+    return success.astype(np.float32)
+
+
+def dense_reward(
+    gripper_to_cube_dist: np.ndarray,
+    cube_height: np.ndarray,
+    is_grasped: np.ndarray,
+    success: np.ndarray,
+) -> np.ndarray:
+    """Reaching ``1 - tanh(5 d)`` + lift progress (0..1 over 0.12 m) + grasp bonus
+    ``exp(-10 d)`` while grasped; a success step pays ``DENSE_SUCCESS_REWARD`` instead."""
+    reaching = 1.0 - np.tanh(5.0 * gripper_to_cube_dist)
+    lift = np.clip((cube_height - CUBE_HALF_SIZE) / LIFT_HEIGHT, 0.0, 1.0)
+    grasp = np.where(is_grasped, np.exp(-10.0 * gripper_to_cube_dist), 0.0)
+    reward = np.where(success, DENSE_SUCCESS_REWARD, reaching + lift + grasp)
+    return reward.astype(np.float32)
