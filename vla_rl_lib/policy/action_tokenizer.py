@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from vla_rl_lib.policy._files import write_json_atomic
 
 N_ACTION_BINS = 256
 DATASET_STATISTICS_FILE = "dataset_statistics.json"
@@ -259,17 +260,3 @@ def write_dataset_statistics(
     everything[unnorm_key] = entry
     write_json_atomic(file, everything)
     return file
-
-
-def write_json_atomic(file: str | os.PathLike, data: object) -> None:
-    """Write JSON to a temporary name in the same directory, then rename over ``file``."""
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, file)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -1,0 +1,820 @@
+"""``HFVLAPolicy``: any Hugging Face image-text-to-text model as a ``VLAPolicy``.
+
+The model reads an image and an OpenVLA-style prompt and emits ``action_dim``
+action tokens (see ``action_tokenizer``). Two decodings:
+
+- ``"autoregressive"`` (OpenVLA): one token per forward pass with a KV cache
+  in ``act``; ``evaluate`` teacher-forces prompt + tokens in one pass.
+- ``"parallel"`` (OpenVLA-OFT style): the prompt is followed by ``action_dim``
+  placeholder tokens; a 4D mask is causal over the prompt and bidirectional
+  over the placeholder block, and the placeholder at slot ``d`` predicts
+  action token ``d``. ``act`` and ``evaluate`` run the very same pass.
+
+Log-probs and entropies are taken over the 256 action-bin logits only (the
+rest of the vocabulary masked), after dividing by ``temperature``; a step's
+value is the sum over its ``action_dim`` tokens. The value head reads the
+final hidden state at the last prompt position (the one that predicts the
+first action token in autoregressive mode); in both modes that state depends
+on the prompt and image only, never on the actions.
+
+Batches are left-padded (prompts of different lengths end at the same
+position); position ids count only real tokens. Images are uint8
+``(B, H, W, 3)`` of any size: they are resized inside the policy (bicubic,
+antialiased, aspect ratio not kept) to the processor's ``size`` and
+normalized with its mean/std, in torch, which is much faster per step than
+the PIL image processor. LoRA dropout defaults to 0 so that rollout and
+update see the same function.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
+
+from vla_rl_lib.policy._files import atomic_directory, write_json_atomic
+from vla_rl_lib.policy.action_tokenizer import (
+    DATASET_STATISTICS_FILE,
+    ActionStatistics,
+    ActionTokenizer,
+    load_action_statistics,
+    write_dataset_statistics,
+)
+from vla_rl_lib.policy.base import ActOutput, EvaluateOutput, VLAPolicy
+from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, build_tiny_vla
+
+DEFAULT_PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+DECODING_MODES = ("parallel", "autoregressive")
+POLICY_CONFIG_FILE = "policy_config.json"
+VALUE_HEAD_FILE = "value_head.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+BASE_MODEL_DIR = "base_model"
+POLICY_FORMAT = "vla_rl_policy/1"
+
+ModelLoader = Callable[[str], tuple[nn.Module, Any]]
+
+
+@dataclass(frozen=True)
+class LoRASettings:
+    """LoRA adapter shape. ``target_modules="all-linear"`` is every linear layer but the output head."""
+
+    rank: int = 32
+    alpha: int = 16
+    dropout: float = 0.0  # > 0 makes rollout and update log-probs disagree
+    target_modules: str | tuple[str, ...] = "all-linear"
+    exclude_modules: tuple[str, ...] | None = None
+
+    def to_peft_config(self) -> LoraConfig:
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules
+            if isinstance(self.target_modules, str)
+            else list(self.target_modules),
+            exclude_modules=None if self.exclude_modules is None else list(self.exclude_modules),
+            bias="none",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoRASettings:
+        data = dict(data)
+        for key in ("target_modules", "exclude_modules"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+class ValueHead(nn.Module):
+    """Two-layer MLP from a decoder hidden state to a scalar value (fp32)."""
+
+    def __init__(self, hidden_size: int, width: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden.float()).squeeze(-1)
+
+
+def bin_log_probs_and_entropy(
+    bin_logits: torch.Tensor, bins: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, D, 256) action-bin logits, (B, D) bin indices -> per-step log-prob and entropy, (B,)."""
+    log_probs = F.log_softmax(bin_logits.float() / temperature, dim=-1)
+    chosen = log_probs.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return chosen.sum(-1), entropy.sum(-1)
+
+
+@dataclass
+class _Prompts:
+    input_ids: torch.Tensor  # (B, P), left-padded
+    attention_mask: torch.Tensor  # (B, P) bool, False on padding
+    pixel_values: torch.Tensor
+
+
+@dataclass
+class _Scores:
+    bin_logits: torch.Tensor  # (B, D, 256)
+    prompt_hidden: torch.Tensor  # (B, H) at the last prompt position
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class HFVLAPolicy(VLAPolicy):
+    """A VLA (HF image-text-to-text model + processor) with a value head.
+
+    ``model`` may be a plain transformers model (``lora`` settings wrap it with a
+    fresh adapter; ``lora=None`` trains every weight) or an already-built
+    ``PeftModel``. ``action_tokenizer`` defaults to the last 256 ids of
+    ``processor.tokenizer.vocab_size``. ``base_model_path`` names the directory a
+    LoRA model's frozen base was loaded from; when None, ``save_pretrained``
+    writes a copy of the base into the checkpoint. Subclasses for models whose
+    forward differs from Llava's (OpenVLA) override ``preprocess_images``,
+    ``_encode_prompt_ids`` and ``_decoder_hidden``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        action_tokenizer: ActionTokenizer | None = None,
+        *,
+        action_dim: int = 8,
+        decoding: str = "parallel",
+        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+        statistics: ActionStatistics | None = None,
+        unnorm_key: str | None = None,
+        lora: LoRASettings | None = LoRASettings(),
+        value_head_width: int = 256,
+        placeholder_token_id: int | None = None,
+        base_model_path: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if decoding not in DECODING_MODES:
+            raise ValueError(f"decoding={decoding!r} is unknown; choose one of {DECODING_MODES}")
+        if action_dim < 1:
+            raise ValueError(f"action_dim={action_dim} must be at least 1")
+        if "{instruction}" not in prompt_template:
+            raise ValueError(
+                f"prompt_template {prompt_template!r} has no '{{instruction}}' field to fill"
+            )
+        if statistics is not None:
+            if unnorm_key is None:
+                raise ValueError(
+                    "statistics were given without unnorm_key; name the dataset they describe "
+                    "(it becomes the key in dataset_statistics.json)."
+                )
+            if statistics.action_dim != action_dim:
+                raise ValueError(
+                    f"statistics describe {statistics.action_dim} action dims but action_dim={action_dim}"
+                )
+        self.processor = processor
+        self.action_tokenizer = action_tokenizer or ActionTokenizer(processor.tokenizer.vocab_size)
+        self.action_dim = action_dim
+        self.decoding = decoding
+        self.prompt_template = prompt_template
+        self.statistics = statistics
+        self.unnorm_key = unnorm_key
+        self.base_model_path = base_model_path
+        self.value_head_width = value_head_width
+        tokenizer = processor.tokenizer
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        self.placeholder_token_id = (
+            self.pad_token_id if placeholder_token_id is None else placeholder_token_id
+        )
+        self._prompt_cache: dict[str, list[int]] = {}
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if isinstance(model, PeftModel):
+                self.lora = lora or _lora_settings_of(model)
+            elif lora is not None:
+                model = get_peft_model(model, lora.to_peft_config())
+                self.lora = lora
+            else:
+                model.requires_grad_(True)
+                self.lora = None
+            self.model = model
+            hidden_size = self._hf_model().get_output_embeddings().in_features
+            self.value_head = ValueHead(hidden_size, value_head_width)
+        self.value_head.to(self.device)
+        vocab_rows = self._hf_model().get_output_embeddings().out_features
+        if self.action_tokenizer.vocab_end > vocab_rows:
+            raise ValueError(
+                f"action ids end at {self.action_tokenizer.vocab_end} but the model's output layer "
+                f"has only {vocab_rows} rows; pass the right ActionTokenizer(vocab_end=...)."
+            )
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def use_lora(self) -> bool:
+        return isinstance(self.model, PeftModel)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _hf_model(self) -> nn.Module:
+        """The transformers model (LoRA layers injected in place when wrapped)."""
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    # ------------------------------------------------------------------ inputs
+
+    def preprocess_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) of any size -> normalized pixel values (B, 3, h, w) on the device."""
+        pixels = torch.as_tensor(images)
+        if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
+            raise ValueError(
+                f"images must be uint8 (B, H, W, 3), got {pixels.dtype} {tuple(pixels.shape)}"
+            )
+        image_processor = self.processor.image_processor
+        size = image_processor.size
+        height, width = _height_width(size)
+        x = pixels.to(self.device).permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (height, width):
+            x = F.interpolate(
+                x, size=(height, width), mode="bicubic", antialias=True, align_corners=False
+            ).clamp(0, 255)
+        if getattr(image_processor, "do_rescale", True):
+            x = x * float(getattr(image_processor, "rescale_factor", 1 / 255))
+        if getattr(image_processor, "do_normalize", True):
+            mean = torch.tensor(image_processor.image_mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(image_processor.image_std, device=x.device).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x.to(self._hf_model().dtype)
+
+    def prompt_text(self, instruction: str) -> str:
+        image_token = getattr(self.processor, "image_token", None) or ""
+        return image_token + self.prompt_template.format(instruction=instruction)
+
+    def _encode_prompt_ids(self, instruction: str) -> list[int]:
+        """Token ids of one prompt as the model consumes them (image tokens expanded), cached."""
+        ids = self._prompt_cache.get(instruction)
+        if ids is None:
+            height, width = _height_width(self.processor.image_processor.size)
+            blank = np.zeros((height, width, 3), dtype=np.uint8)
+            encoded = self.processor(
+                text=[self.prompt_text(instruction)], images=[blank], return_tensors="pt"
+            )
+            ids = encoded["input_ids"][0].tolist()
+            self._prompt_cache[instruction] = ids
+        return ids
+
+    def _prompts(self, images: np.ndarray | torch.Tensor, instructions: list[str]) -> _Prompts:
+        if len(instructions) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
+        rows = [self._encode_prompt_ids(text) for text in instructions]
+        length = max(len(row) for row in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            input_ids[i, length - len(row) :] = torch.tensor(row)
+            attention_mask[i, length - len(row) :] = True
+        device = self.device
+        return _Prompts(
+            input_ids.to(device), attention_mask.to(device), self.preprocess_images(images)
+        )
+
+    # ------------------------------------------------------------------ model passes
+
+    def _decoder_hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        cache: DynamicCache | None = None,
+    ) -> torch.Tensor:
+        """Final (normed) decoder hidden states (B, L, H), one per input position."""
+        outputs = self._hf_model().model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        return outputs.last_hidden_state
+
+    def _bin_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., H) -> the 256 action-bin logits (..., 256), fp32."""
+        logits = self._hf_model().get_output_embeddings()(hidden)
+        return logits[
+            ..., self.action_tokenizer.action_token_begin : self.action_tokenizer.vocab_end
+        ].float()
+
+    def _parallel_scores(self, prompts: _Prompts) -> _Scores:
+        batch, prompt_len = prompts.input_ids.shape
+        dim = self.action_dim
+        total = prompt_len + dim
+        device = prompts.input_ids.device
+        placeholders = torch.full((batch, dim), self.placeholder_token_id, device=device)
+        input_ids = torch.cat([prompts.input_ids, placeholders], dim=1)
+        key_valid = torch.cat(
+            [prompts.attention_mask, torch.ones((batch, dim), dtype=torch.bool, device=device)], 1
+        )
+        allowed = torch.ones((total, total), dtype=torch.bool, device=device).tril()
+        allowed[prompt_len:, prompt_len:] = True  # the action block sees itself both ways
+        mask = allowed.unsqueeze(0) & key_valid.unsqueeze(1)
+        # A padding row would otherwise see nothing and turn into NaN; let it see itself.
+        mask |= torch.eye(total, dtype=torch.bool, device=device).unsqueeze(0)
+        hidden = self._decoder_hidden(
+            input_ids, mask.unsqueeze(1), _position_ids(key_valid), prompts.pixel_values
+        )
+        return _Scores(self._bin_logits(hidden[:, prompt_len:]), hidden[:, prompt_len - 1])
+
+    def _teacher_forced_scores(self, prompts: _Prompts, token_ids: torch.Tensor) -> _Scores:
+        prompt_len = prompts.input_ids.shape[1]
+        dim = self.action_dim
+        input_ids = torch.cat([prompts.input_ids, token_ids[:, : dim - 1]], dim=1)
+        attention_mask = torch.cat(
+            [prompts.attention_mask, torch.ones_like(token_ids[:, : dim - 1], dtype=torch.bool)], 1
+        )
+        hidden = self._decoder_hidden(
+            input_ids, attention_mask.long(), _position_ids(attention_mask), prompts.pixel_values
+        )
+        predicting = hidden[:, prompt_len - 1 : prompt_len - 1 + dim]
+        return _Scores(self._bin_logits(predicting), hidden[:, prompt_len - 1])
+
+    def _scores(self, prompts: _Prompts, token_ids: torch.Tensor) -> _Scores:
+        if self.decoding == "parallel":
+            return self._parallel_scores(prompts)
+        return self._teacher_forced_scores(prompts, token_ids)
+
+    def _check_token_ids(self, token_ids: torch.Tensor, batch: int) -> torch.Tensor:
+        token_ids = torch.as_tensor(token_ids, device=self.device).long()
+        if token_ids.shape != (batch, self.action_dim):
+            raise ValueError(
+                f"token_ids must be (B={batch}, D={self.action_dim}), got {tuple(token_ids.shape)}"
+            )
+        begin, end = self.action_tokenizer.action_token_begin, self.action_tokenizer.vocab_end
+        if ((token_ids < begin) | (token_ids >= end)).any():
+            raise ValueError(f"token_ids must be action ids in [{begin}, {end})")
+        return token_ids
+
+    # ------------------------------------------------------------------ VLAPolicy
+
+    @torch.no_grad()
+    def act(
+        self,
+        images: np.ndarray,
+        instructions: list[str],
+        temperature: float = 1.0,
+        greedy: bool = False,
+    ) -> ActOutput:
+        """Sample (or argmax) one action per image. Log-probs use ``temperature`` even when greedy."""
+        _check_temperature(temperature)
+        prompts = self._prompts(images, instructions)
+        if self.decoding == "parallel":
+            scores = self._parallel_scores(prompts)
+            bins = _choose(scores.bin_logits, temperature, greedy)
+        else:
+            scores, bins = self._autoregressive_sample(prompts, temperature, greedy)
+        log_probs, _ = bin_log_probs_and_entropy(scores.bin_logits, bins, temperature)
+        token_ids = self.action_tokenizer.bins_to_ids(bins)
+        normalized = self.action_tokenizer.decode(token_ids)
+        actions = normalized if self.statistics is None else self.statistics.unnormalize(normalized)
+        return ActOutput(
+            actions=np.asarray(actions, dtype=np.float32),
+            token_ids=token_ids,
+            log_probs=log_probs,
+            values=self.value_head(scores.prompt_hidden),
+        )
+
+    def _autoregressive_sample(
+        self, prompts: _Prompts, temperature: float, greedy: bool
+    ) -> tuple[_Scores, torch.Tensor]:
+        cache = DynamicCache(config=self._hf_model().config.get_text_config())
+        attention_mask = prompts.attention_mask
+        positions = _position_ids(attention_mask)
+        hidden = self._decoder_hidden(
+            prompts.input_ids, attention_mask.long(), positions, prompts.pixel_values, cache
+        )
+        prompt_hidden = hidden[:, -1]
+        step_hidden = prompt_hidden
+        next_position = positions[:, -1:] + 1
+        all_logits, all_bins = [], []
+        for step in range(self.action_dim):
+            logits = self._bin_logits(step_hidden)
+            bins = _choose(logits, temperature, greedy)
+            all_logits.append(logits)
+            all_bins.append(bins)
+            if step == self.action_dim - 1:
+                break
+            attention_mask = torch.cat(
+                [attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1
+            )
+            hidden = self._decoder_hidden(
+                self.action_tokenizer.bins_to_ids(bins).unsqueeze(1),
+                attention_mask.long(),
+                next_position,
+                None,
+                cache,
+            )
+            step_hidden = hidden[:, -1]
+            next_position = next_position + 1
+        return _Scores(torch.stack(all_logits, 1), prompt_hidden), torch.stack(all_bins, 1)
+
+    def evaluate(
+        self,
+        images: np.ndarray | torch.Tensor,
+        instructions: list[str],
+        token_ids: torch.Tensor,
+        temperature: float = 1.0,
+    ) -> EvaluateOutput:
+        _check_temperature(temperature)
+        token_ids = self._check_token_ids(token_ids, len(instructions))
+        prompts = self._prompts(images, instructions)
+        scores = self._scores(prompts, token_ids)
+        log_probs, entropy = bin_log_probs_and_entropy(
+            scores.bin_logits, self.action_tokenizer.ids_to_bins(token_ids), temperature
+        )
+        return EvaluateOutput(log_probs, entropy, self.value_head(scores.prompt_hidden))
+
+    def sft_loss(
+        self, images: np.ndarray | torch.Tensor, instructions: list[str], token_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean cross-entropy of the action tokens over the 256 bins (the distribution ``act`` samples)."""
+        token_ids = self._check_token_ids(token_ids, len(instructions))
+        scores = self._scores(self._prompts(images, instructions), token_ids)
+        return F.cross_entropy(
+            scores.bin_logits.reshape(-1, self.action_tokenizer.n_bins),
+            self.action_tokenizer.ids_to_bins(token_ids).reshape(-1),
+        )
+
+    def actions_to_tokens(self, actions: np.ndarray) -> torch.Tensor:
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.ndim != 2 or actions.shape[1] != self.action_dim:
+            raise ValueError(f"actions must be (B, {self.action_dim}), got {actions.shape}")
+        normalized = actions if self.statistics is None else self.statistics.normalize(actions)
+        return torch.from_numpy(self.action_tokenizer.encode(normalized)).to(self.device)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.use_lora:
+            policy_state = get_peft_model_state_dict(self.model)
+        else:
+            policy_state = self.model.state_dict()
+        state = {f"model.{key}": value for key, value in policy_state.items()}
+        state.update({f"value_head.{k}": v for k, v in self.value_head.state_dict().items()})
+        return state
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise KeyError(
+                f"trainable state does not fit this policy (use_lora={self.use_lora}): "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+            )
+        model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+        head_state = {
+            k[len("value_head.") :]: v for k, v in state.items() if k.startswith("value_head.")
+        }
+        if self.use_lora:
+            set_peft_model_state_dict(self.model, model_state)
+        else:
+            self.model.load_state_dict(model_state, strict=True)
+        self.value_head.load_state_dict(head_state, strict=True)
+
+    def optimizer_param_groups(
+        self, learning_rate: float, value_learning_rate: float
+    ) -> list[dict[str, Any]]:
+        policy_params = [p for p in self.model.parameters() if p.requires_grad]
+        return [
+            {"params": policy_params, "lr": learning_rate, "name": "policy"},
+            {
+                "params": list(self.value_head.parameters()),
+                "lr": value_learning_rate,
+                "name": "value_head",
+            },
+        ]
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA adapter into the base weights (faster inference; saves as a merged model)."""
+        if not self.use_lora:
+            raise ValueError(
+                "merge_lora: this policy has no LoRA adapter (it is already full-weight)"
+            )
+        self.model = self.model.merge_and_unload()
+        self.lora = None
+        self.base_model_path = None
+
+    # ------------------------------------------------------------------ saving and loading
+
+    def policy_config(self) -> dict[str, Any]:
+        return {
+            "format": POLICY_FORMAT,
+            "decoding": self.decoding,
+            "action_dim": self.action_dim,
+            "prompt_template": self.prompt_template,
+            "action_token_end": self.action_tokenizer.vocab_end,
+            "n_action_bins": self.action_tokenizer.n_bins,
+            "placeholder_token_id": self.placeholder_token_id,
+            "use_lora": self.use_lora,
+            "lora": None if self.lora is None else self.lora.to_dict(),
+            "unnorm_key": self.unnorm_key,
+            "value_head_width": self.value_head_width,
+            "base_model": None,
+        }
+
+    def save_pretrained(self, path: str) -> None:
+        """Write a checkpoint directory; see ``from_checkpoint`` for its layout."""
+        final = Path(path).absolute()
+        config = self.policy_config()
+        with atomic_directory(final) as tmp:
+            self.processor.save_pretrained(tmp)
+            if self.use_lora:
+                self.model.save_pretrained(tmp)
+                if self.base_model_path is None:
+                    _save_base_without_lora(self._hf_model(), tmp / BASE_MODEL_DIR)
+                    config["base_model"] = BASE_MODEL_DIR
+                    base_for_peft = str(final / BASE_MODEL_DIR)
+                else:
+                    config["base_model"] = str(Path(self.base_model_path).absolute())
+                    base_for_peft = config["base_model"]
+                adapter_config = json.loads((tmp / ADAPTER_CONFIG_FILE).read_text())
+                adapter_config["base_model_name_or_path"] = base_for_peft
+                write_json_atomic(tmp / ADAPTER_CONFIG_FILE, adapter_config)
+            else:
+                self._hf_model().save_pretrained(tmp)
+            save_file(
+                {k: v.contiguous() for k, v in self.value_head.state_dict().items()},
+                str(tmp / VALUE_HEAD_FILE),
+            )
+            if self.statistics is not None:
+                write_dataset_statistics(tmp, self.unnorm_key, self.statistics)
+            write_json_atomic(tmp / POLICY_CONFIG_FILE, config)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        decoding: str | None = None,
+        action_dim: int | None = None,
+        prompt_template: str | None = None,
+        unnorm_key: str | None = None,
+        lora: LoRASettings | None = None,
+        action_tokenizer: ActionTokenizer | None = None,
+        model_loader: ModelLoader | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> HFVLAPolicy:
+        """Load one of three kinds of directory.
+
+        1. A checkpoint written by ``save_pretrained``: ``policy_config.json`` (decoding,
+           action_dim, prompt, LoRA settings, statistics key), processor files,
+           ``value_head.safetensors``, and either a LoRA adapter (``adapter_config.json``
+           + ``adapter_model.safetensors``, base in ``base_model/`` or at the path the
+           config names) or full weights (``config.json`` + ``model.safetensors``).
+           Keyword arguments given here override the saved settings.
+        2. A bare LoRA adapter directory: ``adapter_config.json`` names the base model.
+        3. A merged (or any plain) model directory: ``config.json`` + weights; ``lora``
+           wraps it with a fresh trainable adapter, otherwise every weight trains.
+
+        LoRA adapters are loaded trainable (``is_trainable=True``), so training resumes.
+        ``dataset_statistics.json`` is picked up when present. Kinds 2 and 3 get a fresh
+        value head. ``model_loader(dir) -> (model, processor)`` replaces
+        ``AutoModelForImageTextToText`` / ``AutoProcessor`` (OpenVLA's remote code).
+        """
+        root = Path(path).absolute()
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"policy checkpoint {root} does not exist or is not a directory"
+            )
+        present = sorted(p.name for p in root.iterdir())
+        load = model_loader or (lambda d: _auto_load(d, dtype))
+        saved: dict[str, Any] = {}
+        if (root / POLICY_CONFIG_FILE).is_file():
+            saved = json.loads((root / POLICY_CONFIG_FILE).read_text())
+            if saved.get("format") != POLICY_FORMAT:
+                raise ValueError(
+                    f"{root / POLICY_CONFIG_FILE} has format {saved.get('format')!r}; "
+                    f"this code reads {POLICY_FORMAT!r}"
+                )
+            kind = "adapter" if saved["use_lora"] else "model"
+        elif (root / ADAPTER_CONFIG_FILE).is_file():
+            kind = "adapter"
+        elif (root / "config.json").is_file():
+            kind = "model"
+        else:
+            raise FileNotFoundError(
+                f"{root} is not a policy checkpoint: expected {POLICY_CONFIG_FILE} (saved policy), "
+                f"{ADAPTER_CONFIG_FILE} (LoRA adapter) or config.json (merged model); "
+                f"it holds {present}"
+            )
+
+        base_model_path: str | None = None
+        if kind == "adapter":
+            _require(root, [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE], present)
+            base_dir = _resolve_base(root, saved)
+            model, processor = load(str(base_dir))
+            if _has_processor(root):
+                processor = _load_processor(root, model_loader)
+            model = PeftModel.from_pretrained(model, str(root), is_trainable=True)
+            if saved.get("base_model") != BASE_MODEL_DIR:
+                base_model_path = str(base_dir)
+        else:
+            if not any(name.endswith((".safetensors", ".bin")) for name in present):
+                raise FileNotFoundError(
+                    f"{root} has config.json but no weight files (*.safetensors); it holds {present}"
+                )
+            model, processor = load(str(root))
+        if saved:
+            _require(root, [VALUE_HEAD_FILE], present)
+            lora_settings = LoRASettings.from_dict(saved["lora"]) if saved.get("lora") else None
+        else:
+            lora_settings = lora
+
+        unnorm_key = unnorm_key or saved.get("unnorm_key")
+        statistics = None
+        if (root / DATASET_STATISTICS_FILE).is_file():
+            statistics = load_action_statistics(root, unnorm_key)
+            if unnorm_key is None:
+                unnorm_key = next(iter(json.loads((root / DATASET_STATISTICS_FILE).read_text())))
+        elif unnorm_key is not None and saved.get("unnorm_key"):
+            raise FileNotFoundError(
+                f"{root / POLICY_CONFIG_FILE} names unnorm_key {unnorm_key!r} but "
+                f"{DATASET_STATISTICS_FILE} is missing from {root}"
+            )
+        if action_tokenizer is None and saved:
+            action_tokenizer = ActionTokenizer(saved["action_token_end"], saved["n_action_bins"])
+        policy = cls(
+            model.to(device),
+            processor,
+            action_tokenizer,
+            action_dim=action_dim or saved.get("action_dim", 8),
+            decoding=decoding or saved.get("decoding", "parallel"),
+            prompt_template=prompt_template
+            or saved.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
+            statistics=statistics,
+            unnorm_key=unnorm_key if statistics is not None else None,
+            lora=lora_settings,
+            value_head_width=saved.get("value_head_width", 256),
+            placeholder_token_id=saved.get("placeholder_token_id"),
+            base_model_path=base_model_path,
+            seed=seed,
+        )
+        if saved:
+            policy.value_head.load_state_dict(load_file(str(root / VALUE_HEAD_FILE)), strict=True)
+        return policy
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0 (use greedy=True for argmax)")
+
+
+def _choose(bin_logits: torch.Tensor, temperature: float, greedy: bool) -> torch.Tensor:
+    if greedy:
+        return bin_logits.argmax(-1)
+    probs = F.softmax(bin_logits / temperature, dim=-1)
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+
+
+def _height_width(size: dict[str, int]) -> tuple[int, int]:
+    if "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    raise ValueError(
+        f"image processor size {size} has no height/width; subclass HFVLAPolicy and override "
+        "preprocess_images for this processor"
+    )
+
+
+def _lora_settings_of(model: PeftModel) -> LoRASettings:
+    config = model.peft_config[model.active_adapter]
+    targets = config.target_modules
+    return LoRASettings(
+        rank=config.r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        target_modules=targets if isinstance(targets, str) else tuple(sorted(targets)),
+        exclude_modules=None
+        if config.exclude_modules is None
+        else tuple(sorted(config.exclude_modules)),
+    )
+
+
+def _require(root: Path, names: list[str], present: list[str]) -> None:
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise FileNotFoundError(
+            f"checkpoint {root} is incomplete: missing {missing}; it holds {present}"
+        )
+
+
+def _has_processor(root: Path) -> bool:
+    return (root / "processor_config.json").is_file() or (root / "tokenizer_config.json").is_file()
+
+
+def _load_processor(root: Path, model_loader: ModelLoader | None) -> Any:
+    return (
+        AutoProcessor.from_pretrained(str(root))
+        if model_loader is None
+        else model_loader(str(root))[1]
+    )
+
+
+def _auto_load(directory: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
+    root = Path(directory)
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(f"base model directory {root} has no config.json")
+    if not _has_processor(root):
+        raise FileNotFoundError(
+            f"{root} has no processor/tokenizer files (processor_config.json, tokenizer_config.json)"
+        )
+    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype)
+    model.eval()
+    return model, AutoProcessor.from_pretrained(directory)
+
+
+def _resolve_base(root: Path, saved: dict[str, Any]) -> Path:
+    if saved:
+        named = saved.get("base_model")
+        source = POLICY_CONFIG_FILE
+    else:
+        named = json.loads((root / ADAPTER_CONFIG_FILE).read_text()).get("base_model_name_or_path")
+        source = ADAPTER_CONFIG_FILE
+    if not named:
+        raise FileNotFoundError(f"{root / source} does not name the base model of the adapter")
+    candidates = [Path(named)] if Path(named).is_absolute() else [root / named, Path(named)]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate.absolute()
+    raise FileNotFoundError(
+        f"base model {named!r} named in {root / source} not found (looked at "
+        f"{[str(c) for c in candidates]}); copy the base model there or edit the path"
+    )
+
+
+def _save_base_without_lora(hf_model: nn.Module, directory: Path) -> None:
+    """Save a LoRA-wrapped transformers model's frozen base weights as a plain model."""
+    state = {
+        key.replace(".base_layer.", "."): value
+        for key, value in hf_model.state_dict().items()
+        if ".lora_" not in key
+    }
+    hf_model.save_pretrained(directory, state_dict=state)
+
+
+def build_policy(
+    config: TinyVLAConfig | None = None,
+    lora: LoRASettings | None = LoRASettings(),
+    seed: int = 0,
+    *,
+    decoding: str = "parallel",
+    action_dim: int = 8,
+    statistics: ActionStatistics | None = None,
+    unnorm_key: str | None = None,
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
+    value_head_width: int = 256,
+    device: str | torch.device = "cpu",
+) -> HFVLAPolicy:
+    """A fresh tiny-VLA policy (random base weights from ``seed``); ``lora=None`` trains all weights."""
+    model, processor = build_tiny_vla(config, seed=seed)
+    return HFVLAPolicy(
+        model.to(device),
+        processor,
+        action_dim=action_dim,
+        decoding=decoding,
+        prompt_template=prompt_template,
+        statistics=statistics,
+        unnorm_key=unnorm_key,
+        lora=lora,
+        value_head_width=value_head_width,
+        seed=seed,
+    )
