@@ -364,3 +364,16 @@ def test_saved_notebook_keeps_one_final_png_and_final_progress(tmp_path):
     ]
     assert "7/7" in "".join(outputs[1]["data"]["text/plain"])
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+def test_eval_records_borrow_the_last_env_steps():
+    from vla_rl_lib.display.plots import series
+
+    records = [
+        {"update": 0, "env_steps": 512, "train/success_rate": 0.1},
+        {"update": 0, "eval/success": 0.2},
+        {"update": 1, "env_steps": 1024, "train/success_rate": float("nan")},
+        {"update": 1, "eval/success": 0.4},
+    ]
+    assert series(records, "env_steps", "eval/success") == ([512.0, 1024.0], [0.2, 0.4])
+    assert series(records, "update", "train/success_rate") == ([0.0], [0.1])

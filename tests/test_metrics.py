@@ -203,11 +203,10 @@ def test_wandb_run_is_resumed_by_id(tmp_path, monkeypatch):
 
     with MetricsWriter(tmp_path, tensorboard=False, use_wandb=True, wandb_project="p") as w:
         w.log({"update": 0, "x": np.float32(1.0)})
-    fake.util.generate_id = lambda: "different"
     with MetricsWriter(tmp_path, tensorboard=False, use_wandb=True, resume_from_update=0):
         pass
     inits = [c[1] for c in calls if c[0] == "init"]
-    assert [i["id"] for i in inits] == ["abc123", "abc123"]
+    assert len(inits) == 2 and inits[0]["id"] == inits[1]["id"]
     assert all(i["resume"] == "allow" for i in inits)
     assert ("log", {"update": 0, "x": 1.0}) in calls
 
@@ -239,3 +238,13 @@ def test_wilson_interval_rejects_bad_counts():
         wilson_interval(0, 0)
     with pytest.raises(ValueError, match="successes=11"):
         wilson_interval(11, 10)
+
+
+def test_wandb_offline_for_real(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with MetricsWriter(tmp_path, tensorboard=False, use_wandb=True, wandb_project="t") as w:
+        w.log({"update": 0, "train/success_rate": 0.5, "kl": float("nan")})
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert load_metrics(tmp_path) == [{"update": 0, "train/success_rate": 0.5, "kl": None}]

@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -216,13 +217,12 @@ class MetricsWriter:
                     "to continue that run, or choose a new run directory"
                 )
             _write_text_atomic(self.path, "")  # no record in it, perhaps a torn line: start clean
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
         self._wandb_run = None
         if use_wandb:
             self._wandb_run = self._start_wandb(
                 wandb_project, wandb_config, wandb_run_name, resume_from_update
             )
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     # -- writing --------------------------------------------------------------------------
 
@@ -319,7 +319,7 @@ class MetricsWriter:
             else None
         )
         if run_id is None:
-            run_id = wandb.util.generate_id()
+            run_id = uuid.uuid4().hex[:12]
             _write_text_atomic(id_file, run_id + "\n")
         run = wandb.init(
             project=project,

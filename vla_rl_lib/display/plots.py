@@ -51,11 +51,25 @@ def _number(value: Any) -> float | None:
     return as_float if math.isfinite(as_float) else None
 
 
-def series(records: Records, x: str, key: str) -> tuple[list[float], list[float]]:
-    """(xs, ys) over the records holding finite numbers for both `x` and `key`."""
-    xs, ys = [], []
+def _with_x(records: Records, x: str) -> list[tuple[float | None, Mapping[str, Any]]]:
+    """Pair each record with its x value, carrying the last x forward to records that lack it.
+
+    An eval record logged as {"update": 7, "eval/success": ...} then still has the env_steps
+    of the training record before it, so it can be drawn against env steps too.
+    """
+    paired, last = [], None
     for r in records:
-        xv, yv = _number(r.get(x)), _number(r.get(key))
+        value = _number(r.get(x))
+        last = value if value is not None else last
+        paired.append((last, r))
+    return paired
+
+
+def series(records: Records, x: str, key: str) -> tuple[list[float], list[float]]:
+    """(xs, ys) over the records holding a finite number for `key` (x carried forward)."""
+    xs, ys = [], []
+    for xv, r in _with_x(records, x):
+        yv = _number(r.get(key))
         if xv is not None and yv is not None:
             xs.append(xv)
             ys.append(yv)
@@ -66,8 +80,8 @@ def _wilson_band(
     records: Records, x: str, key: str, count_key: str
 ) -> tuple[list[float], list[float], list[float]]:
     xs, lows, highs = [], [], []
-    for r in records:
-        xv, p, n = _number(r.get(x)), _number(r.get(key)), _number(r.get(count_key))
+    for xv, r in _with_x(records, x):
+        p, n = _number(r.get(key)), _number(r.get(count_key))
         if xv is None or p is None or n is None or n < 1:
             continue
         low, high = wilson_interval(round(p * n), int(n))
@@ -93,6 +107,8 @@ def _plot_key(
             ax.fill_between(bx, lows, highs, alpha=0.2, linewidth=0)
     marker = "o" if len(xs) < 30 else None
     ax.plot(xs, ys, marker=marker, markersize=3, label=label)
+    if "success" in key:
+        ax.set_ylim(-0.03, 1.03)
     return True
 
 

@@ -4,6 +4,10 @@
 - notebook, interactive=True: tqdm's widget bar (for a person watching JupyterLab).
 - notebook, interactive=False (papermill, nbval, CI): one text line updated through a display
   handle. A tqdm widget would be saved frozen at 0%; this line is saved in its final state.
+
+nbval compares a cell against the first display of the line (it does not apply
+update_display_data), and the line holds timings, so a cell showing progress must not carry
+`# NBVAL_CHECK_OUTPUT`; under `--nbval-lax` such cells pass.
 """
 
 from __future__ import annotations
