@@ -74,11 +74,15 @@ def compute_gae(
     not_terminated = (~term).to(dtype)
     deltas = r + gamma * not_terminated * nv - v
     carry = (gamma * gae_lambda) * (~(term | trunc)).to(dtype)
-    advantages = torch.empty_like(deltas)
-    last = torch.zeros_like(deltas[0])
-    for t in range(deltas.shape[0] - 1, -1, -1):
-        last = torch.addcmul(deltas[t], carry[t], last)
-        advantages[t] = last
+    # A_t = delta_t + carry_t * A_{t+1}, with A_T = 0, is a linear recurrence. Solve it with a
+    # Hillis-Steele scan instead of a Python loop over T: after the pass with stride s,
+    # A_t = acc_t + gain_t * A_{t+s}; each pass doubles s, so log2(T) passes reach the end.
+    acc, gain, stride = deltas, carry, 1
+    while stride < acc.shape[0]:
+        acc = torch.cat([torch.addcmul(acc[:-stride], gain[:-stride], acc[stride:]), acc[-stride:]])
+        gain = torch.cat([gain[:-stride] * gain[stride:], torch.zeros_like(gain[-stride:])])
+        stride *= 2
+    advantages = acc
     return _like(advantages, values), _like(advantages + v, values)
 
 
