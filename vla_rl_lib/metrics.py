@@ -16,12 +16,13 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from vla_rl_lib.utils import write_text_atomic
 
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
@@ -167,19 +168,6 @@ def to_columns(
     return {k: [r.get(k) for r in records] for k in keys}
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class MetricsWriter:
     """Append metric records to `<run_dir>/metrics.jsonl`, TensorBoard and (optionally) W&B.
 
@@ -216,7 +204,7 @@ class MetricsWriter:
                     f"{self.path} already holds records; pass resume_from_update=<checkpoint update> "
                     "to continue that run, or choose a new run directory"
                 )
-            _write_text_atomic(self.path, "")  # no record in it, perhaps a torn line: start clean
+            write_text_atomic(self.path, "")  # no record in it, perhaps a torn line: start clean
         self._wandb_run = None
         if use_wandb:
             self._wandb_run = self._start_wandb(
@@ -275,7 +263,7 @@ class MetricsWriter:
             records = _parse_lines(self.path, self.path.read_text(encoding="utf-8"))
             kept = [r for r in records if not _after(r, update, self.path)]
             dropped = len(records) - len(kept)
-            _write_text_atomic(
+            write_text_atomic(
                 self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
             )
         self._last_update = update
@@ -310,7 +298,7 @@ class MetricsWriter:
         except ImportError as exc:
             raise ImportError(
                 "use_wandb=True needs the wandb package: pip install -e .[wandb] "
-                "(or set use_wandb=False; metrics.jsonl and TensorBoard are always written)"
+                "(or set use_wandb=False: metrics.jsonl and TensorBoard do not need it)"
             ) from exc
         id_file = self.run_dir / WANDB_RUN_ID_FILENAME
         run_id = (
@@ -320,7 +308,7 @@ class MetricsWriter:
         )
         if run_id is None:
             run_id = uuid.uuid4().hex[:12]
-            _write_text_atomic(id_file, run_id + "\n")
+            write_text_atomic(id_file, run_id + "\n")
         run = wandb.init(
             project=project,
             name=name or self.run_dir.name,
