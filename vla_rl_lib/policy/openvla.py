@@ -1,0 +1,407 @@
+"""Load the real OpenVLA (``openvla/openvla-7b``) on transformers 5.24.
+
+:func:`load_openvla` returns the model, its processor and everything a policy
+adapter needs to read its actions (:class:`LoadedOpenVLA`);
+:func:`build_openvla_policy` hands that to the generic ``HFVLAPolicy``.
+
+What this module decides, and why:
+
+- **Remote code only from an allowlist.** OpenVLA's model class is Python code
+  shipped with the weights (``trust_remote_code``). It runs only for ids or
+  paths listed in the config's ``trust_remote_code``; anything else is refused
+  before a single file of it is imported.
+- **Local files only.** Nothing is downloaded here. A hub id is looked up in
+  the local Hugging Face cache; if the weights are not there the error says
+  how to fetch them on a machine with hub access.
+- **Patched for transformers 5.** See :mod:`vla_rl_lib.policy.openvla_compat`.
+- **CRANE-X7 has 8 action dimensions, OpenVLA was trained on 7.** OpenVLA's
+  actions are 7-D end-effector deltas (xyz, roll/pitch/yaw, gripper);
+  CRANE-X7's are 7 joint deltas and the gripper. OpenVLA's action tokenizer
+  is per dimension (one token per dimension, decoded independently), so the
+  model can emit 8 action tokens and they decode fine; but what a token
+  *means* differs, so the pretrained model must be fine-tuned (SFT) on
+  CRANE-X7 demonstrations before RL. ``action_dim`` (default 8) makes the
+  choice explicit: OpenVLA's own statistics (7-D) are only used when their
+  dimension matches it; otherwise the statistics come from the SFT data.
+- **Autoregressive decoding only.** OpenVLA's forward builds its multimodal
+  attention mask by concatenating a 2-D padding mask with the image-patch
+  mask (``torch.cat([mask[:, :1], patch_mask, mask[:, 1:]], dim=1)``), so the
+  4-D mask that parallel decoding needs cannot pass through it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.dynamic_module_utils import get_imports
+
+from vla_rl_lib.policy.action_tokenizer import ActionStatistics, ActionTokenizer
+from vla_rl_lib.policy.openvla_compat import (
+    align_text_config_dtype,
+    apply_openvla_patches,
+    load_remote_class,
+)
+
+OPENVLA_7B = "openvla/openvla-7b"
+# OpenVLA's training prompt (prismatic/models/backbones/llm/prompting, "openvla" style).
+OPENVLA_PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+# Llama's "▁" token. In training the action tokens followed it (the prompt is "Out: " + actions);
+# OpenVLA's predict_action appends it when the tokenized prompt does not end with it.
+OPENVLA_PROMPT_SUFFIX_TOKEN_ID = 29871
+CRANE_X7_ACTION_DIM = 8
+# Auto-class names under which OpenVLA-style config.json files map the model class.
+MODEL_AUTO_MAP_KEYS = ("AutoModelForVision2Seq", "AutoModelForImageTextToText")
+PROCESSOR_CONFIG_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+# Packages OpenVLA's remote code imports that `pip install -e .[openvla]` provides.
+OPENVLA_EXTRA_PACKAGES = frozenset({"timm", "torchvision", "accelerate"})
+INSTALL_HINT = "pip install -e '.[openvla]'"
+
+
+@dataclass
+class LoadedOpenVLA:
+    """OpenVLA's model and processor, plus how to read its actions.
+
+    ``prompt_template`` is formatted with ``instruction=``. After tokenizing it
+    (the processor adds BOS), append ``prompt_suffix_token_ids`` unless the
+    prompt already ends with them: the action tokens follow those in training.
+    OpenVLA inserts the image patches right after position 0, which must be
+    BOS: pad on the right, never on the left. Its forward decodes cached steps
+    for one sample at a time (batch size 1).
+
+    ``statistics`` is None when the checkpoint has no statistics with
+    ``action_dim`` dimensions (the base OpenVLA has only 7-D ones; CRANE-X7 is
+    8-D): take them from the SFT demonstrations then.
+    """
+
+    model: torch.nn.Module
+    processor: Any
+    action_tokenizer: ActionTokenizer
+    statistics: ActionStatistics | None
+    unnorm_key: str | None
+    action_dim: int
+    prompt_template: str
+    prompt_suffix_token_ids: tuple[int, ...]
+    checkpoint_dir: Path
+    name_or_path: str
+
+    @property
+    def action_token_ids(self) -> range:
+        """The vocabulary ids of the action bins (OpenVLA: 31744..31999)."""
+        return range(self.action_tokenizer.action_token_begin, self.action_tokenizer.vocab_end)
+
+    def prompt(self, instruction: str) -> str:
+        # OpenVLA's data pipeline lower-cases every instruction before building the prompt.
+        return self.prompt_template.format(instruction=instruction.strip().lower())
+
+
+def _same_location(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return False
+
+
+def check_trust_remote_code(
+    name_or_path: str | os.PathLike, allowlist: tuple[str, ...] | list[str]
+) -> None:
+    """Raise unless ``name_or_path`` (hub id or local path) is on the remote-code allowlist."""
+    name = str(name_or_path)
+    if any(_same_location(name, str(allowed)) for allowed in allowlist):
+        return
+    suggestion = [*map(str, allowlist), name]
+    raise PermissionError(
+        f"Loading {name!r} runs the Python code shipped with it (trust_remote_code), and it is not on the "
+        f"allowlist {list(map(str, allowlist))}. If you trust that code (read its modeling_*.py and "
+        f"processing_*.py first), add it to the config: trust_remote_code: {json.dumps(suggestion)}"
+    )
+
+
+def _missing_weights_error(name: str, detail: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"OpenVLA weights for {name!r} are not available offline ({detail}). Nothing is downloaded here. "
+        f"On a machine with Hugging Face hub access run `huggingface-cli download {OPENVLA_7B} "
+        f"--local-dir /path/to/openvla-7b` (about 15 GB; `hf download` in newer huggingface_hub), copy the "
+        "folder here, then set `pretrained_checkpoint: /path/to/openvla-7b` and add that path to "
+        "`trust_remote_code` in the config."
+    )
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local directory holding the checkpoint: the path itself, or the hub id's local cache snapshot."""
+    name = str(name_or_path)
+    if os.path.isdir(name):
+        directory = Path(name)
+    elif os.path.exists(name):
+        raise NotADirectoryError(
+            f"{name!r} is a file; pretrained_checkpoint must be a checkpoint directory or hub id."
+        )
+    else:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            directory = Path(snapshot_download(name, local_files_only=True))
+        except LocalEntryNotFoundError as error:
+            raise _missing_weights_error(name, "not in the local Hugging Face cache") from error
+    if not (directory / "config.json").is_file():
+        raise _missing_weights_error(name, f"no config.json in {directory}")
+    if not any((directory / file).is_file() for file in WEIGHT_FILES):
+        raise _missing_weights_error(name, f"no {' / '.join(WEIGHT_FILES)} in {directory}")
+    return directory
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def model_class_reference(checkpoint_dir: Path) -> str:
+    """``module.Class`` of the model, from config.json's ``auto_map``."""
+    auto_map = _read_json(checkpoint_dir / "config.json").get("auto_map", {})
+    for key in MODEL_AUTO_MAP_KEYS:
+        if key in auto_map:
+            return auto_map[key]
+    raise ValueError(
+        f"{checkpoint_dir / 'config.json'} has no auto_map entry {list(MODEL_AUTO_MAP_KEYS)} (found "
+        f"{sorted(auto_map)}); this is not an OpenVLA checkpoint with its remote code."
+    )
+
+
+def processor_class_reference(checkpoint_dir: Path) -> str:
+    """``module.Class`` of the processor, from the first processor/tokenizer config naming one."""
+    for file in PROCESSOR_CONFIG_FILES:
+        path = checkpoint_dir / file
+        if path.is_file():
+            reference = _read_json(path).get("auto_map", {}).get("AutoProcessor")
+            if reference:
+                return reference
+    raise ValueError(
+        f"none of {list(PROCESSOR_CONFIG_FILES)} in {checkpoint_dir} maps an AutoProcessor class; "
+        "the checkpoint is missing OpenVLA's processor files (processing_prismatic.py and its configs)."
+    )
+
+
+def check_remote_code_dependencies(checkpoint_dir: Path, class_references: list[str]) -> None:
+    """Fail early, with an install hint, when the remote code imports a package that is missing or broken.
+
+    transformers would otherwise say "Run `pip install timm`", which installs a timm
+    OpenVLA rejects (it needs 0.9.x); the project's ``openvla`` extra pins the right one.
+    """
+    for reference in class_references:
+        module_file = checkpoint_dir / (reference.split("--")[-1].split(".")[0] + ".py")
+        if not module_file.is_file():
+            raise FileNotFoundError(
+                f"{module_file} is missing; the checkpoint's remote code is incomplete."
+            )
+        for package in get_imports(module_file):
+            if importlib.util.find_spec(package) is None:
+                hint = (
+                    INSTALL_HINT if package in OPENVLA_EXTRA_PACKAGES else f"pip install {package}"
+                )
+                raise ImportError(
+                    f"OpenVLA's {module_file.name} imports {package!r}, which is not installed. Install the "
+                    f"optional OpenVLA dependencies: {hint}"
+                )
+            try:
+                importlib.import_module(package)
+            except (
+                Exception
+            ) as error:  # a broken install raises anything from OSError to RuntimeError
+                raise ImportError(
+                    f"OpenVLA's {module_file.name} imports {package!r}, which is installed but fails to import "
+                    f"({type(error).__name__}: {error}). timm 0.9 imports torchvision, whose build must match "
+                    f"your torch ({torch.__version__}); reinstall with {INSTALL_HINT} and a matching torchvision."
+                ) from error
+
+
+def select_action_statistics(
+    norm_stats: dict[str, Any] | None,
+    unnorm_key: str | None,
+    action_dim: int,
+    source: str = "norm_stats",
+) -> tuple[str | None, ActionStatistics | None]:
+    """Pick one dataset's action statistics from OpenVLA's ``norm_stats``.
+
+    ``norm_stats`` is ``{dataset: {"action": {"q01", "q99", "mask", ...}}}``.
+    With ``unnorm_key`` given it must exist and have ``action_dim`` dimensions.
+    Without it, the single entry with ``action_dim`` dimensions is taken;
+    several are an error (choose one); none gives ``(None, None)``: the
+    statistics must then come from the fine-tuning data.
+    """
+    norm_stats = norm_stats or {}
+    dims = {}
+    for key, entry in norm_stats.items():
+        action = entry.get("action") if isinstance(entry, dict) else None
+        if not isinstance(action, dict) or not {"q01", "q99"} <= action.keys():
+            raise ValueError(
+                f"{source}[{key!r}] has no 'action' entry with 'q01' and 'q99'; expected OpenVLA's layout "
+                "{dataset: {'action': {'q01': [...], 'q99': [...], 'mask': [...]}}}."
+            )
+        dims[key] = len(action["q01"])
+    if unnorm_key is not None:
+        if unnorm_key not in norm_stats:
+            raise KeyError(
+                f"unnorm_key {unnorm_key!r} is not in {source}; choose one of {sorted(norm_stats)} "
+                "(config: model.unnorm_key), or leave it null when the statistics come from SFT data."
+            )
+        if dims[unnorm_key] != action_dim:
+            raise ValueError(
+                f"{source}[{unnorm_key!r}] describes {dims[unnorm_key]}-D actions but action_dim={action_dim}. "
+                "OpenVLA's own statistics are for 7-D end-effector actions; CRANE-X7 uses 8-D joint actions, "
+                "so fine-tune (SFT) on CRANE-X7 demonstrations and use the statistics that SFT writes "
+                "(set model.unnorm_key: null)."
+            )
+        chosen = unnorm_key
+    else:
+        matching = sorted(key for key, dim in dims.items() if dim == action_dim)
+        if not matching:
+            return None, None
+        if len(matching) > 1:
+            raise ValueError(
+                f"{source} holds {action_dim}-D action statistics for {len(matching)} datasets {matching}; "
+                "set model.unnorm_key to the one whose actions the policy should produce."
+            )
+        chosen = matching[0]
+    action = norm_stats[chosen]["action"]
+    statistics = ActionStatistics(
+        q01=action["q01"],
+        q99=action["q99"],
+        mask=action.get("mask", [True] * dims[chosen]),
+        mean=action.get("mean"),
+        std=action.get("std"),
+        min=action.get("min"),
+        max=action.get("max"),
+    )
+    return chosen, statistics
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_openvla(
+    name_or_path: str | os.PathLike = OPENVLA_7B,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device | None = None,
+    trust_remote_code_allowlist: tuple[str, ...] | list[str] = (OPENVLA_7B,),
+    unnorm_key: str | None = None,
+    action_dim: int = CRANE_X7_ACTION_DIM,
+    attn_implementation: str | None = None,
+) -> LoadedOpenVLA:
+    """Load OpenVLA (or a fine-tuned copy in its format) from local files, patched for transformers 5.
+
+    ``name_or_path`` is a hub id found in the local Hugging Face cache or a
+    checkpoint directory; either must be on ``trust_remote_code_allowlist``.
+    ``device`` defaults to CUDA when available. ``action_dim`` is the number
+    of action tokens per step (8 for CRANE-X7; OpenVLA itself emits 7).
+    """
+    if action_dim < 1:
+        raise ValueError(f"action_dim must be >= 1, got {action_dim}")
+    name = str(name_or_path)
+    check_trust_remote_code(name, trust_remote_code_allowlist)
+    checkpoint_dir = resolve_checkpoint_dir(name)
+    model_reference = model_class_reference(checkpoint_dir)
+    processor_reference = processor_class_reference(checkpoint_dir)
+    check_remote_code_dependencies(checkpoint_dir, [model_reference, processor_reference])
+
+    model_cls = load_remote_class(model_reference, checkpoint_dir)
+    apply_openvla_patches(model_cls)
+    config = model_cls.config_class.from_pretrained(checkpoint_dir, local_files_only=True)
+    align_text_config_dtype(config, dtype)
+    target = torch.device(device) if device is not None else _default_device()
+    load_kwargs: dict[str, Any] = {"config": config, "dtype": dtype, "local_files_only": True}
+    if attn_implementation is not None:
+        load_kwargs["attn_implementation"] = attn_implementation
+    model = model_cls.from_pretrained(checkpoint_dir, **load_kwargs)
+    model.to(target)
+    model.eval()
+
+    processor_cls = load_remote_class(processor_reference, checkpoint_dir)
+    processor = processor_cls.from_pretrained(
+        checkpoint_dir, trust_remote_code=True, local_files_only=True
+    )
+
+    # OpenVLA pads its embedding matrix to a multiple of 64; its action ids end at the unpadded size.
+    vocab_end = config.text_config.vocab_size - config.pad_to_multiple_of
+    action_tokenizer = ActionTokenizer(vocab_end=vocab_end, n_bins=config.n_action_bins)
+    chosen_key, statistics = select_action_statistics(
+        getattr(config, "norm_stats", None),
+        unnorm_key,
+        action_dim,
+        source=f"{name} config.json norm_stats",
+    )
+    return LoadedOpenVLA(
+        model=model,
+        processor=processor,
+        action_tokenizer=action_tokenizer,
+        statistics=statistics,
+        unnorm_key=chosen_key,
+        action_dim=action_dim,
+        prompt_template=OPENVLA_PROMPT_TEMPLATE,
+        prompt_suffix_token_ids=(OPENVLA_PROMPT_SUFFIX_TOKEN_ID,),
+        checkpoint_dir=checkpoint_dir,
+        name_or_path=name,
+    )
+
+
+def build_openvla_policy(
+    loaded: LoadedOpenVLA,
+    decoding: str = "autoregressive",
+    statistics: ActionStatistics | None = None,
+    **policy_kwargs: Any,
+) -> Any:
+    """Wrap a loaded OpenVLA in the generic ``HFVLAPolicy``.
+
+    ``statistics`` overrides the checkpoint's (needed when it has none for
+    ``loaded.action_dim``, e.g. base OpenVLA on CRANE-X7: pass the statistics
+    of the SFT demonstrations). Other keyword arguments go to ``HFVLAPolicy``.
+    """
+    if decoding != "autoregressive":
+        raise ValueError(
+            f"decoding={decoding!r} is not supported for OpenVLA: parallel decoding needs a 4-D attention "
+            "mask, and OpenVLA's forward concatenates the attention mask with a 2-D image-patch mask, so "
+            "only 2-D padding masks pass through it. Set model.decoding: autoregressive in the config."
+        )
+    statistics = statistics if statistics is not None else loaded.statistics
+    if statistics is None:
+        raise ValueError(
+            f"{loaded.name_or_path} has no {loaded.action_dim}-D action statistics (its norm_stats are for "
+            "OpenVLA's 7-D end-effector actions). CRANE-X7 needs SFT on CRANE-X7 demonstrations first; pass "
+            "the statistics computed from them (statistics=ActionStatistics.from_actions(...) or "
+            "load_action_statistics(sft_dir))."
+        )
+    if statistics.action_dim != loaded.action_dim:
+        raise ValueError(
+            f"statistics describe {statistics.action_dim}-D actions but the policy emits "
+            f"{loaded.action_dim} action tokens per step (action_dim); they must agree."
+        )
+    from vla_rl_lib.policy.hf_policy import HFVLAPolicy
+
+    return HFVLAPolicy(
+        model=loaded.model,
+        processor=loaded.processor,
+        action_tokenizer=loaded.action_tokenizer,
+        statistics=statistics,
+        prompt_template=loaded.prompt_template,
+        action_dim=loaded.action_dim,
+        decoding=decoding,
+        **policy_kwargs,
+    )
