@@ -248,3 +248,12 @@ def test_save_is_atomic_and_overwrites(tmp_path):
     save_config(apply_overrides(VLARLConfig(), {"seed": 5}), path)
     assert load_config(path).seed == 5
     assert os.listdir(path.parent) == ["c.yaml"]
+
+
+def test_model_sizes_map_onto_the_tiny_vla_config():
+    from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
+
+    sizes = load_template("default").model.tiny_vla_sizes()
+    assert (
+        TinyVLAConfig(**sizes) == TinyVLAConfig()
+    )  # the default template is the measured 1M model

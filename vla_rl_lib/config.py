@@ -112,18 +112,33 @@ class ModelConfig:
     name: str = field(default="tiny", metadata=_choices("tiny", "openvla"))
     decoding: str = field(default="parallel", metadata=_choices("parallel", "autoregressive"))
     image_size: int = 64
-    # Sizes of the tiny local VLA (ignored by OpenVLA).
-    hidden_size: int = 128
-    num_layers: int = 2
+    # Sizes of the tiny local VLA (ignored by OpenVLA); text decoder first, then vision.
+    hidden_size: int = 96
+    num_layers: int = 4
     num_attention_heads: int = 4
-    intermediate_size: int = 512
+    intermediate_size: int = 256
     vision_hidden_size: int = 64
     vision_layers: int = 2
-    vision_num_attention_heads: int = 4
-    vision_intermediate_size: int = 256
+    vision_num_attention_heads: int = 2
+    vision_intermediate_size: int = 128
     patch_size: int = 16
     unnorm_key: str | None = None  # dataset key of the un-normalization statistics
     dtype: str = field(default="float32", metadata=_choices("float32", "bfloat16", "float16"))
+
+    def tiny_vla_sizes(self) -> dict[str, int]:
+        """These sizes under the names of ``vla_rl_lib.policy.tiny_vla.TinyVLAConfig``."""
+        return {
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "vision_hidden_size": self.vision_hidden_size,
+            "vision_intermediate_size": self.vision_intermediate_size,
+            "vision_layers": self.vision_layers,
+            "vision_heads": self.vision_num_attention_heads,
+            "text_hidden_size": self.hidden_size,
+            "text_intermediate_size": self.intermediate_size,
+            "text_layers": self.num_layers,
+            "text_heads": self.num_attention_heads,
+        }
 
 
 @dataclass
