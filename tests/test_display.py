@@ -50,7 +50,7 @@ def _records(n: int = 12) -> list[dict]:
             }
         )
         if u % 4 == 3:
-            out.append({"update": u, "eval/success": u / n, "eval/episodes": 10})
+            out.append({"update": u, "eval_success": u / n, "eval_episodes": 10})
     return out
 
 
@@ -115,7 +115,7 @@ def test_learning_curves_wilson_band_and_key_errors():
     records = _records()
     _png(
         plot_learning_curves(
-            records, keys=["eval/success"], ci_counts={"eval/success": "eval/episodes"}
+            records, keys=["eval_success"], ci_counts={"eval_success": "eval_episodes"}
         )
     )
     with pytest.raises(KeyError, match="train/sucess"):
@@ -371,9 +371,9 @@ def test_eval_records_borrow_the_last_env_steps():
 
     records = [
         {"update": 0, "env_steps": 512, "train/success_rate": 0.1},
-        {"update": 0, "eval/success": 0.2},
+        {"update": 0, "eval_success": 0.2},
         {"update": 1, "env_steps": 1024, "train/success_rate": float("nan")},
-        {"update": 1, "eval/success": 0.4},
+        {"update": 1, "eval_success": 0.4},
     ]
-    assert series(records, "env_steps", "eval/success") == ([512.0, 1024.0], [0.2, 0.4])
+    assert series(records, "env_steps", "eval_success") == ([512.0, 1024.0], [0.2, 0.4])
     assert series(records, "update", "train/success_rate") == ([0.0], [0.1])

@@ -84,7 +84,7 @@ def test_log_requires_update_and_monotonic_updates(tmp_path):
         with pytest.raises(KeyError, match="update"):
             writer.log({"loss": 1.0})
         writer.log({"update": 3})
-        writer.log({"update": 3, "eval/success": 0.5})  # same update twice is fine
+        writer.log({"update": 3, "eval_success": 0.5})  # same update twice is fine
         with pytest.raises(ValueError, match="resume_from_update"):
             writer.log({"update": 2})
 

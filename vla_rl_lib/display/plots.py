@@ -21,7 +21,7 @@ from vla_rl_lib.metrics import wilson_interval
 
 Records = Sequence[Mapping[str, Any]]
 
-CURVE_KEYS = ("train/success_rate", "train/episode_return", "eval/success")
+CURVE_KEYS = ("train/success_rate", "train/episode_return", "eval_success")
 STEP_KEYS = ("update", "env_steps")
 DIAGNOSTIC_NAMES = ("approx_kl", "clip_fraction", "explained_variance", "entropy")
 
@@ -54,7 +54,7 @@ def _number(value: Any) -> float | None:
 def _with_x(records: Records, x: str) -> list[tuple[float | None, Mapping[str, Any]]]:
     """Pair each record with its x value, carrying the last x forward to records that lack it.
 
-    An eval record logged as {"update": 7, "eval/success": ...} then still has the env_steps
+    An eval record logged as {"update": 7, "eval_success": ...} then still has the env_steps
     of the training record before it, so it can be drawn against env steps too.
     """
     paired, last = [], None
@@ -151,7 +151,7 @@ def plot_learning_curves(
     """PNG of each key against `x` ("update", "env_steps", or both as a sequence).
 
     keys default to those of CURVE_KEYS present in the records. ci_counts maps a success-rate
-    key to the key holding its episode count, e.g. {"eval/success": "eval/episodes"}, to shade
+    key to the key holding its episode count, e.g. {"eval_success": "eval_episodes"}, to shade
     its 95% Wilson interval. With `path` the PNG is also saved there (atomically).
     """
     xs = _as_list(x)

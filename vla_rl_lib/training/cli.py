@@ -1,0 +1,232 @@
+"""Command line: ``python -m vla_rl_lib train|evaluate|config|sft``.
+
+Flags override the YAML only when the user actually passes them (argparse
+defaults are suppressed), so ``--config params/fast.yaml --seed 3`` changes the
+seed and nothing else. Bad input exits with code 2 and a one-line error; set
+``VLA_RL_DEBUG=1`` to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vla_rl_lib.config import (
+    ConfigError,
+    apply_overrides,
+    load_config,
+    load_template,
+    template_dir,
+)
+from vla_rl_lib.utils import write_text_atomic
+
+TEMPLATES = ("default", "fast", "full")
+
+# flag destination -> dotted config key
+TRAIN_FLAGS = {
+    "experiment_name": "experiment_name",
+    "output_dir": "output_dir",
+    "seed": "seed",
+    "device": "device",
+    "sft_checkpoint": "sft_checkpoint",
+    "pretrained": "pretrained_checkpoint",
+    "simulator": "rollout.simulator",
+    "env_id": "rollout.env_id",
+    "backend": "rollout.backend",
+    "num_parallel_envs": "rollout.num_parallel_envs",
+    "num_updates": "num_updates",
+    "num_rollouts": "rollout.num_rollouts_per_update",
+    "learning_rate": "ppo.learning_rate",
+    "num_epochs": "ppo.num_epochs",
+    "algorithm": "ppo.algorithm",
+    "temperature": "rollout.temperature",
+    "instruction": "language_instruction",
+    "use_wandb": "use_wandb",
+    "wandb_project": "wandb_project",
+    "num_demos": "sft.num_demos",
+    "sft_epochs": "sft.epochs",
+    "executor": "rollout.executor",
+    "ray_address": "rollout.ray_address",
+    "num_workers": "rollout.num_workers",
+}
+
+
+class UsageError(Exception):
+    """Bad input from the command line."""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS
+    p.add_argument("--config", help="YAML config (e.g. params/fast.yaml)")
+    p.add_argument("--template", choices=TEMPLATES, help="start from params/<template>.yaml")
+    p.add_argument("--experiment-name", default=S, help="run folder name under --output-dir")
+    p.add_argument("--output-dir", default=S, help="where runs are written (default outputs)")
+    p.add_argument("--seed", type=int, default=S)
+    p.add_argument("--device", default=S, help="cpu | cuda | auto")
+    p.add_argument("--simulator", default=S, help="mujoco | maniskill | genesis | isaacsim")
+    p.add_argument("--env-id", default=S)
+    p.add_argument("--backend", default=S, help="cpu | gpu (simulator backend)")
+    p.add_argument("--num-parallel-envs", type=int, default=S)
+    p.add_argument("--instruction", default=S, help="language instruction given to the policy")
+    p.add_argument("--num-demos", type=int, default=S, help="scripted demonstrations for SFT")
+    p.add_argument("--sft-epochs", type=int, default=S)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    S = argparse.SUPPRESS
+    parser = argparse.ArgumentParser(
+        prog="python -m vla_rl_lib",
+        description="Fine-tune VLA robot policies with reinforcement learning (CRANE-X7).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="RL fine-tuning (PPO or GRPO)")
+    _add_common(train)
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--sft-checkpoint", default=S, help="start RL from this SFT checkpoint")
+    start.add_argument("--pretrained", default=S, help="start from a pretrained model id or path")
+    train.add_argument("--render", action="store_true", help="save a GIF of every evaluation")
+    train.add_argument("--num-updates", type=int, default=S)
+    train.add_argument("--num-rollouts", type=int, default=S, help="episodes per update")
+    train.add_argument("--learning-rate", type=float, default=S)
+    train.add_argument("--num-epochs", type=int, default=S)
+    train.add_argument("--algorithm", default=S, help="ppo | grpo")
+    train.add_argument("--temperature", type=float, default=S, help="rollout sampling temperature")
+    train.add_argument("--use-wandb", action="store_true", default=S)
+    train.add_argument("--wandb-project", default=S)
+    train.add_argument("--executor", default=S, help="local | ray")
+    train.add_argument("--ray-address", default=S)
+    train.add_argument("--num-workers", type=int, default=S)
+    train.add_argument("--resume", action="store_true", help="continue from checkpoint_latest")
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on held-out seeds")
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint directory")
+    ev.add_argument("--num-episodes", type=int, default=S)
+    ev.add_argument("--simulator", default=S)
+    ev.add_argument("--env-id", default=S)
+    ev.add_argument("--seed", type=int, default=S, help="first held-out seed")
+    ev.add_argument("--render", action="store_true", help="write videos of the episodes")
+    ev.add_argument("--output-dir", default=S, help="where videos go (default: the run folder)")
+
+    cfg = sub.add_parser("config", help="write a config template")
+    cfg.add_argument("--template", choices=TEMPLATES, default="default")
+    cfg.add_argument("--output", "-o", help="file to write (default: print)")
+
+    sft = sub.add_parser("sft", help="collect scripted demos and behaviour-clone the VLA")
+    _add_common(sft)
+    sft.add_argument("--learning-rate", type=float, default=S, dest="sft_learning_rate")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace):
+    """Template or YAML file, then only the flags the user passed."""
+    if getattr(args, "config", None) and getattr(args, "template", None):
+        raise UsageError("give --config or --template, not both")
+    if getattr(args, "config", None):
+        cfg = load_config(args.config)
+    else:
+        cfg = load_template(getattr(args, "template", None) or "default")
+    overrides: dict[str, Any] = {}
+    for dest, key in TRAIN_FLAGS.items():
+        if hasattr(args, dest):
+            overrides[key] = getattr(args, dest)
+    if hasattr(args, "sft_learning_rate"):
+        overrides["sft.learning_rate"] = args.sft_learning_rate
+    if overrides.get("rollout.ray_address") is not None and "rollout.executor" not in overrides:
+        overrides["rollout.executor"] = "ray"
+    return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vla_rl_lib.training.trainer import Trainer
+
+    cfg = resolve_config(args)
+    trainer = Trainer(cfg, resume=args.resume, progress=sys.stderr.isatty(), render=args.render)
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.close()
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vla_rl_lib.training.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        num_episodes=getattr(args, "num_episodes", None),
+        simulator=getattr(args, "simulator", None),
+        env_id=getattr(args, "env_id", None),
+        seed=getattr(args, "seed", None),
+        render=args.render,
+        output_dir=getattr(args, "output_dir", None),
+    )
+    from vla_rl_lib.display import summary_table
+
+    print(summary_table(result.per_episode))
+    low, high = result.interval
+    for video in result.videos:
+        print(f"video: {video}")
+    print(
+        f"success_rate={result.success_rate:.3f} successes={result.successes} "
+        f"episodes={result.episodes} wilson95_low={low:.3f} wilson95_high={high:.3f}"
+    )
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Write the template with its comments, after checking that it validates."""
+    load_template(args.template)
+    text = (template_dir() / f"{args.template}.yaml").read_text()
+    if args.output:
+        write_text_atomic(Path(args.output), text)
+        print(f"wrote {args.output} (template {args.template})")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from vla_rl_lib.training.policy_factory import run_warm_start
+
+    cfg = resolve_config(args)
+    out = run_warm_start(cfg, Path(cfg.output_dir) / cfg.experiment_name / "sft", progress=True)
+    print(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "config": cmd_config, "sft": cmd_sft}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from vla_rl_lib.training.checkpoint import CheckpointError
+    from vla_rl_lib.training.trainer import TrainingError
+
+    return (UsageError, ConfigError, CheckpointError, TrainingError, FileNotFoundError,
+            ImportError, ValueError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 on unknown flags
+    try:
+        return COMMANDS[args.command](args)
+    except user_errors() as exc:
+        if os.environ.get("VLA_RL_DEBUG"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint_latest is intact (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
