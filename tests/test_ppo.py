@@ -411,3 +411,39 @@ def test_batch_rejects_mismatched_lengths():
     batch = make_batch(policy, size=4)
     with pytest.raises(ValueError, match="PPOBatch.returns holds 3 samples"):
         dataclasses.replace(batch, returns=batch.returns[:3])
+
+
+# ---------------------------------------------------------------- with the real tiny VLA
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_update_on_the_tiny_vla(lora):
+    from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings
+    from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, build_tiny_vla
+
+    small = TinyVLAConfig(
+        image_size=32, text_layers=1, text_hidden_size=64, text_intermediate_size=128
+    )
+    model, processor = build_tiny_vla(small, seed=0)
+    policy = HFVLAPolicy(model, processor, lora=LoRASettings(rank=4, alpha=8) if lora else None)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    instructions = ["pick up the blue cube"] * 8
+    out = policy.act(images, instructions)
+    advantages = torch.tensor([1.0, -1.0] * 4)
+    batch = PPOBatch(
+        images, instructions, out.token_ids, out.log_probs, out.values, advantages, out.values + 1.0
+    )
+    optimizer = torch.optim.AdamW(policy.optimizer_param_groups(1e-3, 1e-3))
+    stats = ppo_update(
+        policy,
+        optimizer,
+        batch,
+        settings(num_epochs=3, minibatch_size=8, micro_batch_size=4),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert stats["skipped_steps"] == 0 and stats["num_minibatch_steps"] == 3
+    with torch.no_grad():
+        after = policy.evaluate(images, instructions, out.token_ids).log_probs
+    change = after - out.log_probs
+    assert (change[advantages > 0] > 0).all() and (change[advantages < 0] < 0).all()
