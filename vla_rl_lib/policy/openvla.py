@@ -2,7 +2,9 @@
 
 :func:`load_openvla` returns the model, its processor and everything a policy
 adapter needs to read its actions (:class:`LoadedOpenVLA`);
-:func:`build_openvla_policy` hands that to the generic ``HFVLAPolicy``.
+:func:`build_openvla_policy` wraps that in :class:`OpenVLAPolicy`, the
+generic ``HFVLAPolicy`` with OpenVLA's image preprocessing, prompt and
+multimodal forward.
 
 What this module decides, and why:
 
@@ -39,10 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
 from transformers.dynamic_module_utils import get_imports
 
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics, ActionTokenizer
+from vla_rl_lib.policy.hf_policy import HFVLAPolicy
 from vla_rl_lib.policy.openvla_compat import (
     align_text_config_dtype,
     apply_openvla_patches,
@@ -105,10 +111,6 @@ class LoadedOpenVLA:
     def action_token_ids(self) -> range:
         """The vocabulary ids of the action bins (OpenVLA: 31744..31999)."""
         return range(self.action_tokenizer.action_token_begin, self.action_tokenizer.vocab_end)
-
-    def prompt(self, instruction: str) -> str:
-        # OpenVLA's data pipeline lower-cases every instruction before building the prompt.
-        return self.prompt_template.format(instruction=instruction.strip().lower())
 
 
 def _same_location(a: str, b: str) -> bool:
@@ -362,46 +364,203 @@ def load_openvla(
     )
 
 
+class OpenVLAPolicy(HFVLAPolicy):
+    """``HFVLAPolicy`` for OpenVLA's Prismatic architecture.
+
+    OpenVLA's own forward decodes cached steps for one sample only (it asserts
+    batch size 1), so the three model-facing hooks are reimplemented from its
+    multimodal branch, batched: the vision backbone's patch features go
+    through the projector and are inserted right after each row's BOS token;
+    the sequence then runs through the Llama decoder (``language_model.model``)
+    with the policy's mask, positions and KV cache. Prompts are left-padded,
+    so each row's BOS sits after its padding; hidden states are returned in
+    text positions (patch positions dropped) so the base class indexes them as
+    it would a text-only sequence. ``tests/test_openvla_loading.py`` checks
+    that greedy ``act`` matches ``model.generate`` through OpenVLA's forward.
+    """
+
+    prompt_suffix_token_ids: tuple[int, ...] = (OPENVLA_PROMPT_SUFFIX_TOKEN_ID,)
+    # Image patches the last prefill inserted; cached steps shift their positions by it.
+    _num_image_patches: int | None = None
+
+    def preprocess_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> OpenVLA pixel values (B, 3 * n_backbones, h, w), in torch.
+
+        Mirrors ``PrismaticImageProcessor``: per vision backbone, resize
+        (bicubic, antialiased, rounded to uint8 as PIL does), scale to [0, 1],
+        normalize with that backbone's mean/std; stack the results on channels
+        (OpenVLA-7B fuses DINOv2 and SigLIP: 6 channels).
+        """
+        pixels = torch.as_tensor(images)
+        if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
+            raise ValueError(
+                f"images must be uint8 (B, H, W, 3), got {pixels.dtype} {tuple(pixels.shape)}"
+            )
+        image_processor = self.processor.image_processor
+        strategy = image_processor.image_resize_strategy
+        x = pixels.to(self.device).permute(0, 3, 1, 2).float()
+        if strategy == "letterbox" and x.shape[-1] != x.shape[-2]:
+            x = _letterbox(x, [round(255 * m) for m in image_processor.means[0]])
+        elif strategy not in ("letterbox", "resize-naive"):
+            raise ValueError(
+                f"image_resize_strategy {strategy!r} is not implemented here (OpenVLA-7B uses resize-naive); "
+                "supported: resize-naive, letterbox."
+            )
+        stacked = []
+        for size, mean, std in zip(
+            image_processor.input_sizes, image_processor.means, image_processor.stds, strict=True
+        ):
+            height, width = int(size[-2]), int(size[-1])
+            y = x
+            if y.shape[-2:] != (height, width):
+                y = F.interpolate(
+                    y, size=(height, width), mode="bicubic", antialias=True, align_corners=False
+                )
+                y = y.round().clamp(0, 255)
+            mean_t = torch.tensor(mean, device=y.device).view(1, -1, 1, 1)
+            std_t = torch.tensor(std, device=y.device).view(1, -1, 1, 1)
+            stacked.append((y / 255.0 - mean_t) / std_t)
+        return torch.cat(stacked, dim=1).to(self._hf_model().dtype)
+
+    def _encode_prompt_ids(self, instruction: str) -> list[int]:
+        """BOS + the prompt + Llama's "▁" (the token the action tokens followed in training), cached."""
+        ids = self._prompt_cache.get(instruction)
+        if ids is None:
+            tokenizer = self.processor.tokenizer
+            ids = list(tokenizer(self.prompt_template.format(instruction=instruction))["input_ids"])
+            if not ids or ids[0] != tokenizer.bos_token_id:
+                raise ValueError(
+                    f"the tokenizer did not start the prompt with BOS ({tokenizer.bos_token_id}); OpenVLA "
+                    f"inserts the image right after BOS. Got ids {ids[:5]}..."
+                )
+            suffix = list(self.prompt_suffix_token_ids)
+            if ids[-len(suffix) :] != suffix:
+                ids += suffix
+            self._prompt_cache[instruction] = ids
+        return ids
+
+    def _decoder_hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        cache: DynamicCache | None = None,
+    ) -> torch.Tensor:
+        vla = self._hf_model()
+        decoder = vla.language_model.model
+        if attention_mask.ndim != 2:
+            raise ValueError("OpenVLA takes 2-D padding masks only (autoregressive decoding).")
+        text_embeddings = vla.get_input_embeddings()(input_ids)
+        valid = attention_mask.bool()
+        if pixel_values is None:
+            # A cached step: the cache already holds padding, BOS, the image patches and the prompt.
+            if cache is None or self._num_image_patches is None:
+                raise ValueError("a step without pixel_values must continue a cached prompt")
+            patches = self._num_image_patches
+            ones = valid.new_ones((valid.shape[0], patches))
+            outputs = decoder(
+                inputs_embeds=text_embeddings,
+                attention_mask=torch.cat([valid, ones], dim=1).long(),
+                position_ids=position_ids + patches,
+                cache=cache,
+                use_cache=True,
+            )
+            return outputs.last_hidden_state
+
+        patch_embeddings = vla.projector(vla.vision_backbone(pixel_values)).to(
+            text_embeddings.dtype
+        )
+        batch, length = input_ids.shape
+        patches = patch_embeddings.shape[1]
+        self._num_image_patches = patches
+        # Row i: [padding, BOS, patches, rest of the prompt]; BOS is the first valid position.
+        bos = valid.long().argmax(dim=1, keepdim=True)
+        slots = torch.arange(length + patches, device=input_ids.device).unsqueeze(0)
+        source = torch.where(
+            slots <= bos,
+            slots,
+            torch.where(slots <= bos + patches, length + slots - bos - 1, slots - patches),
+        )
+        combined = torch.cat([text_embeddings, patch_embeddings], dim=1)
+        embeddings = combined.gather(1, source.unsqueeze(-1).expand(-1, -1, combined.shape[-1]))
+        mask = torch.cat([valid, valid.new_ones((batch, patches))], dim=1).gather(1, source)
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        outputs = decoder(
+            inputs_embeds=embeddings,
+            attention_mask=mask.long(),
+            position_ids=positions,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        # Back to text positions: text position t sits at t (up to BOS) or t + patches.
+        text_slots = torch.arange(length, device=input_ids.device).unsqueeze(0)
+        back = torch.where(text_slots <= bos, text_slots, text_slots + patches)
+        hidden = outputs.last_hidden_state
+        return hidden.gather(1, back.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+def _letterbox(x: torch.Tensor, fill: list[int]) -> torch.Tensor:
+    """Pad (B, 3, H, W) to a square with a symmetric border of ``fill`` (PrismaticImageProcessor's letterbox)."""
+    height, width = x.shape[-2:]
+    side = max(height, width)
+    horizontal, vertical = (side - width) // 2, (side - height) // 2
+    out = (
+        torch.tensor(fill, dtype=x.dtype, device=x.device)
+        .view(1, 3, 1, 1)
+        .expand(x.shape[0], 3, side, side)
+    )
+    out = out.clone()
+    out[..., vertical : vertical + height, horizontal : horizontal + width] = x
+    return out
+
+
 def build_openvla_policy(
     loaded: LoadedOpenVLA,
     decoding: str = "autoregressive",
     statistics: ActionStatistics | None = None,
+    unnorm_key: str | None = None,
     **policy_kwargs: Any,
-) -> Any:
-    """Wrap a loaded OpenVLA in the generic ``HFVLAPolicy``.
+) -> OpenVLAPolicy:
+    """Wrap a loaded OpenVLA in :class:`OpenVLAPolicy` (an ``HFVLAPolicy``).
 
-    ``statistics`` overrides the checkpoint's (needed when it has none for
-    ``loaded.action_dim``, e.g. base OpenVLA on CRANE-X7: pass the statistics
-    of the SFT demonstrations). Other keyword arguments go to ``HFVLAPolicy``.
+    ``statistics`` (with the ``unnorm_key`` naming their dataset) override the
+    checkpoint's; they are required when it has none for ``loaded.action_dim``,
+    e.g. base OpenVLA on CRANE-X7: pass the statistics of the SFT
+    demonstrations. Other keyword arguments (``lora``, ``seed``, ...) go to
+    ``HFVLAPolicy``. The base weights are referenced, not copied, by LoRA
+    checkpoints (``base_model_path`` is the loaded directory).
     """
     if decoding != "autoregressive":
         raise ValueError(
             f"decoding={decoding!r} is not supported for OpenVLA: parallel decoding needs a 4-D attention "
             "mask, and OpenVLA's forward concatenates the attention mask with a 2-D image-patch mask, so "
-            "only 2-D padding masks pass through it. Set model.decoding: autoregressive in the config."
+            "only 2-D padding masks pass through it (and OpenVLA was trained autoregressively). "
+            "Set model.decoding: autoregressive in the config."
         )
-    statistics = statistics if statistics is not None else loaded.statistics
+    if statistics is None:
+        statistics, unnorm_key = loaded.statistics, loaded.unnorm_key
     if statistics is None:
         raise ValueError(
             f"{loaded.name_or_path} has no {loaded.action_dim}-D action statistics (its norm_stats are for "
             "OpenVLA's 7-D end-effector actions). CRANE-X7 needs SFT on CRANE-X7 demonstrations first; pass "
-            "the statistics computed from them (statistics=ActionStatistics.from_actions(...) or "
-            "load_action_statistics(sft_dir))."
+            "the statistics computed from them: build_openvla_policy(loaded, "
+            "statistics=ActionStatistics.from_actions(demo_actions), unnorm_key='crane_x7')."
         )
     if statistics.action_dim != loaded.action_dim:
         raise ValueError(
             f"statistics describe {statistics.action_dim}-D actions but the policy emits "
             f"{loaded.action_dim} action tokens per step (action_dim); they must agree."
         )
-    from vla_rl_lib.policy.hf_policy import HFVLAPolicy
-
-    return HFVLAPolicy(
-        model=loaded.model,
-        processor=loaded.processor,
-        action_tokenizer=loaded.action_tokenizer,
-        statistics=statistics,
-        prompt_template=loaded.prompt_template,
+    policy_kwargs.setdefault("base_model_path", str(loaded.checkpoint_dir))
+    return OpenVLAPolicy(
+        loaded.model,
+        loaded.processor,
+        loaded.action_tokenizer,
         action_dim=loaded.action_dim,
         decoding=decoding,
+        prompt_template=loaded.prompt_template,
+        statistics=statistics,
+        unnorm_key=unnorm_key,
         **policy_kwargs,
     )
