@@ -119,6 +119,10 @@ def test_wrong_type_names_key_expected_and_got(d, key, expected):
     assert f"'{key}'" in message and f"expects {expected}," in message and "got" in message
 
 
+def test_zero_demos_means_no_warm_start():
+    assert config_from_dict({"sft": {"num_demos": 0}}).sft.num_demos == 0
+
+
 def test_int_accepted_for_float():
     cfg = config_from_dict({"ppo": {"gamma": 1}})
     assert cfg.ppo.gamma == 1.0 and isinstance(cfg.ppo.gamma, float)
@@ -155,6 +159,7 @@ def test_int_accepted_for_float():
         ({"eval_seed": 0}, "eval_seed"),
         ({"max_consecutive_skips": 0}, "max_consecutive_skips"),
         ({"experiment_name": "a/b"}, "experiment_name"),
+        ({"sft": {"num_demos": -1}}, "sft.num_demos"),
     ],
 )
 def test_impossible_values_rejected(d, key):

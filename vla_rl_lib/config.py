@@ -145,7 +145,7 @@ class ModelConfig:
 class SFTConfig:
     """Behaviour cloning on scripted demonstrations before RL."""
 
-    num_demos: int = 50
+    num_demos: int = 50  # scripted demos for the warm start when no checkpoint is given; 0 = none
     epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 5e-4
@@ -549,7 +549,7 @@ def validate_config(cfg: VLARLConfig) -> None:
             f"must equal model.image_size ({m.image_size}): the tiny model does not resize images",
         )
 
-    _check(s.num_demos >= 1, "sft.num_demos", s.num_demos, "must be >= 1")
+    _check(s.num_demos >= 0, "sft.num_demos", s.num_demos, "must be >= 0 (0 = no warm start)")
     _check(s.epochs >= 1, "sft.epochs", s.epochs, "must be >= 1")
     _check(s.batch_size >= 1, "sft.batch_size", s.batch_size, "must be >= 1")
     _check(s.learning_rate > 0, "sft.learning_rate", s.learning_rate, "must be > 0")
