@@ -194,10 +194,9 @@ def ppo_update(
                 for key, value in stats.items():
                     minibatch_stats[key] += weight * float(value)
 
+            # Past target_kl the policy has moved far enough from the one that collected the data.
             if settings.target_kl is not None and minibatch_stats["approx_kl"] > settings.target_kl:
-                early_stopped = (
-                    True  # the policy has moved far enough from the one that collected the data
-                )
+                early_stopped = True
                 optimizer.zero_grad(set_to_none=True)
                 break
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
