@@ -32,8 +32,8 @@ class ScriptedEnv:
         q = np.zeros((self.num_envs, 9), dtype=np.float32)
         return Observation(image=image, qpos=q, qvel=q)
 
-    def reset_episodes(self, env_ids, seeds):
-        self.seed[env_ids] = seeds
+    def reset(self, seed=None, env_ids=None):
+        self.seed[env_ids] = seed
         self.t[env_ids] = 0
         return self._obs()
 

@@ -52,6 +52,14 @@ def evaluation_seeds(eval_seed: int, num_episodes: int) -> list[int]:
     return list(range(eval_seed, eval_seed + num_episodes))
 
 
+def reset_episodes(env: Simulator, env_ids: Sequence[int], seeds: Sequence[int]):
+    """Start each listed env on the episode whose start state is a pure function of its seed."""
+    obs = None
+    for env_id, seed in zip(env_ids, seeds, strict=True):
+        obs = env.reset(seed=int(seed), env_ids=[int(env_id)])
+    return obs
+
+
 @dataclass
 class Episode:
     index: int
@@ -132,7 +140,7 @@ class RolloutCollector:
                 if index < record_frames:
                     ep.frames = []
                 episodes.append(ep)
-            return env.reset_episodes(np.asarray(env_ids), [s for _, s in starts])
+            return reset_episodes(env, env_ids, [s for _, s in starts])
 
         first = list(range(min(n, len(queue))))
         t0 = time.perf_counter()
