@@ -1,9 +1,9 @@
 """lift: batched robot-arm simulators for the CRANE-X7 pick task.
 
-    import lift
-    env = lift.make_env("mujoco", "PickPlace-CRANE-X7", num_envs=8)
-    obs = env.reset(seed=0)
-    result = env.step(actions)  # actions (8, 8) in [-1, 1]
+import lift
+env = lift.make_env("mujoco", "PickPlace-CRANE-X7", num_envs=8)
+obs = env.reset(seed=0)
+result = env.step(actions)  # actions (8, 8) in [-1, 1]
 """
 
 from __future__ import annotations

@@ -7,14 +7,13 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Union
 
 from lift.simulator import Simulator
 from lift.types import SimulatorConfig
 
 Factory = Callable[[SimulatorConfig], Simulator]
 # A factory, or "package.module:ClassName" imported lazily when the simulator is created.
-FactorySpec = Union[Factory, str]
+FactorySpec = Factory | str
 
 
 @dataclass(frozen=True)

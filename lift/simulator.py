@@ -86,7 +86,9 @@ def validate_env_ids(env_ids: np.ndarray | list[int] | None, num_envs: int) -> n
     return ids
 
 
-def validate_actions(actions: np.ndarray, num_envs: int, action_dim: int = ACTION_DIM) -> np.ndarray:
+def validate_actions(
+    actions: np.ndarray, num_envs: int, action_dim: int = ACTION_DIM
+) -> np.ndarray:
     """Actions as float64 (num_envs, action_dim), clipped to [-1, 1]; NaN/inf or a wrong shape raise."""
     array = np.asarray(actions, dtype=np.float64)
     expected = (num_envs, action_dim)

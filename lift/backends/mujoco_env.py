@@ -27,9 +27,13 @@ GL_HELP = (
 
 
 def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:
-    """An offscreen renderer with shadows, reflections and multisampling off (the costly parts)."""
-    model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
-    model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+    """An offscreen renderer with shadows, reflections and multisampling off (the costly parts).
+
+    The offscreen buffer is made exactly the image size: a CPU rasterizer clears the
+    whole buffer every frame, so a 640x480 buffer costs ~30% more for 128x128 frames.
+    """
+    model.vis.global_.offwidth = width
+    model.vis.global_.offheight = height
     model.vis.quality.offsamples = 0
     try:
         renderer = mujoco.Renderer(model, height=height, width=width)
@@ -103,7 +107,9 @@ class MujocoPickPlace(Simulator):
     def set_seed_state(self, state: dict[str, Any]) -> None:
         missing = {"base_seed", "seed_stream", "episode_counter"} - set(state)
         if missing:
-            raise ValueError(f"seed state lacks {sorted(missing)}; pass what get_seed_state() returned")
+            raise ValueError(
+                f"seed state lacks {sorted(missing)}; pass what get_seed_state() returned"
+            )
         self._base_seed = int(state["base_seed"])
         self._seed_stream = int(state["seed_stream"])
         self._episode_counter = int(state["episode_counter"])
@@ -138,7 +144,13 @@ class MujocoPickPlace(Simulator):
             d.qpos[self._qpos_adr[:7]] = arm
             d.qpos[self._qpos_adr[7:]] = task.REST_FINGER_QPOS
             d.qpos[self._cube_qpos_adr : self._cube_qpos_adr + 7] = [
-                cube_xy[0], cube_xy[1], task.CUBE_HALF_SIZE, 1.0, 0.0, 0.0, 0.0,
+                cube_xy[0],
+                cube_xy[1],
+                task.CUBE_HALF_SIZE,
+                1.0,
+                0.0,
+                0.0,
+                0.0,
             ]
             self.joint_targets[i, :7] = arm
             self.joint_targets[i, 7] = task.REST_FINGER_QPOS
@@ -151,7 +163,7 @@ class MujocoPickPlace(Simulator):
         self.joint_targets = task.joint_targets_from_action(
             action, self.joint_targets[:, :7], self.config.control_mode
         )
-        for d, targets in zip(self.data, self.joint_targets):
+        for d, targets in zip(self.data, self.joint_targets, strict=True):
             d.ctrl[:] = targets
             mujoco.mj_step(self.model, d, nstep=self.substeps)
         self.elapsed_steps += 1
@@ -238,7 +250,9 @@ class MujocoPickPlace(Simulator):
         size: tuple[int, int] | None = None,
     ) -> np.ndarray:
         if camera not in self._camera_ids:
-            raise ValueError(f"camera={camera!r} is unknown; choose one of {sorted(self._camera_ids)}")
+            raise ValueError(
+                f"camera={camera!r} is unknown; choose one of {sorted(self._camera_ids)}"
+            )
         ids = validate_env_ids(env_ids, self.num_envs)
         height, width = self.config.image_size if size is None else size
         renderer = self._renderers.get((height, width))

@@ -1,0 +1,202 @@
+"""Scripted pick-and-lift expert for the MuJoCo PickPlace-CRANE-X7 env.
+
+It reads the simulator's state (privileged), plans a gripper-base waypoint a
+little further along the current phase each control step, solves damped
+least-squares IK on MuJoCo's body Jacobian *in joint-target space* (starting
+from the PD targets now in force, so PD lag does not compound), and returns the
+action in the env's own action space (``pd_joint_delta_pos`` or ``pd_joint_pos``).
+
+Phases, per env: approach (above the cube, gripper open) -> descend -> close ->
+lift. A dropped cube sends the env back to approach.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from lift import task
+from lift.backends.mujoco_env import MujocoPickPlace
+
+APPROACH, DESCEND, CLOSE, LIFT = range(4)
+PHASE_NAMES = ("approach", "descend", "close", "lift")
+
+# Cube centre sits this far below the gripper base origin when grasped: the pads
+# (34..62 mm below the base) cover the cube's side, the palm clears its top by 9 mm,
+# and the success rule's 50 mm leaves 5 mm of margin.
+GRASP_DEPTH = 0.045
+HOVER_CLEARANCE = 0.07  # approach this far above the grasp pose, then descend straight
+LIFT_CUBE_HEIGHT = task.SUCCESS_HEIGHT + 0.03  # aim past the success height
+
+# Waypoint speeds (per 0.1 s control step at 10 Hz): slow enough for smooth, phase-clear demos.
+APPROACH_SPEED = 0.015  # m/step
+DESCEND_SPEED = 0.008
+LIFT_SPEED = 0.01
+TURN_SPEED = 0.1  # rad/step for the gripper orientation
+CLOSE_STEPS = 4  # control steps with the gripper closing before lifting
+
+APPROACH_TOLERANCE = 0.006  # m, actual gripper base to hover point
+ORIENTATION_TOLERANCE = 0.05  # rad
+DESCEND_TOLERANCE = 0.004  # m
+
+IK_ITERATIONS = 3
+IK_DAMPING = 0.02
+NULLSPACE_GAIN = 0.05  # pull toward the rest pose in the arm's redundant direction
+
+
+def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """World-frame rotation vector taking rotation matrix ``current`` to ``target``."""
+    q_target, q_current, q_inv, q_err = (np.zeros(4) for _ in range(4))
+    mujoco.mju_mat2Quat(q_target, target.reshape(-1))
+    mujoco.mju_mat2Quat(q_current, current.reshape(-1))
+    mujoco.mju_negQuat(q_inv, q_current)
+    mujoco.mju_mulQuat(q_err, q_target, q_inv)
+    if q_err[0] < 0:  # shortest way round
+        q_err = -q_err
+    velocity = np.zeros(3)
+    mujoco.mju_quat2Vel(velocity, q_err, 1.0)
+    return velocity
+
+
+def limit_rotation(target: np.ndarray, current: np.ndarray, max_angle: float) -> np.ndarray:
+    """``target`` rotation matrix, or ``current`` turned toward it by at most ``max_angle``."""
+    error = rotation_error(target, current)
+    angle = np.linalg.norm(error)
+    if angle <= max_angle:
+        return target
+    quat, step = np.zeros(4), np.zeros(4)
+    mujoco.mju_axisAngle2Quat(step, error / angle, max_angle)
+    mujoco.mju_mat2Quat(quat, current.reshape(-1))
+    turned = np.zeros(4)
+    mujoco.mju_mulQuat(turned, step, quat)
+    matrix = np.zeros(9)
+    mujoco.mju_quat2Mat(matrix, turned)
+    return matrix.reshape(3, 3)
+
+
+def top_down_orientation(gripper_x: np.ndarray) -> np.ndarray:
+    """Gripper pointing straight down, fingers closing along the world axis nearest ``gripper_x``."""
+    candidates = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], dtype=np.float64)
+    x_axis = candidates[np.argmax(candidates @ gripper_x)]
+    z_axis = np.array([0.0, 0.0, -1.0])
+    y_axis = np.cross(z_axis, x_axis)
+    return np.stack([x_axis, y_axis, z_axis], axis=1)
+
+
+def move_toward(current: np.ndarray, goal: np.ndarray, max_step: float) -> np.ndarray:
+    offset = goal - current
+    distance = np.linalg.norm(offset)
+    return goal if distance <= max_step else current + offset * (max_step / distance)
+
+
+class ScriptedExpert:
+    """Batched pick-and-lift controller: ``ScriptedExpert(env).act()`` -> (N, 8) actions."""
+
+    def __init__(self, env: MujocoPickPlace) -> None:
+        if not isinstance(env, MujocoPickPlace):
+            raise TypeError(
+                f"ScriptedExpert needs the MuJoCo simulator (lift.make_env('mujoco', ...)); got {type(env).__name__}"
+            )
+        self.env = env
+        self._scratch = mujoco.MjData(env.model)
+        n = env.num_envs
+        self.phase = np.full(n, APPROACH)
+        self._waypoint = np.zeros((n, 3))
+        self._orientation = np.zeros((n, 3, 3))
+        self._goal_rotation = np.zeros((n, 3, 3))
+        self._close_steps = np.zeros(n, dtype=np.int64)
+        self._lift_xy = np.zeros((n, 2))
+        arm_dofs = [env.model.joint(name).dofadr[0] for name in task.ARM_JOINT_NAMES]
+        self._arm_dofs = np.array(arm_dofs)
+        self._arm_qpos = np.array([env.model.joint(n).qposadr[0] for n in task.ARM_JOINT_NAMES])
+
+    # ------------------------------------------------------------------ public
+    def act(self) -> np.ndarray:
+        """Actions for the current state of every env; new episodes (elapsed 0) restart the script."""
+        env = self.env
+        arm_targets = np.empty((env.num_envs, 7))
+        gripper = np.empty(env.num_envs)
+        for i in range(env.num_envs):
+            if env.elapsed_steps[i] == 0:
+                self._start(i)
+            arm_targets[i], gripper[i] = self._act_one(i)
+        return task.action_from_joint_targets(
+            arm_targets, gripper, env.joint_targets[:, :7], env.config.control_mode
+        )
+
+    # ------------------------------------------------------------------ script
+    def _start(self, i: int) -> None:
+        d = self.env.data[i]
+        self.phase[i] = APPROACH
+        self._waypoint[i] = d.xpos[self.env.gripper_body]
+        current = d.xmat[self.env.gripper_body].reshape(3, 3)
+        self._orientation[i] = current
+        self._goal_rotation[i] = top_down_orientation(current[:, 0])
+        self._close_steps[i] = 0
+
+    def _act_one(self, i: int) -> tuple[np.ndarray, float]:
+        env, d = self.env, self.env.data[i]
+        gripper_pos = d.xpos[env.gripper_body]
+        gripper_rot = d.xmat[env.gripper_body].reshape(3, 3)
+        cube = d.xpos[env.cube_body]
+        goal_rot = self._goal_rotation[i]
+        grasp_point = cube + np.array([0.0, 0.0, GRASP_DEPTH])
+        hover_point = grasp_point + np.array([0.0, 0.0, HOVER_CLEARANCE])
+
+        if self.phase[i] == APPROACH:
+            turned = np.linalg.norm(rotation_error(goal_rot, gripper_rot)) < ORIENTATION_TOLERANCE
+            if turned and np.linalg.norm(gripper_pos - hover_point) < APPROACH_TOLERANCE:
+                self.phase[i] = DESCEND
+        elif self.phase[i] == DESCEND:
+            if np.linalg.norm(gripper_pos - grasp_point) < DESCEND_TOLERANCE:
+                self.phase[i] = CLOSE
+                self._lift_xy[i] = gripper_pos[:2]
+        elif self.phase[i] == CLOSE:
+            self._close_steps[i] += 1
+            if self._close_steps[i] > CLOSE_STEPS:
+                self.phase[i] = LIFT
+        elif self.phase[i] == LIFT:
+            dropped = cube[2] < task.CUBE_HALF_SIZE + 0.01 and gripper_pos[2] > cube[2] + 0.08
+            if dropped:
+                self.phase[i] = APPROACH
+                self._close_steps[i] = 0
+
+        phase = self.phase[i]
+        if phase == APPROACH:
+            goal, speed, command = hover_point, APPROACH_SPEED, -1.0
+        elif phase == DESCEND:
+            goal, speed, command = grasp_point, DESCEND_SPEED, -1.0
+        elif phase == CLOSE:
+            goal, speed, command = self._waypoint[i], 0.0, 1.0
+        else:
+            lift_z = LIFT_CUBE_HEIGHT + GRASP_DEPTH
+            goal, speed, command = np.array([*self._lift_xy[i], lift_z]), LIFT_SPEED, 1.0
+        self._waypoint[i] = move_toward(self._waypoint[i], goal, speed)
+        self._orientation[i] = limit_rotation(goal_rot, self._orientation[i], TURN_SPEED)
+        return self._solve_ik(i, self._waypoint[i], self._orientation[i]), command
+
+    # ------------------------------------------------------------------ IK
+    def _solve_ik(self, i: int, position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+        """Arm joint targets near the current targets that put the gripper base at the pose."""
+        env, m, scratch = self.env, self.env.model, self._scratch
+        scratch.qpos[:] = env.data[i].qpos
+        q = env.joint_targets[i, :7].copy()
+        jacp, jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
+        for _ in range(IK_ITERATIONS):
+            scratch.qpos[self._arm_qpos] = q
+            mujoco.mj_kinematics(m, scratch)
+            mujoco.mj_comPos(m, scratch)
+            body = env.gripper_body
+            error = np.concatenate(
+                [
+                    position - scratch.xpos[body],
+                    rotation_error(rotation, scratch.xmat[body].reshape(3, 3)),
+                ]
+            )
+            mujoco.mj_jacBody(m, scratch, jacp, jacr, body)
+            jac = np.vstack([jacp[:, self._arm_dofs], jacr[:, self._arm_dofs]])
+            jjt = jac @ jac.T + IK_DAMPING**2 * np.eye(6)
+            pinv = jac.T @ np.linalg.solve(jjt, np.eye(6))
+            nullspace = (np.eye(7) - pinv @ jac) @ (NULLSPACE_GAIN * (task.REST_ARM_QPOS - q))
+            q = np.clip(q + pinv @ error + nullspace, task.ARM_LOWER, task.ARM_UPPER)
+        return q
