@@ -404,3 +404,24 @@ def test_evaluate_recomputes_the_rollout_log_probs(policy):
 def loaded_grad_reaches_vision(policy: OpenVLAPolicy) -> bool:
     grad = policy._hf_model().vision_backbone.featurizer.weight.grad
     return grad is not None and bool(grad.abs().sum() > 0)
+
+
+def test_lora_policy_saves_and_reloads_through_the_openvla_loader(checkpoint, tmp_path):
+    from vla_rl_lib.policy.hf_policy import LoRASettings
+    from vla_rl_lib.policy.openvla import openvla_model_loader
+
+    # A fresh load: get_peft_model injects LoRA layers into the model it wraps.
+    loaded = load_openvla(
+        checkpoint, dtype=torch.float32, device="cpu", trust_remote_code_allowlist=[str(checkpoint)]
+    )
+    trained = build_openvla_policy(loaded, lora=LoRASettings(), seed=1)
+    images, instructions = _images(2, seed=11), ["pick up the cube", "pick up the blue cube"]
+    before = trained.act(images, instructions, greedy=True)
+    trained.save_pretrained(str(tmp_path / "policy"))
+    allowlist = [str(loaded.checkpoint_dir), str(tmp_path / "policy")]
+    loader = openvla_model_loader(allowlist, dtype=torch.float32, device="cpu")
+    restored = OpenVLAPolicy.from_checkpoint(tmp_path / "policy", model_loader=loader)
+    after = restored.act(images, instructions, greedy=True)
+    assert restored.unnorm_key == "crane_x7" and restored.decoding == "autoregressive"
+    assert after.token_ids.tolist() == before.token_ids.tolist()
+    assert torch.allclose(after.values, before.values, atol=1e-5)

@@ -37,6 +37,7 @@ import importlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from vla_rl_lib.policy.openvla_compat import (
     align_text_config_dtype,
     apply_openvla_patches,
     load_remote_class,
+    patch_tokenization_utils_imports,
 )
 
 OPENVLA_7B = "openvla/openvla-7b"
@@ -188,11 +190,18 @@ def model_class_reference(checkpoint_dir: Path) -> str:
 
 
 def processor_class_reference(checkpoint_dir: Path) -> str:
-    """``module.Class`` of the processor, from the first processor/tokenizer config naming one."""
+    """``module.Class`` of the processor, from the first processor/tokenizer config naming one.
+
+    OpenVLA's own files map it at the top level; a processor re-saved by
+    transformers 5 keeps the map only inside its ``image_processor`` entry.
+    """
     for file in PROCESSOR_CONFIG_FILES:
         path = checkpoint_dir / file
-        if path.is_file():
-            reference = _read_json(path).get("auto_map", {}).get("AutoProcessor")
+        if not path.is_file():
+            continue
+        content = _read_json(path)
+        for section in (content, *(v for v in content.values() if isinstance(v, dict))):
+            reference = section.get("auto_map", {}).get("AutoProcessor")
             if reference:
                 return reference
     raise ValueError(
@@ -336,10 +345,7 @@ def load_openvla(
     model.to(target)
     model.eval()
 
-    processor_cls = load_remote_class(processor_reference, checkpoint_dir)
-    processor = processor_cls.from_pretrained(
-        checkpoint_dir, trust_remote_code=True, local_files_only=True
-    )
+    processor = _load_processor(checkpoint_dir, processor_reference)
 
     # OpenVLA pads its embedding matrix to a multiple of 64; its action ids end at the unpadded size.
     vocab_end = config.text_config.vocab_size - config.pad_to_multiple_of
@@ -362,6 +368,52 @@ def load_openvla(
         checkpoint_dir=checkpoint_dir,
         name_or_path=name,
     )
+
+
+def _load_processor(directory: Path, reference: str) -> Any:
+    patch_tokenization_utils_imports()
+    processor_cls = load_remote_class(reference, directory)
+    return processor_cls.from_pretrained(directory, trust_remote_code=True, local_files_only=True)
+
+
+def load_openvla_processor(
+    directory: str | os.PathLike,
+    trust_remote_code_allowlist: tuple[str, ...] | list[str] = (OPENVLA_7B,),
+) -> Any:
+    """OpenVLA's processor alone, from a checkpoint or a saved policy directory (allowlisted)."""
+    check_trust_remote_code(directory, trust_remote_code_allowlist)
+    directory = Path(directory)
+    reference = processor_class_reference(directory)
+    check_remote_code_dependencies(directory, [reference])
+    return _load_processor(directory, reference)
+
+
+def openvla_model_loader(
+    trust_remote_code_allowlist: tuple[str, ...] | list[str] = (OPENVLA_7B,),
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device | None = None,
+) -> Callable[[str], tuple[torch.nn.Module | None, Any]]:
+    """A ``model_loader`` for ``OpenVLAPolicy.from_checkpoint``: directory -> (model, processor).
+
+    ``from_checkpoint`` also calls it on the saved policy directory just to
+    read the processor; that directory holds no model weights, so then only
+    the processor is loaded and the model is None. Saved policy directories
+    carry a copy of ``processing_prismatic.py``, so they must be allowlisted
+    like the base checkpoint.
+    """
+
+    def load(directory: str) -> tuple[torch.nn.Module | None, Any]:
+        if not (Path(directory) / "config.json").is_file():
+            return None, load_openvla_processor(directory, trust_remote_code_allowlist)
+        loaded = load_openvla(
+            directory,
+            dtype=dtype,
+            device=device,
+            trust_remote_code_allowlist=trust_remote_code_allowlist,
+        )
+        return loaded.model, loaded.processor
+
+    return load
 
 
 class OpenVLAPolicy(HFVLAPolicy):
