@@ -25,8 +25,9 @@ contacts are PhysX's (physics runs at ``SIM_FREQ`` Hz, 10 substeps per control s
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
+import subprocess
+import sys
 import traceback
 import weakref
 from pathlib import Path
@@ -469,67 +470,106 @@ def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 # ====================================================================== worker processes
-def _worker_main(conn, config: SimulatorConfig) -> None:
-    """One CPU ManiSkill env per process; answers (command, args) with ("ok"|"error", value)."""
+def _worker_main(read_fd: int, write_fd: int) -> None:
+    """One CPU ManiSkill env per process; answers (command, args) with ("ok"|"error", value).
+
+    Started by :class:`_WorkerPool` as ``python -m lift.backends.maniskill READ_FD WRITE_FD``
+    (a fresh interpreter: nothing of the parent's ``__main__`` is re-run, unlike
+    multiprocessing's spawn). The first message is the SimulatorConfig.
+    """
+    from multiprocessing.connection import Connection
+
+    reader, writer = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    config = reader.recv()
     try:
         core = _EnvCore(config, 1, "cpu")
     except BaseException as error:  # report why the env could not be built, then stop
-        conn.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
-        conn.close()
+        writer.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
         return
-    conn.send(("ok", None))
+    writer.send(("ok", None))
     while True:
         try:
-            command, args = conn.recv()
+            command, args = reader.recv()
         except EOFError:
             break
         if command == "close":
             core.close()
-            conn.send(("ok", None))
+            writer.send(("ok", None))
             break
         try:
-            conn.send(("ok", getattr(core, command)(*args)))
+            writer.send(("ok", getattr(core, command)(*args)))
         except BaseException as error:
-            conn.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
-    conn.close()
+            writer.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
+
+
+class _Worker:
+    def __init__(self, config: SimulatorConfig) -> None:
+        from multiprocessing.connection import Connection
+
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lift.backends.maniskill", str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w),
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.writer = Connection(to_child_w, readable=False)
+        self.reader = Connection(from_child_r, writable=False)
+        self.writer.send(config)
+
+    def receive(self, timeout: float | None = None):
+        try:
+            if timeout is not None and not self.reader.poll(timeout):
+                return _WorkerError(f"no answer within {timeout} s")
+            status, value = self.reader.recv()
+        except (EOFError, OSError):
+            return _WorkerError(f"the worker process died (exit code {self.proc.poll()})")
+        return _WorkerError(value) if status == "error" else value
+
+    def shutdown(self) -> None:
+        try:
+            self.writer.send(("close", ()))
+            self.receive(timeout=10)
+        except (BrokenPipeError, OSError):
+            pass
+        self.writer.close()
+        self.reader.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(timeout=5)
 
 
 class _WorkerPool:
-    """``n`` worker processes, each running one CPU ManiSkill env; calls go out in parallel."""
+    """``n`` worker processes, each running one CPU ManiSkill env; calls go out in parallel.
+
+    Lifecycle: started in ``__init__`` (all workers build their env at once), closed by
+    :meth:`close` (each worker closes its env and exits; one that does not is terminated),
+    and closed at garbage collection or interpreter exit if the owner forgot.
+    """
 
     def __init__(self, config: SimulatorConfig, n: int) -> None:
-        context = mp.get_context("spawn")  # SAPIEN/Vulkan state must not be forked
-        self.conns = []
-        self.procs = []
-        for _ in range(n):
-            parent, child = context.Pipe()
-            proc = context.Process(target=_worker_main, args=(child, config), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        self._finalizer = weakref.finalize(self, _shutdown, self.conns, self.procs)
-        errors = [self._receive(i) for i in range(n)]
-        failed = [e for e in errors if isinstance(e, _WorkerError)]
+        self.workers = [_Worker(config) for _ in range(n)]
+        self._finalizer = weakref.finalize(self, _shutdown, self.workers)
+        started = [w.receive() for w in self.workers]
+        failed = [e for e in started if isinstance(e, _WorkerError)]
         if failed:
             self.close()
             message = str(failed[0])
-            if any(word in message.lower() for word in ("render", "vulkan", "device")):
-                raise render_error(message.splitlines()[0])
+            if any(word in message.lower() for word in ("render", "vulkan")):
+                raise render_error(message.strip().splitlines()[-1])
             raise RuntimeError(f"a ManiSkill worker failed to start: {message}")
-
-    def _receive(self, i: int):
-        try:
-            status, value = self.conns[i].recv()
-        except EOFError:
-            code = self.procs[i].exitcode
-            return _WorkerError(f"ManiSkill worker {i} died (exit code {code})")
-        return _WorkerError(value) if status == "error" else value
 
     def call(self, command: str, args_per_worker: dict[int, tuple]) -> dict[int, Any]:
         for i, args in args_per_worker.items():
-            self.conns[i].send((command, args))
-        results = {i: self._receive(i) for i in args_per_worker}
+            self.workers[i].writer.send((command, args))
+        results = {i: self.workers[i].receive() for i in args_per_worker}
         for i, value in results.items():
             if isinstance(value, _WorkerError):
                 raise RuntimeError(f"ManiSkill worker {i} failed in {command}: {value}")
@@ -543,23 +583,13 @@ class _WorkerError(str):
     pass
 
 
-def _shutdown(conns, procs) -> None:
-    for conn in conns:
-        try:
-            conn.send(("close", ()))
-        except (BrokenPipeError, OSError):
-            pass
-    for conn, proc in zip(conns, procs, strict=True):
-        try:
-            if conn.poll(10):
-                conn.recv()
-        except (EOFError, OSError):
-            pass
-        conn.close()
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=5)
+def _shutdown(workers: list[_Worker]) -> None:
+    for worker in workers:
+        worker.shutdown()
+
+
+if __name__ == "__main__":
+    _worker_main(int(sys.argv[1]), int(sys.argv[2]))
 
 
 # ====================================================================== the Simulator
