@@ -425,3 +425,17 @@ def test_lora_policy_saves_and_reloads_through_the_openvla_loader(checkpoint, tm
     assert restored.unnorm_key == "crane_x7" and restored.decoding == "autoregressive"
     assert after.token_ids.tolist() == before.token_ids.tolist()
     assert torch.allclose(after.values, before.values, atol=1e-5)
+
+
+def test_build_openvla_policy_loads_a_path_itself(checkpoint):
+    policy = build_openvla_policy(
+        checkpoint,
+        dtype=torch.float32,
+        device="cpu",
+        trust_remote_code_allowlist=(str(checkpoint),),
+        unnorm_key="crane_x7",
+        lora=None,
+    )
+    assert isinstance(policy, OpenVLAPolicy)
+    assert policy.unnorm_key == "crane_x7" and policy.statistics.action_dim == 8
+    assert policy.act(_images(1), ["pick up the cube"], greedy=True).actions.shape == (1, 8)

@@ -568,20 +568,28 @@ def _letterbox(x: torch.Tensor, fill: list[int]) -> torch.Tensor:
 
 
 def build_openvla_policy(
-    loaded: LoadedOpenVLA,
+    source: LoadedOpenVLA | str | os.PathLike,
     decoding: str = "autoregressive",
     statistics: ActionStatistics | None = None,
     unnorm_key: str | None = None,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device | None = None,
+    trust_remote_code_allowlist: tuple[str, ...] | list[str] = (OPENVLA_7B,),
+    action_dim: int = CRANE_X7_ACTION_DIM,
     **policy_kwargs: Any,
 ) -> OpenVLAPolicy:
-    """Wrap a loaded OpenVLA in :class:`OpenVLAPolicy` (an ``HFVLAPolicy``).
+    """Wrap OpenVLA in :class:`OpenVLAPolicy` (an ``HFVLAPolicy``).
 
-    ``statistics`` (with the ``unnorm_key`` naming their dataset) override the
-    checkpoint's; they are required when it has none for ``loaded.action_dim``,
-    e.g. base OpenVLA on CRANE-X7: pass the statistics of the SFT
-    demonstrations. Other keyword arguments (``lora``, ``seed``, ...) go to
-    ``HFVLAPolicy``. The base weights are referenced, not copied, by LoRA
-    checkpoints (``base_model_path`` is the loaded directory).
+    ``source`` is a :class:`LoadedOpenVLA`, or a hub id / directory that is
+    first loaded with :func:`load_openvla` (``dtype``, ``device``,
+    ``trust_remote_code_allowlist``, ``action_dim`` and ``unnorm_key`` apply to
+    that load). ``statistics`` (with the ``unnorm_key`` naming their dataset)
+    override the checkpoint's; they are required when it has none for
+    ``action_dim``, e.g. base OpenVLA on CRANE-X7: pass the statistics of the
+    SFT demonstrations. Other keyword arguments (``lora``, ``seed``, ...) go to
+    ``HFVLAPolicy``. LoRA checkpoints reference the base weights instead of
+    copying them (``base_model_path`` is the loaded directory).
     """
     if decoding != "autoregressive":
         raise ValueError(
@@ -589,6 +597,17 @@ def build_openvla_policy(
             "mask, and OpenVLA's forward concatenates the attention mask with a 2-D image-patch mask, so "
             "only 2-D padding masks pass through it (and OpenVLA was trained autoregressively). "
             "Set model.decoding: autoregressive in the config."
+        )
+    if isinstance(source, LoadedOpenVLA):
+        loaded = source
+    else:
+        loaded = load_openvla(
+            source,
+            dtype=dtype,
+            device=device,
+            trust_remote_code_allowlist=trust_remote_code_allowlist,
+            unnorm_key=None if statistics is not None else unnorm_key,
+            action_dim=action_dim,
         )
     if statistics is None:
         statistics, unnorm_key = loaded.statistics, loaded.unnorm_key
