@@ -28,7 +28,8 @@ What this module decides, and why:
 - **Autoregressive decoding only.** OpenVLA's forward builds its multimodal
   attention mask by concatenating a 2-D padding mask with the image-patch
   mask (``torch.cat([mask[:, :1], patch_mask, mask[:, 1:]], dim=1)``), so the
-  4-D mask that parallel decoding needs cannot pass through it.
+  4-D mask that parallel decoding needs cannot pass through it; OpenVLA was
+  also trained to decode autoregressively.
 """
 
 from __future__ import annotations
@@ -89,9 +90,10 @@ class LoadedOpenVLA:
     ``prompt_template`` is formatted with ``instruction=``. After tokenizing it
     (the processor adds BOS), append ``prompt_suffix_token_ids`` unless the
     prompt already ends with them: the action tokens follow those in training.
-    OpenVLA inserts the image patches right after position 0, which must be
-    BOS: pad on the right, never on the left. Its forward decodes cached steps
-    for one sample at a time (batch size 1).
+    When calling the model's own forward: it inserts the image patches right
+    after position 0, which must be BOS (pad on the right, never on the
+    left), and it decodes cached steps for one sample at a time (batch size
+    1). :class:`OpenVLAPolicy` lifts both limits with its own batched forward.
 
     ``statistics`` is None when the checkpoint has no statistics with
     ``action_dim`` dimensions (the base OpenVLA has only 7-D ones; CRANE-X7 is
