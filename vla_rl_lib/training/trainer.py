@@ -226,7 +226,9 @@ class Trainer:
                 "act() and evaluate() disagree (temperature, dropout or decoding mismatch)"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        (-(ev.log_probs.mean()) + ev.values.pow(2).mean() - 0.01 * ev.entropy.mean()).backward()
+        probe = -(ev.log_probs.mean()) + ev.values.pow(2).mean() - 0.01 * ev.entropy.mean()
+        if probe.requires_grad:
+            probe.backward()
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         grad_norm = float(torch.norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
         self.optimizer.zero_grad(set_to_none=True)
@@ -280,7 +282,7 @@ class Trainer:
             step_s = time.perf_counter() - t0
             self.elapsed_s += step_s
             record = self._train_record(update + 1, rollout, stats, step_s, update_s)
-            if update == self.start_update:
+            if update == 0:  # a resumed run checks itself again but keeps the curve unchanged
                 record.update(preflight)
             self.metrics.log(record)
             if self.on_update is not None:
