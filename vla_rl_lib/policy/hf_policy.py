@@ -58,7 +58,7 @@ from vla_rl_lib.policy.action_tokenizer import (
     write_dataset_statistics,
 )
 from vla_rl_lib.policy.base import ActOutput, EvaluateOutput, VLAPolicy
-from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, build_tiny_vla
+from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, action_slot_token, build_tiny_vla
 
 DEFAULT_PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 DECODING_MODES = ("parallel", "autoregressive")
@@ -171,7 +171,7 @@ class HFVLAPolicy(VLAPolicy):
         unnorm_key: str | None = None,
         lora: LoRASettings | None = LoRASettings(),
         value_head_width: int = 256,
-        placeholder_token_id: int | None = None,
+        placeholder_token_ids: list[int] | None = None,
         base_model_path: str | None = None,
         seed: int = 0,
     ) -> None:
@@ -207,9 +207,14 @@ class HFVLAPolicy(VLAPolicy):
         self.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        self.placeholder_token_id = (
-            self.pad_token_id if placeholder_token_id is None else placeholder_token_id
+        self.placeholder_token_ids = placeholder_token_ids or _default_placeholders(
+            tokenizer, action_dim, self.pad_token_id
         )
+        if len(self.placeholder_token_ids) != action_dim:
+            raise ValueError(
+                f"placeholder_token_ids has {len(self.placeholder_token_ids)} ids; "
+                f"parallel decoding needs one per action dim ({action_dim})"
+            )
         self._prompt_cache: dict[str, list[int]] = {}
 
         with torch.random.fork_rng(devices=[]):
@@ -337,7 +342,7 @@ class HFVLAPolicy(VLAPolicy):
         dim = self.action_dim
         total = prompt_len + dim
         device = prompts.input_ids.device
-        placeholders = torch.full((batch, dim), self.placeholder_token_id, device=device)
+        placeholders = torch.tensor(self.placeholder_token_ids, device=device).expand(batch, dim)
         input_ids = torch.cat([prompts.input_ids, placeholders], dim=1)
         key_valid = torch.cat(
             [prompts.attention_mask, torch.ones((batch, dim), dtype=torch.bool, device=device)], 1
@@ -539,7 +544,7 @@ class HFVLAPolicy(VLAPolicy):
             "prompt_template": self.prompt_template,
             "action_token_end": self.action_tokenizer.vocab_end,
             "n_action_bins": self.action_tokenizer.n_bins,
-            "placeholder_token_id": self.placeholder_token_id,
+            "placeholder_token_ids": self.placeholder_token_ids,
             "use_lora": self.use_lora,
             "lora": None if self.lora is None else self.lora.to_dict(),
             "unnorm_key": self.unnorm_key,
@@ -557,6 +562,7 @@ class HFVLAPolicy(VLAPolicy):
                 self.model.save_pretrained(tmp)
                 if self.base_model_path is None:
                     _save_base_without_lora(self._hf_model(), tmp / BASE_MODEL_DIR)
+                    self.processor.save_pretrained(tmp / BASE_MODEL_DIR)
                     config["base_model"] = BASE_MODEL_DIR
                     base_for_peft = str(final / BASE_MODEL_DIR)
                 else:
@@ -682,7 +688,9 @@ class HFVLAPolicy(VLAPolicy):
             unnorm_key=unnorm_key if statistics is not None else None,
             lora=lora_settings,
             value_head_width=saved.get("value_head_width", 256),
-            placeholder_token_id=saved.get("placeholder_token_id"),
+            placeholder_token_ids=saved.get("placeholder_token_ids")
+            if (action_dim or saved.get("action_dim")) == saved.get("action_dim")
+            else None,
             base_model_path=base_model_path,
             seed=seed,
         )
@@ -704,6 +712,18 @@ def _choose(bin_logits: torch.Tensor, temperature: float, greedy: bool) -> torch
         return bin_logits.argmax(-1)
     probs = F.softmax(bin_logits / temperature, dim=-1)
     return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+
+
+def _default_placeholders(tokenizer: Any, action_dim: int, pad_token_id: int) -> list[int]:
+    """``<action_slot_d>`` tokens when the tokenizer has them (tiny VLA), else the pad id per slot."""
+    names = [action_slot_token(slot) for slot in range(action_dim)]
+    ids = tokenizer.convert_tokens_to_ids(names)
+    if (
+        all(i is not None and i != tokenizer.unk_token_id for i in ids)
+        and len(set(ids)) == action_dim
+    ):
+        return list(ids)
+    return [pad_token_id] * action_dim
 
 
 def _height_width(size: dict[str, int]) -> tuple[int, int]:
@@ -805,6 +825,12 @@ def build_policy(
     device: str | torch.device = "cpu",
 ) -> HFVLAPolicy:
     """A fresh tiny-VLA policy (random base weights from ``seed``); ``lora=None`` trains all weights."""
+    config = config or TinyVLAConfig()
+    if action_dim > config.action_slots:
+        raise ValueError(
+            f"action_dim={action_dim} exceeds TinyVLAConfig.action_slots={config.action_slots}; "
+            "raise action_slots so every action dim has its own parallel-decoding slot token"
+        )
     model, processor = build_tiny_vla(config, seed=seed)
     return HFVLAPolicy(
         model.to(device),
