@@ -54,7 +54,9 @@ def _choices(*values: str) -> dict[str, Any]:
 class RolloutConfig:
     """How episodes are collected."""
 
-    simulator: str = field(default="mujoco", metadata=_choices("mujoco", "maniskill", "genesis"))
+    simulator: str = field(
+        default="mujoco", metadata=_choices("mujoco", "maniskill", "genesis", "isaacsim")
+    )
     env_id: str = "PickPlace-CRANE-X7"
     backend: str = field(default="cpu", metadata=_choices("cpu", "gpu"))
     render_mode: str = field(default="rgb_array", metadata=_choices("rgb_array"))

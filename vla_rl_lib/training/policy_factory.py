@@ -48,29 +48,36 @@ def lora_settings(cfg: VLARLConfig) -> LoRASettings | None:
 def _load_base(cfg: VLARLConfig, kind: str, path: str) -> HFVLAPolicy:
     """Load a base policy for RL: the config decides decoding and what trains (LoRA or all)."""
     dtype = DTYPES[cfg.model.dtype]
-    if kind == "pretrained" and cfg.model.name == "openvla":
-        from vla_rl_lib.policy.openvla import build_openvla_policy
-
-        return build_openvla_policy(
-            path,
-            dtype=dtype,
-            trust_remote_code_allowlist=tuple(cfg.trust_remote_code),
-            unnorm_key=cfg.model.unnorm_key,
-            lora=lora_settings(cfg),
-            decoding=cfg.model.decoding,
+    wanted = lora_settings(cfg)
+    policy_cls: type[HFVLAPolicy] = HFVLAPolicy
+    model_loader = None
+    if cfg.model.name == "openvla":
+        from vla_rl_lib.policy.openvla import (
+            OpenVLAPolicy,
+            build_openvla_policy,
+            openvla_model_loader,
         )
-    policy = HFVLAPolicy.from_checkpoint(
+
+        allow = tuple(cfg.trust_remote_code)
+        if kind == "pretrained":
+            return build_openvla_policy(
+                path, decoding=cfg.model.decoding, unnorm_key=cfg.model.unnorm_key, dtype=dtype,
+                trust_remote_code_allowlist=allow, lora=wanted, seed=cfg.seed,
+            )
+        policy_cls = OpenVLAPolicy
+        model_loader = openvla_model_loader(allow, dtype=dtype)
+    policy = policy_cls.from_checkpoint(
         path,
         decoding=cfg.model.decoding,
         unnorm_key=cfg.model.unnorm_key,
-        lora=lora_settings(cfg),
+        lora=wanted,
         dtype=dtype,
         seed=cfg.seed,
+        model_loader=model_loader,
     )
-    wanted = lora_settings(cfg)
     if wanted is not None and not policy.use_lora:
         # A full-weight (e.g. merged SFT) model under a LoRA config: train a fresh adapter on it.
-        policy = HFVLAPolicy(
+        policy = type(policy)(
             policy.model, policy.processor, policy.action_tokenizer,
             action_dim=policy.action_dim, decoding=policy.decoding,
             prompt_template=policy.prompt_template, statistics=policy.statistics,

@@ -1,0 +1,82 @@
+"""The command line: override semantics, templates, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from vla_rl_lib.config import load_template
+from vla_rl_lib.training.cli import build_parser, main, resolve_config
+
+
+def _resolve(argv):
+    return resolve_config(build_parser().parse_args(argv))
+
+
+def test_only_passed_flags_override_the_file(tmp_path):
+    base = load_template("fast")
+    cfg = _resolve(["train", "--config", "params/fast.yaml"])
+    assert cfg == base
+    cfg = _resolve(["train", "--config", "params/fast.yaml", "--seed", "7", "--learning-rate", "3e-4"])
+    assert cfg.seed == 7 and cfg.ppo.learning_rate == 3e-4
+    assert cfg.rollout == base.rollout and cfg.num_updates == base.num_updates
+    cfg = _resolve(["train", "--template", "full", "--num-rollouts", "16", "--algorithm", "grpo"])
+    assert cfg.rollout.num_rollouts_per_update == 16 and cfg.ppo.algorithm == "grpo"
+    assert cfg.num_updates == load_template("full").num_updates
+
+
+def test_flag_equal_to_default_still_overrides_file(tmp_path):
+    custom = tmp_path / "c.yaml"
+    data = yaml.safe_load(open("params/fast.yaml"))
+    data["seed"] = 5
+    custom.write_text(yaml.safe_dump(data))
+    assert _resolve(["train", "--config", str(custom)]).seed == 5
+    assert _resolve(["train", "--config", str(custom), "--seed", "0"]).seed == 0
+
+
+def test_config_command_writes_template_with_comments(tmp_path, capsys):
+    out = tmp_path / "mine.yaml"
+    assert main(["config", "--template", "fast", "-o", str(out)]) == 0
+    assert out.read_text() == open("params/fast.yaml").read()
+    assert main(["config"]) == 0
+    assert "num_updates" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--config", "params/fast.yaml", "--learning-rate", "-1"], "learning_rate"),
+        (["train", "--config", "nope.yaml"], "does not exist"),
+        (["train", "--config", "params/fast.yaml", "--simulator", "bullet"], "simulator"),
+        (["evaluate", "--checkpoint", "/nonexistent/ckpt"], "does not exist"),
+        (["train", "--config", "params/fast.yaml", "--template", "fast"], "not both"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+
+
+def test_argparse_errors_exit_2():
+    for argv in (["train", "--bogus"], ["train", "--sft-checkpoint", "a", "--pretrained", "b"],
+                 ["config", "--template", "huge"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+
+
+def test_module_entry_points():
+    for module in ("vla_rl_lib", "vla_rl_lib.training.cli"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "train" in out.stdout
+
+
+def test_unknown_key_in_file_suggests_nearest(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("num_update: 3\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "num_updates" in capsys.readouterr().err
