@@ -7,7 +7,7 @@ update's batch with ``act`` on random 64x64 images, and times a full
 checks the first minibatch's ratio is 1 (rollout and recomputed log-probs
 agree). Last line: ``fast_samples_per_s=... default_samples_per_s=...``.
 
-    .venv/bin/python benchmarks/update_throughput.py [--threads 2] [--repeats 2]
+    .venv/bin/python benchmarks/update_throughput.py [--threads 1] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def measure(name: str, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    # one thread: the trainer runs torch on one thread next to the renderer (see policy_factory)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
