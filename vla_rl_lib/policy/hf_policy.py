@@ -6,7 +6,8 @@ action tokens (see ``action_tokenizer``). Two decodings:
 - ``"autoregressive"`` (OpenVLA): one token per forward pass with a KV cache
   in ``act``; ``evaluate`` teacher-forces prompt + tokens in one pass.
 - ``"parallel"`` (OpenVLA-OFT style): the prompt is followed by ``action_dim``
-  placeholder tokens; a 4D mask is causal over the prompt and bidirectional
+  placeholder tokens (``<action_slot_d>`` when the tokenizer has them, as the
+  tiny VLA's does, else the pad token in every slot); a 4D mask is causal over the prompt and bidirectional
   over the placeholder block, and the placeholder at slot ``d`` predicts
   action token ``d``. ``act`` and ``evaluate`` run the very same pass.
 
