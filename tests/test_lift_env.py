@@ -210,3 +210,18 @@ def test_gpu_backend_rejected() -> None:
 def test_model_is_mujoco() -> None:
     env = make(obs_mode="state")
     assert isinstance(env.model, mujoco.MjModel) and len(env.data) == 1
+
+
+def test_missing_gl_names_the_system_package() -> None:
+    import ctypes.util
+    import os
+    import subprocess
+    import sys
+
+    if ctypes.util.find_library("OSMesa"):
+        pytest.skip("OSMesa is installed here, so MUJOCO_GL=osmesa works")
+    code = "import lift; lift.make_env('mujoco', 'PickPlace-CRANE-X7').reset()"
+    env = {**os.environ, "MUJOCO_GL": "osmesa"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "libosmesa6" in done.stderr and "MUJOCO_GL=disable" in done.stderr

@@ -91,9 +91,11 @@ def table(model: mujoco.MjModel | None = None) -> BoxSpec:
     return BoxSpec("table", geom.pos.copy(), geom.size.copy(), geom_color(m, geom.id))
 
 
-def floor(model: mujoco.MjModel | None = None, half_extent: float = 5.0) -> BoxSpec:
-    """The MJCF's infinite floor plane as a thin, wide box whose top face is the plane."""
+def floor(model: mujoco.MjModel | None = None, half_extent: float = 5.0) -> BoxSpec | None:
+    """The MJCF's floor plane (if it has one) as a thin, wide box whose top face is the plane."""
     m = scene_model() if model is None else model
+    if mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "floor") < 0:
+        return None
     geom = m.geom("floor")
     thickness = 0.005
     pos = geom.pos.copy() - np.array([0.0, 0.0, thickness])
@@ -262,6 +264,12 @@ def exported_robot_path(source: Path = ROBOT_MJCF) -> Path:
     return path
 
 
+def joint_armature(source: Path = ROBOT_MJCF) -> dict[str, float]:
+    """Armature (reflected rotor inertia, kg m^2) of every hinge joint, by name."""
+    m = mujoco.MjModel.from_xml_path(str(source))
+    return {m.joint(j).name: float(m.dof_armature[int(m.jnt_dofadr[j])]) for j in range(m.njnt)}
+
+
 @dataclass(frozen=True)
 class LinkInertia:
     mass: float
@@ -282,3 +290,15 @@ def body_inertias(source: Path = ROBOT_MJCF) -> dict[str, LinkInertia]:
         )
         for b in range(1, m.nbody)
     }
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (n, H, W, 3) uint8 frames to ``size`` = (height, width)."""
+    if tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    from PIL import Image
+
+    height, width = size
+    return np.stack(
+        [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames]
+    ).reshape(len(frames), height, width, 3)

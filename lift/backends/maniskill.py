@@ -183,6 +183,11 @@ def _maniskill_classes() -> dict[str, Any]:
                     obj.set_mass(max(inertial.mass, 1e-6))
                     obj.set_inertia(np.maximum(inertial.inertia, 1e-9).astype(np.float32))
                     obj.set_cmass_local_pose(sapien.Pose(inertial.com_pos, inertial.com_quat))
+            # The servos' reflected rotor inertia (MJCF armature) keeps the stiff PD stable.
+            armature = _scene.joint_armature()
+            for joint in self.robot.active_joints:
+                for obj in joint._objs:
+                    obj.set_armature(np.array([armature.get(joint.name, 0.0)], dtype=np.float32))
             self.gripper_link = self.robot.links_map[_scene.GRIPPER_BODY]
             self.finger_links = [self.robot.links_map[n] for n in _scene.FINGER_BODIES]
             names = [j.name for j in self.robot.active_joints]
@@ -273,13 +278,14 @@ def _maniskill_classes() -> dict[str, Any]:
             self.table = builder.build_static(name="table")
 
             floor = _scene.floor(model)  # visual only, as in the MJCF
-            builder = self.scene.create_actor_builder()
-            builder.add_box_visual(
-                half_size=floor.half_size.tolist(),
-                material=sapien.render.RenderMaterial(base_color=floor.rgba.tolist()),
-            )
-            builder.initial_pose = sapien.Pose(p=floor.pos.tolist())
-            self.floor = builder.build_static(name="floor")
+            if floor is not None:
+                builder = self.scene.create_actor_builder()
+                builder.add_box_visual(
+                    half_size=floor.half_size.tolist(),
+                    material=sapien.render.RenderMaterial(base_color=floor.rgba.tolist()),
+                )
+                builder.initial_pose = sapien.Pose(p=floor.pos.tolist())
+                self.floor = builder.build_static(name="floor")
 
             half = task.CUBE_HALF_SIZE
             friction = _scene.cube_friction(model)
@@ -452,21 +458,12 @@ class _EnvCore:
 
     def render(self, camera: str, ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         frames = self._np(self.env.render_rgb_array(f"render_{camera}"))[ids].astype(np.uint8)
-        if tuple(frames.shape[1:3]) != tuple(size):
-            frames = _resize(frames, size)
-        return frames
+        from lift.backends._scene import resize_frames
+
+        return resize_frames(frames, size)
 
     def close(self) -> None:
         self.env.close()
-
-
-def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    height, width = size
-    return np.stack(
-        [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames]
-    )
 
 
 # ====================================================================== worker processes

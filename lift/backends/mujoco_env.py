@@ -7,23 +7,31 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from lift import task
+from lift.simulator import Simulator, validate_actions, validate_env_ids
+from lift.types import CAMERAS, Observation, SimulatorConfig, StepResult
+
+GL_HELP = (
+    "MuJoCo could not load or open an offscreen OpenGL context (MUJOCO_GL={gl!r}). "
+    "For MUJOCO_GL=egl install libegl1 and libgl1-mesa-dri (apt-get install libegl1 libgl1-mesa-dri); "
+    "for MUJOCO_GL=osmesa install libosmesa6. Without any GL, set MUJOCO_GL=disable and use "
+    "obs_mode='state', which does not render."
+)
+
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default; must precede `import mujoco`
-
-import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
-
-from lift import task  # noqa: E402
-from lift.simulator import Simulator, validate_actions, validate_env_ids  # noqa: E402
-from lift.types import CAMERAS, Observation, SimulatorConfig, StepResult  # noqa: E402
+try:
+    import mujoco
+except ModuleNotFoundError as error:
+    if error.name != "mujoco":
+        raise ImportError(GL_HELP.format(gl=os.environ.get("MUJOCO_GL"))) from error
+    raise
+except (ImportError, AttributeError, OSError) as error:  # mujoco loads the GL library on import
+    raise ImportError(GL_HELP.format(gl=os.environ.get("MUJOCO_GL"))) from error
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "crane_x7"
 SCENE_PATH = ASSETS / "scene_pickplace.xml"
-
-GL_HELP = (
-    "MuJoCo could not open an offscreen OpenGL context (MUJOCO_GL={gl!r}). "
-    "For MUJOCO_GL=egl install libegl1 and libgl1-mesa-dri (apt-get install libegl1 libgl1-mesa-dri); "
-    "for MUJOCO_GL=osmesa install libosmesa6. Or use obs_mode='state', which does not render."
-)
 
 
 def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:

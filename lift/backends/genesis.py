@@ -1,0 +1,350 @@
+"""PickPlace-CRANE-X7 on Genesis: one scene, ``num_envs`` batched environments.
+
+``backend="cpu"`` runs Genesis on ``gs.cpu``; ``backend="gpu"`` on ``gs.gpu`` (CUDA).
+Genesis is initialised once per process (``gs.init``); asking for the other backend
+later in the same process is an error that says so.
+
+The robot is the project's own ``lift/assets/crane_x7/crane_x7.xml`` (Genesis reads
+MJCF through MuJoCo's compiler, so frames, masses and the finger mirror survive);
+table, floor, cube and cameras take their numbers from ``scene_pickplace.xml`` via
+:mod:`lift.backends._scene`. Actions, success, rewards, info keys, seeding and
+auto-reset follow :mod:`lift.task` exactly as the MuJoCo backend does.
+
+Kernel cache and first-build cost: Genesis compiles its physics kernels (through
+Quadrants, its Taichi fork) at the first ``scene.build`` on a machine. The compiled
+kernels are cached under ``~/.cache/quadrants`` and ``~/.cache/genesis`` (about 20 MB);
+later processes load them. Measured on the 2-core CPU machine (``benchmarks/backends.py``
+reports ``genesis_first_build_s`` and ``genesis_build_s``): see the module constant
+notes in docs of the benchmark. Delete those folders to force a rebuild.
+
+Rendering uses Genesis' rasterizer camera through EGL (no GPU needed; set
+``PYOPENGL_PLATFORM`` yourself to override ``egl``). Cameras render every
+environment (``VisOptions(split_envs=True)``) with shadows off.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")  # headless rasterizer; must precede genesis
+
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from lift import task  # noqa: E402
+from lift.backends import _scene  # noqa: E402
+from lift.simulator import Simulator, validate_actions, validate_env_ids  # noqa: E402
+from lift.types import CAMERAS, Observation, SimulatorConfig, StepResult  # noqa: E402
+
+PHYSICS_DT = 0.005  # s; the control period (0.1 s at 10 Hz) is 20 physics steps
+CACHE_DIRS = ("~/.cache/quadrants", "~/.cache/genesis")
+
+
+def _init_genesis(backend: str):
+    import genesis as gs
+
+    wanted = "cpu" if backend == "cpu" else "gpu"
+    current = getattr(gs, "_lift_backend", None)
+    if current is None:
+        if wanted == "gpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    "backend='gpu' runs Genesis on gs.gpu, which needs a CUDA GPU and a CUDA "
+                    "build of torch; none is available here (torch.cuda.is_available() is False). "
+                    "Use backend='cpu'."
+                )
+        if not getattr(gs, "_initialized", False):
+            gs.init(backend=gs.cpu if wanted == "cpu" else gs.gpu, logging_level="warning")
+        gs._lift_backend = wanted
+    elif current != wanted:
+        raise RuntimeError(
+            f"Genesis is already initialised on {current!r} in this process and cannot switch to "
+            f"{wanted!r}; use backend={current!r} or start a new process"
+        )
+    return gs
+
+
+class GenesisPickPlace(Simulator):
+    """Batched PickPlace-CRANE-X7 on Genesis. See :class:`lift.simulator.Simulator`.
+
+    Privileged attributes for tools: ``joint_targets`` (N, 8), ``elapsed_steps`` (N,),
+    :meth:`task_state`, :meth:`cube_pose`, :meth:`set_cube_pose`. ``render(size=...)``
+    at a size other than the config's resizes the camera frame.
+    """
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        if config.env_id != task.ENV_ID:
+            raise ValueError(
+                f"env_id={config.env_id!r} is not a Genesis lift task; available: [{task.ENV_ID!r}]"
+            )
+        if config.backend not in ("cpu", "gpu"):
+            raise ValueError(f"backend={config.backend!r} is unknown: use 'cpu' or 'gpu'")
+        super().__init__(config, task.INSTRUCTION)
+        gs = _init_genesis(config.backend)
+        self._gs = gs
+        n = config.num_envs
+        self.joint_targets = np.zeros((n, task.ACTION_DIM))
+        self.elapsed_steps = np.zeros(n, dtype=np.int64)
+        self._base_seed = config.seed
+        self._seed_stream = 0
+        self._episode_counter = 0
+        self.substeps = max(1, round(1.0 / (config.control_freq * PHYSICS_DT)))
+        self._build(gs)
+        self._obs: Observation | None = None
+
+    # ----------------------------------------------------------------- setup
+    def _build(self, gs) -> None:
+        model = _scene.scene_model()
+        height, width = self.config.image_size
+        self.scene = gs.Scene(
+            sim_options=gs.options.SimOptions(dt=1.0 / (self.config.control_freq * self.substeps)),
+            rigid_options=gs.options.RigidOptions(enable_self_collision=False),
+            vis_options=gs.options.VisOptions(
+                shadow=False, split_envs=True, ambient_light=(0.4, 0.4, 0.4)
+            ),
+            renderer=gs.renderers.Rasterizer(),
+            show_viewer=False,
+        )
+        floor = _scene.floor(model)
+        if floor is not None:  # visual only, as in the MJCF
+            self.scene.add_entity(
+                gs.morphs.Box(
+                    size=tuple(2 * floor.half_size),
+                    pos=tuple(floor.pos),
+                    fixed=True,
+                    collision=False,
+                ),
+                surface=gs.surfaces.Default(color=tuple(floor.rgba[:3])),
+            )
+        table = _scene.table(model)
+        self.table = self.scene.add_entity(
+            gs.morphs.Box(size=tuple(2 * table.half_size), pos=tuple(table.pos), fixed=True),
+            surface=gs.surfaces.Default(color=tuple(table.rgba[:3])),
+        )
+        self.robot = self.scene.add_entity(gs.morphs.MJCF(file=str(_scene.ROBOT_MJCF)))
+        half = task.CUBE_HALF_SIZE
+        self.cube = self.scene.add_entity(
+            gs.morphs.Box(size=(2 * half,) * 3, pos=(*task.CUBE_SPAWN_XY, half)),
+            surface=gs.surfaces.Default(color=tuple(_scene.cube_rgba(model)[:3])),
+        )
+        self.cameras = {}
+        specs = _scene.cameras(model)
+        for name in CAMERAS:
+            spec = specs[name]
+            if spec.body == "world":
+                forward, up = -spec.rotation[:, 2], spec.rotation[:, 1]
+                camera = self.scene.add_camera(
+                    res=(width, height),
+                    pos=tuple(spec.pos),
+                    lookat=tuple(spec.pos + forward),
+                    up=tuple(up),
+                    fov=spec.fovy_deg,
+                    GUI=False,
+                    near=0.01,
+                    far=10.0,
+                )
+            else:
+                camera = self.scene.add_camera(
+                    res=(width, height), fov=spec.fovy_deg, GUI=False, near=0.01, far=10.0
+                )
+            self.cameras[name] = camera
+        self.scene.build(n_envs=self.config.num_envs)
+
+        names = task.ARM_JOINT_NAMES + task.FINGER_JOINT_NAMES
+        self._dofs = np.array([self.robot.get_joint(n).dofs_idx_local[0] for n in names])
+        kp, kv = _scene.pd_gains()
+        arm_force, gripper_force = _scene.actuator_limits()
+        force = np.concatenate([arm_force, [gripper_force, gripper_force]])
+        self.robot.set_dofs_kp(np.full(len(names), kp), self._dofs)
+        self.robot.set_dofs_kv(np.full(len(names), kv), self._dofs)
+        self.robot.set_dofs_force_range(-force, force, self._dofs)
+        self._gripper_link = self.robot.get_link(_scene.GRIPPER_BODY)
+        self._finger_links = {self.robot.get_link(n).idx for n in _scene.FINGER_BODIES}
+        spec = specs["hand_camera"]
+        offset = np.eye(4)
+        offset[:3, :3], offset[:3, 3] = spec.rotation, spec.pos
+        self.cameras["hand_camera"].attach(self.robot.get_link(spec.body), offset)
+
+    # ----------------------------------------------------------------- seeding
+    def get_seed_state(self) -> dict[str, Any]:
+        return {
+            "base_seed": self._base_seed,
+            "seed_stream": self._seed_stream,
+            "episode_counter": self._episode_counter,
+        }
+
+    def set_seed_state(self, state: dict[str, Any]) -> None:
+        missing = {"base_seed", "seed_stream", "episode_counter"} - set(state)
+        if missing:
+            raise ValueError(
+                f"seed state lacks {sorted(missing)}; pass what get_seed_state() returned"
+            )
+        self._base_seed = int(state["base_seed"])
+        self._seed_stream = int(state["seed_stream"])
+        self._episode_counter = int(state["episode_counter"])
+
+    # ----------------------------------------------------------------- episodes
+    def reset(
+        self,
+        seed: int | None = None,
+        env_ids: np.ndarray | list[int] | None = None,
+        seed_stream: int | None = None,
+    ) -> Observation:
+        for name, value in (("seed", seed), ("seed_stream", seed_stream)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
+                raise ValueError(f"{name}={value!r} is invalid: give a non-negative int")
+        if seed is not None:
+            self._base_seed = int(seed)
+        if seed_stream is not None:
+            self._seed_stream = int(seed_stream)
+        if seed is not None or seed_stream is not None:
+            self._episode_counter = 0
+        ids = validate_env_ids(env_ids, self.num_envs)
+        self._start_episodes(ids)
+        return self._observe()
+
+    def _start_episodes(self, ids: np.ndarray) -> None:
+        if ids.size == 0:
+            return
+        arms, cubes = [], []
+        for i in ids:
+            rng = task.episode_rng(self._base_seed, self._seed_stream, self._episode_counter)
+            self._episode_counter += 1
+            arm, cube_xy = task.sample_initial_state(rng)
+            arms.append(arm)
+            cubes.append(cube_xy)
+            self.joint_targets[i, :7] = arm
+            self.joint_targets[i, 7] = task.REST_FINGER_QPOS
+            self.elapsed_steps[i] = 0
+        k = len(ids)
+        qpos = np.concatenate([np.array(arms), np.full((k, 2), task.REST_FINGER_QPOS)], axis=1)
+        self.robot.set_dofs_position(qpos, self._dofs, envs_idx=ids, zero_velocity=True)
+        self.robot.control_dofs_position(qpos, self._dofs, envs_idx=ids)
+        cube_pos = np.concatenate([np.array(cubes), np.full((k, 1), task.CUBE_HALF_SIZE)], axis=1)
+        self._place_cube(ids, cube_pos)
+
+    def _place_cube(self, ids: np.ndarray, positions: np.ndarray) -> None:
+        quat = np.tile([1.0, 0.0, 0.0, 0.0], (len(ids), 1))
+        self.cube.set_pos(positions, envs_idx=ids, zero_velocity=True)
+        self.cube.set_quat(quat, envs_idx=ids, zero_velocity=True)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        action = validate_actions(actions, self.num_envs)
+        self.joint_targets = task.joint_targets_from_action(
+            action, self.joint_targets[:, :7], self.config.control_mode
+        )
+        targets = np.concatenate([self.joint_targets, self.joint_targets[:, 7:8]], axis=1)
+        self.robot.control_dofs_position(targets, self._dofs)
+        for _ in range(self.substeps):
+            self.scene.step(update_visualizer=False, refresh_visualizer=False)
+        self.elapsed_steps += 1
+
+        info = self.task_state()
+        success = info["success"]
+        if self.config.reward_mode == "binary":
+            reward = task.binary_success_reward(success)
+        else:
+            reward = task.dense_reward(
+                info["gripper_to_cube_dist"], info["cube_height"], info["is_grasped"], success
+            )
+        terminated = success.copy()
+        truncated = (self.elapsed_steps >= self.config.max_episode_steps) & ~terminated
+        info["elapsed_steps"] = self.elapsed_steps.copy()
+
+        observation = self._observe()
+        final_observation = None
+        done_ids = np.flatnonzero(terminated | truncated)
+        if self.config.auto_reset and done_ids.size:
+            final_observation = observation
+            self._start_episodes(done_ids)
+            observation = self._observe()
+        return StepResult(
+            observation=observation,
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            info=info,
+            final_observation=final_observation,
+        )
+
+    # ----------------------------------------------------------------- state
+    @staticmethod
+    def _np(value) -> np.ndarray:
+        return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+
+    def task_state(self) -> dict[str, np.ndarray]:
+        """success, is_grasped, cube_height and gripper_to_cube_dist, each (N,)."""
+        cube = self._np(self.cube.get_pos()).reshape(self.num_envs, 3).astype(np.float64)
+        gripper = (
+            self._np(self._gripper_link.get_pos()).reshape(self.num_envs, 3).astype(np.float64)
+        )
+        dist = np.linalg.norm(gripper - cube, axis=1).astype(np.float32)
+        height = cube[:, 2].astype(np.float32)
+        return {
+            "success": task.is_success(height, dist),
+            "is_grasped": self._pads_touch_cube(),
+            "cube_height": height,
+            "gripper_to_cube_dist": dist,
+        }
+
+    def _pads_touch_cube(self) -> np.ndarray:
+        contacts = self.robot.get_contacts(with_entity=self.cube)
+        link_a = self._np(contacts["link_a"]).reshape(self.num_envs, -1)
+        link_b = self._np(contacts["link_b"]).reshape(self.num_envs, -1)
+        valid = contacts.get("valid_mask")
+        valid = (
+            np.ones_like(link_a, dtype=bool)
+            if valid is None
+            else self._np(valid).reshape(self.num_envs, -1)
+        )
+        grasped = np.zeros(self.num_envs, dtype=bool)
+        for i in range(self.num_envs):
+            touching = set(link_a[i][valid[i]].tolist()) | set(link_b[i][valid[i]].tolist())
+            grasped[i] = self._finger_links <= touching
+        return grasped
+
+    def cube_pose(self) -> np.ndarray:
+        """(N, 7): cube centre position and orientation quaternion (w, x, y, z)."""
+        pos = self._np(self.cube.get_pos()).reshape(self.num_envs, 3)
+        quat = self._np(self.cube.get_quat()).reshape(self.num_envs, 4)
+        return np.concatenate([pos, quat], axis=1).astype(np.float64)
+
+    def set_cube_pose(self, env_id: int, position: np.ndarray) -> None:
+        """Teleport the cube centre of one env (orientation reset, velocity zeroed)."""
+        ids = validate_env_ids([env_id], self.num_envs)
+        self._place_cube(ids, np.asarray(position, dtype=np.float64).reshape(1, 3))
+
+    def _observe(self) -> Observation:
+        qpos = self._np(self.robot.get_dofs_position(self._dofs)).reshape(self.num_envs, -1)
+        qvel = self._np(self.robot.get_dofs_velocity(self._dofs)).reshape(self.num_envs, -1)
+        image = None
+        if self.config.obs_mode == "rgb":
+            image = self.render(self.config.camera)
+        return Observation(image=image, qpos=qpos.astype(np.float32), qvel=qvel.astype(np.float32))
+
+    # ----------------------------------------------------------------- rendering
+    def render(
+        self,
+        camera: str = "third_person",
+        env_ids: np.ndarray | list[int] | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        if camera not in self.cameras:
+            raise ValueError(f"camera={camera!r} is unknown; choose one of {sorted(self.cameras)}")
+        ids = validate_env_ids(env_ids, self.num_envs)
+        size = tuple(self.config.image_size if size is None else size)
+        cam = self.cameras[camera]
+        if camera == "hand_camera":
+            cam.move_to_attach()
+        rgb = cam.render(rgb=True, force_render=True)[0]
+        frames = self._np(rgb).reshape(self.num_envs, *self.config.image_size, 3)[ids]
+        return _scene.resize_frames(frames.astype(np.uint8), size)
+
+    def close(self) -> None:
+        scene = getattr(self, "scene", None)
+        if scene is not None and hasattr(scene, "destroy"):
+            scene.destroy()
+        self.scene = None
