@@ -1,9 +1,19 @@
 """lift: batched robot-arm simulators for the CRANE-X7 pick task.
 
-import lift
-env = lift.make_env("mujoco", "PickPlace-CRANE-X7", num_envs=8)
-obs = env.reset(seed=0)
-result = env.step(actions)  # actions (8, 8) in [-1, 1]
+Usage::
+
+    import lift
+    env = lift.make_env("mujoco", "PickPlace-CRANE-X7", num_envs=8)
+    obs = env.reset(seed=0)  # training starts: seed_stream 0
+    result = env.step(actions)  # actions (8, 8) in [-1, 1]
+    held_out = lift.make_env("mujoco", "PickPlace-CRANE-X7", num_envs=8)
+    held_out.reset(seed=0, seed_stream=1)  # evaluation starts, disjoint from training
+
+Actions are (num_envs, 8); values outside [-1, 1] are clipped, NaN/inf or a wrong
+shape raise ValueError. Dims 0-6 drive the arm joints: ``pd_joint_delta_pos``
+moves each PD target by 0.1 rad x action; ``pd_joint_pos`` maps [-1, 1] onto the
+joint's range. Dim 7 is the gripper: -1 opens (fingers to 1.0 rad), +1 closes
+(0.0 rad), values between are proportional.
 """
 
 from __future__ import annotations
