@@ -1,0 +1,140 @@
+"""Behaviour cloning: the loss falls, runs are seeded, the checkpoint reloads exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vla_rl_lib.policy.action_tokenizer import ActionStatistics, load_action_statistics
+from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings, build_policy
+from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
+from vla_rl_lib.sft import DemoDataset, run_sft, set_action_statistics
+from vla_rl_lib.sft.demos import STATISTICS_KEY
+from vla_rl_lib.sft.trainer import SFT_METRICS_FILE, sft_batches
+
+INSTRUCTION = "pick up the blue cube"
+SMALL = TinyVLAConfig(image_size=32, patch_size=16)
+
+
+def synthetic_dataset(num_steps: int = 8, seed: int = 0) -> DemoDataset:
+    """Random frames and actions in the task's action space (gripper at -1 or +1)."""
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(-0.6, 0.6, size=(num_steps, 8)).astype(np.float32)
+    actions[:, 7] = rng.choice([-1.0, 1.0], size=num_steps)
+    return DemoDataset(
+        path=Path("synthetic"),
+        images=rng.integers(0, 256, size=(num_steps, 32, 32, 3), dtype=np.uint8),
+        actions=actions,
+        states=np.zeros((num_steps, 9), dtype=np.float32),
+        instructions=[INSTRUCTION] * num_steps,
+        episode_index=np.zeros(num_steps, dtype=np.int64),
+        frame_index=np.arange(num_steps, dtype=np.int64),
+        rewards=np.zeros(num_steps, dtype=np.float32),
+        success=np.arange(num_steps) == num_steps - 1,
+    )
+
+
+def statistics_of(dataset: DemoDataset) -> ActionStatistics:
+    return ActionStatistics.from_actions(dataset.actions, mask=np.arange(8) < 7)
+
+
+@pytest.mark.parametrize(
+    ("lora", "learning_rate", "epochs", "min_drop"),
+    [(None, 1e-3, 10, 1.0), (LoRASettings(), 3e-3, 6, 0.3)],
+    ids=["full", "lora"],
+)
+def test_loss_falls_on_a_fixed_batch(tmp_path, lora, learning_rate, epochs, min_drop) -> None:
+    dataset = synthetic_dataset()
+    records = []
+    summary = run_sft(
+        build_policy(SMALL, lora=lora, seed=0),
+        dataset,
+        epochs=epochs,
+        batch_size=len(dataset),
+        learning_rate=learning_rate,
+        seed=0,
+        out_dir=tmp_path / "sft",
+        statistics=statistics_of(dataset),
+        progress=False,
+        on_epoch=records.append,
+    )
+    losses = summary["epoch_losses"]
+    assert len(losses) == epochs and [r["loss"] for r in records] == losses
+    assert losses[0] > 0.9 * np.log(256)  # a fresh model is near uniform over the bins
+    assert losses[-1] < losses[0] - min_drop
+    assert all(b < a for a, b in zip(losses, losses[1:]))
+
+
+def test_same_seed_same_losses_and_weights(tmp_path) -> None:
+    dataset = synthetic_dataset(num_steps=6)
+    runs = []
+    for name in ("a", "b"):
+        policy = build_policy(SMALL, seed=1)
+        summary = run_sft(
+            policy, dataset, epochs=2, batch_size=4, learning_rate=1e-3, seed=7,
+            out_dir=tmp_path / name, statistics=statistics_of(dataset), progress=False,
+        )
+        runs.append((summary["epoch_losses"], policy.trainable_state_dict()))
+    (losses_a, state_a), (losses_b, state_b) = runs
+    assert losses_a == losses_b
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_checkpoint_reloads_with_identical_greedy_actions(tmp_path) -> None:
+    dataset = synthetic_dataset()
+    statistics = statistics_of(dataset)
+    policy = build_policy(SMALL, seed=0)
+    out = tmp_path / "sft"
+    run_sft(
+        policy, dataset, epochs=2, batch_size=4, learning_rate=1e-3, seed=0,
+        out_dir=out, statistics=statistics, progress=False,
+    )
+    reloaded = HFVLAPolicy.from_checkpoint(out)
+    images, instructions = dataset.images, dataset.instructions
+    with torch.no_grad():
+        before = policy.act(images, instructions, greedy=True)
+        after = reloaded.act(images, instructions, greedy=True)
+    assert torch.equal(before.token_ids, after.token_ids)
+    np.testing.assert_array_equal(before.actions, after.actions)
+
+    saved = load_action_statistics(out, STATISTICS_KEY)
+    np.testing.assert_allclose(saved.q01, statistics.q01)
+    np.testing.assert_array_equal(saved.mask, [True] * 7 + [False])
+    assert reloaded.unnorm_key == STATISTICS_KEY
+    metrics = json.loads((out / SFT_METRICS_FILE).read_text())
+    assert metrics["num_transitions"] == len(dataset) and len(metrics["epoch_losses"]) == 2
+
+
+def test_actions_are_tokenized_with_the_dataset_statistics() -> None:
+    dataset = synthetic_dataset()
+    statistics = statistics_of(dataset)
+    policy = build_policy(SMALL, seed=0)
+    set_action_statistics(policy, statistics)
+    tokens = policy.actions_to_tokens(dataset.actions).numpy()
+    expected = policy.action_tokenizer.encode(statistics.normalize(dataset.actions))
+    np.testing.assert_array_equal(tokens, expected)
+    # q01 and q99 land in the outermost bins (q99 a hair below +1, from the 1e-8 epsilon).
+    extremes = policy.actions_to_tokens(np.stack([statistics.q01, statistics.q99])).numpy()
+    assert (extremes[0, :7] == policy.action_tokenizer.vocab_end - 1).all()
+    assert (extremes[1, :7] <= policy.action_tokenizer.action_token_begin + 1).all()
+
+
+def test_shuffling_covers_every_step_once_per_epoch() -> None:
+    batches = sft_batches(10, 4, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(10))
+
+
+def test_bad_settings_are_named(tmp_path) -> None:
+    dataset = synthetic_dataset()
+    policy = build_policy(SMALL, seed=0)
+    common = dict(batch_size=4, learning_rate=1e-3, seed=0, out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="epochs=0"):
+        run_sft(policy, dataset, epochs=0, statistics=statistics_of(dataset), **common)
+    wrong = ActionStatistics.from_actions(dataset.actions[:, :7])
+    with pytest.raises(ValueError, match="7 action dims"):
+        run_sft(policy, dataset, epochs=1, statistics=wrong, **common)

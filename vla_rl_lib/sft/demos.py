@@ -1,0 +1,522 @@
+"""Scripted-expert demonstrations, stored as Parquet, for the supervised warm start.
+
+Dataset format (``format_version`` 1), one directory::
+
+    <dataset>/
+      data/train.parquet       one row per control step, episodes in order
+      meta.json                what produced the data and how to read it
+      dataset_statistics.json  action statistics in OpenVLA's layout
+
+``data/train.parquet`` columns (row t of an episode: the camera image the
+expert saw, the action it took, and what that action earned):
+
+=============  ====================  ==========================================
+column         Arrow type            meaning
+=============  ====================  ==========================================
+episode_index  int64                 0..num_episodes-1, kept episodes only
+frame_index    int64                 step within the episode, from 0
+image          binary                PNG of the (H, W, 3) uint8 RGB observation
+action         list<float32> (8)     7 joint commands then the gripper, [-1, 1]
+state          list<float32> (9)     joint positions: 7 arm joints, 2 fingers
+instruction    string                the language instruction
+reward         float32               reward of the step (the env's reward_mode)
+success        bool                  the task was solved after this action
+=============  ====================  ==========================================
+
+Each episode is one Parquet row group, so a reader can fetch single episodes.
+The meaning of the action dimensions (control mode, joint names, gripper
+sign) is in ``meta.json["action"]``; ``dataset_statistics.json`` holds
+``{"crane_x7_pickplace": {"action": {"q01", "q99", "mean", "std", "min",
+"max", "mask"}, "num_transitions", "num_trajectories"}}`` with the gripper
+dimension masked out of normalization, as OpenVLA does.
+
+Why Parquet: it is columnar and compressed, and pandas, pyarrow, Hugging Face
+``datasets`` (``load_dataset("parquet", data_dir=...)`` or the directory
+itself) and LeRobot-style tooling read it without this library. Storing frames
+as PNG bytes keeps a 64x64 dataset at a few kilobytes per step, losslessly::
+
+    import io, pandas as pd, numpy as np
+    from PIL import Image
+    df = pd.read_parquet("outputs/demos/data/train.parquet")
+    frame = np.asarray(Image.open(io.BytesIO(df.image[0])))
+
+Reproducibility: attempt k plays the episode start that ``env.reset(seed=seed
++ k)`` draws, and the kept episodes are the first ``num_demos`` successful
+attempts in attempt order, whatever ``num_envs`` is. The same seed gives the
+same Parquet bytes and the same ``meta.json`` except for ``created_at``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from vla_rl_lib.policy._files import atomic_directory
+from vla_rl_lib.policy.action_tokenizer import (
+    DATASET_STATISTICS_FILE,
+    ActionStatistics,
+    load_action_statistics,
+    write_dataset_statistics,
+)
+from vla_rl_lib.rollout.collector import TRAIN_SEED_FLOOR
+
+FORMAT_NAME = "vla-rl-demonstrations"
+FORMAT_VERSION = 1
+DATA_FILE = "data/train.parquet"
+META_FILE = "meta.json"
+STATISTICS_KEY = "crane_x7_pickplace"
+# PNG compression level is fixed so that the same frames always give the same bytes.
+PNG_COMPRESS_LEVEL = 6
+
+SCHEMA = pa.schema(
+    [
+        pa.field("episode_index", pa.int64()),
+        pa.field("frame_index", pa.int64()),
+        pa.field("image", pa.binary()),
+        pa.field("action", pa.list_(pa.float32())),
+        pa.field("state", pa.list_(pa.float32())),
+        pa.field("instruction", pa.string()),
+        pa.field("reward", pa.float32()),
+        pa.field("success", pa.bool_()),
+    ]
+)
+COLUMN_DOCS = {
+    "episode_index": "0..num_episodes-1 over kept (successful) episodes",
+    "frame_index": "control step within the episode, from 0",
+    "image": "PNG bytes of the (H, W, 3) uint8 RGB observation the action was chosen from",
+    "action": "float32 (8,): the expert's action in the environment's action space",
+    "state": "float32 (9,): joint positions at the observation (7 arm joints, 2 fingers)",
+    "instruction": "the language instruction",
+    "reward": "float32 reward the action earned (the env's reward_mode)",
+    "success": "bool: the task was solved after this action (true on the last row of every episode)",
+}
+
+
+class DemoDatasetError(ValueError):
+    """A demonstration dataset on disk is corrupt or does not match this format."""
+
+
+@dataclass
+class DemoDataset:
+    """A loaded dataset: M steps from ``num_episodes`` successful episodes."""
+
+    path: Path
+    images: np.ndarray  # (M, H, W, 3) uint8
+    actions: np.ndarray  # (M, 8) float32
+    states: np.ndarray  # (M, 9) float32
+    instructions: list[str]  # (M,)
+    episode_index: np.ndarray  # (M,) int64
+    frame_index: np.ndarray  # (M,) int64
+    rewards: np.ndarray  # (M,) float32
+    success: np.ndarray  # (M,) bool
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+    @property
+    def num_episodes(self) -> int:
+        return int(np.unique(self.episode_index).size)
+
+    @property
+    def statistics(self) -> ActionStatistics:
+        """The action statistics saved with the dataset (OpenVLA's q01/q99/mask)."""
+        return load_action_statistics(self.path / DATASET_STATISTICS_FILE, STATISTICS_KEY)
+
+
+# --------------------------------------------------------------------------- collection
+
+
+@dataclass
+class _Attempt:
+    """One episode in progress on one environment."""
+
+    index: int
+    seed: int
+    images: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    states: list[np.ndarray] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    successes: list[bool] = field(default_factory=list)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 -> PNG bytes (deterministic: fixed compression level)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _episode_table(episode_index: int, attempt: _Attempt, instruction: str) -> pa.Table:
+    length = len(attempt.actions)
+    return pa.Table.from_pydict(
+        {
+            "episode_index": np.full(length, episode_index, dtype=np.int64),
+            "frame_index": np.arange(length, dtype=np.int64),
+            "image": [encode_png(image) for image in attempt.images],
+            "action": [a.astype(np.float32) for a in attempt.actions],
+            "state": [s.astype(np.float32) for s in attempt.states],
+            "instruction": [instruction] * length,
+            "reward": np.asarray(attempt.rewards, dtype=np.float32),
+            "success": np.asarray(attempt.successes, dtype=bool),
+        },
+        schema=SCHEMA,
+    )
+
+
+def _start_attempts(env: Any, env_ids: list[int], attempts: list[_Attempt]) -> Any:
+    """Restart ``env_ids`` on their attempts' seeds; returns the batch observation after."""
+    observation = None
+    for env_id, attempt in zip(env_ids, attempts, strict=True):
+        observation = env.reset(seed=attempt.seed, env_ids=[env_id])
+    return observation
+
+
+def _play_attempts(
+    env: Any, expert: Any, num_demos: int, seed: int, max_attempts: int, bar: Any
+) -> Iterator[_Attempt]:
+    """Yield finished attempts (successful or not) in attempt order.
+
+    New attempts start only while the successes so far plus the attempts still
+    running could fall short of ``num_demos``; so the attempts played are
+    exactly 0..K-1, where K is the first index at which ``num_demos`` of them
+    have succeeded, however many environments run at once.
+    """
+    n = env.num_envs
+    running: dict[int, _Attempt] = {}  # env id -> attempt
+    finished: dict[int, _Attempt] = {}  # attempt index -> attempt, until yielded
+    next_attempt = next_to_yield = successes = 0
+
+    def launch(env_ids: list[int]) -> Any:
+        nonlocal next_attempt
+        chosen, attempts = [], []
+        for env_id in env_ids:
+            if successes + len(running) >= num_demos or next_attempt >= max_attempts:
+                break
+            attempt = _Attempt(index=next_attempt, seed=seed + next_attempt)
+            next_attempt += 1
+            running[env_id] = attempt
+            chosen.append(env_id)
+            attempts.append(attempt)
+        return _start_attempts(env, chosen, attempts) if chosen else None
+
+    observation = launch(list(range(n)))
+    while running:
+        actions = np.asarray(expert.act(), dtype=np.float32)
+        for env_id, attempt in running.items():
+            attempt.images.append(observation.image[env_id].copy())
+            attempt.states.append(observation.qpos[env_id].copy())
+            attempt.actions.append(actions[env_id].copy())
+        result = env.step(actions)
+        observation = result.observation
+        success = np.asarray(result.info["success"], dtype=bool)
+        done = np.asarray(result.done, dtype=bool)
+        ended = []
+        for env_id, attempt in list(running.items()):
+            attempt.rewards.append(float(result.reward[env_id]))
+            attempt.successes.append(bool(success[env_id]))
+            if done[env_id]:
+                ended.append(env_id)
+                del running[env_id]
+                finished[attempt.index] = attempt
+                successes += int(success[env_id])
+                bar.set_postfix(attempts=next_attempt, refresh=False)
+        if ended:
+            restarted = launch(ended)
+            if restarted is not None:
+                observation = restarted
+        while next_to_yield in finished:
+            yield finished.pop(next_to_yield)
+            next_to_yield += 1
+
+
+def collect_demonstrations(
+    num_demos: int,
+    seed: int,
+    out_dir: str | os.PathLike,
+    *,
+    simulator: str = "mujoco",
+    env_id: str = "PickPlace-CRANE-X7",
+    num_envs: int = 4,
+    image_size: int | tuple[int, int] = 64,
+    camera: str = "third_person",
+    control_mode: str = "pd_joint_delta_pos",
+    max_episode_steps: int = 200,
+    instruction: str | None = None,
+    max_attempts: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Record ``num_demos`` successful scripted-expert episodes as a Parquet dataset.
+
+    Failed attempts are dropped (``meta.json`` counts them). ``instruction``
+    defaults to the task's own. Gives up with RuntimeError after
+    ``max_attempts`` attempts (default ``2 * num_demos + 10``). The dataset is
+    written to a temporary sibling directory and renamed to ``out_dir`` only
+    when complete; an existing ``out_dir`` is replaced only with ``overwrite``.
+    Returns ``out_dir``.
+    """
+    import lift
+    from lift.expert import ScriptedExpert
+
+    out_dir = Path(out_dir)
+    if num_demos < 1:
+        raise ValueError(f"num_demos={num_demos} is invalid: ask for at least 1 demonstration")
+    if max_attempts is None:
+        max_attempts = 2 * num_demos + 10
+    if max_attempts < num_demos:
+        raise ValueError(f"max_attempts={max_attempts} is smaller than num_demos={num_demos}")
+    if seed < 0 or seed + max_attempts > TRAIN_SEED_FLOOR:
+        raise ValueError(
+            f"seed={seed} with up to {max_attempts} attempts leaves the held-out start range "
+            f"[0, {TRAIN_SEED_FLOOR}) that RL training never draws from; pick a smaller seed"
+        )
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already exists; load it with load_demonstrations({str(out_dir)!r}), "
+            "pass overwrite=True, or choose another out_dir"
+        )
+
+    env = lift.make_env(
+        simulator,
+        env_id,
+        num_envs=num_envs,
+        image_size=image_size,
+        camera=camera,
+        control_mode=control_mode,
+        max_episode_steps=max_episode_steps,
+        obs_mode="rgb",
+        auto_reset=True,
+        seed=seed,
+    )
+    instruction = env.instruction if instruction is None else instruction
+    kept: list[_Attempt] = []
+    attempted = 0
+    actions: list[np.ndarray] = []
+    bar = tqdm(total=num_demos, desc="demonstrations", unit="demo", disable=not progress)
+    try:
+        with atomic_directory(out_dir) as tmp:
+            (tmp / DATA_FILE).parent.mkdir(parents=True)
+            with pq.ParquetWriter(tmp / DATA_FILE, SCHEMA, compression="zstd") as writer:
+                expert = ScriptedExpert(env)
+                for attempt in _play_attempts(env, expert, num_demos, seed, max_attempts, bar):
+                    attempted += 1
+                    if not attempt.successes[-1]:
+                        continue
+                    writer.write_table(_episode_table(len(kept), attempt, instruction))
+                    actions.extend(attempt.actions)
+                    # Frames are on disk now; keep only what meta.json needs.
+                    kept.append(_Attempt(index=attempt.index, seed=attempt.seed, rewards=attempt.rewards))
+                    bar.update(1)
+            if len(kept) < num_demos:
+                raise RuntimeError(
+                    f"the scripted expert solved only {len(kept)} of {attempted} attempts "
+                    f"(seeds {seed}..{seed + attempted - 1}), short of num_demos={num_demos}; "
+                    "raise max_attempts, or check the expert on this simulator and control mode"
+                )
+            action_array = np.stack(actions)
+            statistics = ActionStatistics.from_actions(
+                action_array, mask=np.arange(action_array.shape[1]) < action_array.shape[1] - 1
+            )
+            write_dataset_statistics(
+                tmp / DATASET_STATISTICS_FILE,
+                STATISTICS_KEY,
+                statistics,
+                num_transitions=len(action_array),
+                num_trajectories=len(kept),
+            )
+            meta = _meta(env, instruction, seed, kept, attempted, len(action_array))
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    finally:
+        bar.close()
+        env.close()
+    return out_dir
+
+
+def _meta(
+    env: Any, instruction: str, seed: int, kept: list[_Attempt], attempted: int, transitions: int
+) -> dict[str, Any]:
+    from lift import task
+
+    config = env.config
+    lengths = [len(a.rewards) for a in kept]
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "data_file": DATA_FILE,
+        "statistics_file": DATASET_STATISTICS_FILE,
+        "statistics_key": STATISTICS_KEY,
+        "columns": COLUMN_DOCS,
+        "env": {
+            "simulator": type(env).__module__ + "." + type(env).__name__,
+            "env_id": config.env_id,
+            "control_mode": config.control_mode,
+            "camera": config.camera,
+            "image_size": list(config.image_size),
+            "max_episode_steps": config.max_episode_steps,
+            "reward_mode": config.reward_mode,
+        },
+        "fps": config.control_freq,
+        "instruction": instruction,
+        "action": {
+            "dim": task.ACTION_DIM,
+            "names": [*task.ARM_JOINT_NAMES, "gripper"],
+            "control_mode": config.control_mode,
+            "semantics": (
+                f"dims 0-6: arm joints; pd_joint_delta_pos moves each joint target by "
+                f"{task.MAX_JOINT_DELTA} * a rad, pd_joint_pos maps [-1, 1] onto the joint range. "
+                "dim 7: gripper, -1 open, +1 closed. All dims in [-1, 1]."
+            ),
+        },
+        "state": {"dim": task.STATE_DIM, "names": [*task.ARM_JOINT_NAMES, *task.FINGER_JOINT_NAMES]},
+        "seed": seed,
+        "seeding": "attempt k starts from env.reset(seed=seed + k); kept episodes are the "
+        "first num_episodes successful attempts",
+        "episode_seeds": [a.seed for a in kept],
+        "num_episodes": len(kept),
+        "num_episodes_attempted": attempted,
+        "num_transitions": transitions,
+        "episode_lengths": lengths,
+    }
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_json(file: Path, what: str) -> dict[str, Any]:
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{file} is missing: {what}. The dataset is incomplete; collect it again with "
+            "collect_demonstrations(..., overwrite=True)"
+        )
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DemoDatasetError(
+            f"{file} is not valid JSON ({error}); collect the dataset again with "
+            "collect_demonstrations(..., overwrite=True)"
+        ) from error
+    if not isinstance(data, dict):
+        raise DemoDatasetError(f"{file} should hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """``meta.json`` of a dataset directory, checked for this format and version."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"no demonstration dataset at {path}; create one with "
+            f"collect_demonstrations(num_demos, seed, {str(path)!r})"
+        )
+    meta = _read_json(path / META_FILE, "it describes the dataset")
+    if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
+        raise DemoDatasetError(
+            f"{path / META_FILE} describes format {meta.get('format')!r} version "
+            f"{meta.get('format_version')!r}; this library reads {FORMAT_NAME!r} version "
+            f"{FORMAT_VERSION}. Collect the dataset again."
+        )
+    return meta
+
+
+def load_demonstrations(path: str | os.PathLike) -> DemoDataset:
+    """Read a dataset written by :func:`collect_demonstrations` into numpy arrays.
+
+    Raises FileNotFoundError naming the missing file, or DemoDatasetError naming
+    the file that is corrupt or inconsistent.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    data_file = path / DATA_FILE
+    if not data_file.is_file():
+        raise FileNotFoundError(
+            f"{data_file} is missing: it holds the steps. Collect the dataset again with "
+            "collect_demonstrations(..., overwrite=True)"
+        )
+    try:
+        table = pq.read_table(data_file)
+    except (pa.ArrowException, OSError) as error:
+        raise DemoDatasetError(
+            f"{data_file} is not a readable Parquet file ({error}); collect the dataset again"
+        ) from error
+    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise DemoDatasetError(
+            f"{data_file} lacks column(s) {missing}; expected {SCHEMA.names}"
+        )
+    wrong = [
+        f"{name}: {table.schema.field(name).type} (expected {SCHEMA.field(name).type})"
+        for name in SCHEMA.names
+        if not table.schema.field(name).type.equals(SCHEMA.field(name).type)
+    ]
+    if wrong:
+        raise DemoDatasetError(f"{data_file} has columns of the wrong type: {'; '.join(wrong)}")
+
+    columns = table.to_pydict()
+    actions = _fixed_rows(columns["action"], meta["action"]["dim"], "action", data_file)
+    states = _fixed_rows(columns["state"], meta["state"]["dim"], "state", data_file)
+    height, width = meta["env"]["image_size"]
+    images = np.empty((len(actions), height, width, 3), dtype=np.uint8)
+    for row, png in enumerate(columns["image"]):
+        try:
+            frame = decode_png(png)
+        except (OSError, ValueError) as error:
+            raise DemoDatasetError(
+                f"{data_file}: row {row} holds an image that is not a readable PNG ({error})"
+            ) from error
+        if frame.shape != images.shape[1:]:
+            raise DemoDatasetError(
+                f"{data_file}: row {row} holds a {frame.shape} image, but {path / META_FILE} "
+                f"says image_size {[height, width]}"
+            )
+        images[row] = frame
+
+    dataset = DemoDataset(
+        path=path,
+        images=images,
+        actions=actions,
+        states=states,
+        instructions=columns["instruction"],
+        episode_index=np.asarray(columns["episode_index"], dtype=np.int64),
+        frame_index=np.asarray(columns["frame_index"], dtype=np.int64),
+        rewards=np.asarray(columns["reward"], dtype=np.float32),
+        success=np.asarray(columns["success"], dtype=bool),
+        meta=meta,
+    )
+    counts = (dataset.num_episodes, len(dataset))
+    expected = (meta.get("num_episodes"), meta.get("num_transitions"))
+    if counts != expected:
+        raise DemoDatasetError(
+            f"{data_file} holds {counts[0]} episodes / {counts[1]} steps but {path / META_FILE} "
+            f"records {expected[0]} / {expected[1]}; the files come from different runs"
+        )
+    dataset.statistics  # noqa: B018 - fail now, naming the file, if the statistics are unreadable
+    return dataset
+
+
+def _fixed_rows(rows: list[Any], dim: int, name: str, file: Path) -> np.ndarray:
+    lengths = {len(row) for row in rows}
+    if lengths - {dim}:
+        raise DemoDatasetError(
+            f"{file}: column {name!r} should hold lists of {dim} floats, found lengths {sorted(lengths)}"
+        )
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
