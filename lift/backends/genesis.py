@@ -45,17 +45,17 @@ def _init_genesis(backend: str):
     import genesis as gs
 
     wanted = "cpu" if backend == "cpu" else "gpu"
+    if wanted == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "backend='gpu' runs Genesis on gs.gpu, which needs a CUDA GPU and a CUDA "
+                "build of torch; none is available here (torch.cuda.is_available() is False). "
+                "Use backend='cpu'."
+            )
     current = getattr(gs, "_lift_backend", None)
     if current is None:
-        if wanted == "gpu":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise RuntimeError(
-                    "backend='gpu' runs Genesis on gs.gpu, which needs a CUDA GPU and a CUDA "
-                    "build of torch; none is available here (torch.cuda.is_available() is False). "
-                    "Use backend='cpu'."
-                )
         if not getattr(gs, "_initialized", False):
             gs.init(backend=gs.cpu if wanted == "cpu" else gs.gpu, logging_level="warning")
         gs._lift_backend = wanted
