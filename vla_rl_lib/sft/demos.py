@@ -345,10 +345,20 @@ def collect_demonstrations(
             )
             meta = _meta(env, instruction, seed, kept, attempted, len(action_array))
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            _share_like_umask(tmp)
     finally:
         bar.close()
         env.close()
     return out_dir
+
+
+def _share_like_umask(root: Path) -> None:
+    """Give a finished dataset the permissions a plain mkdir/open would (temp files are private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _meta(
