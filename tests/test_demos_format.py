@@ -29,9 +29,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demos") / "pick"
-    return collect_demonstrations(
-        NUM_DEMOS, SEED, out, num_envs=2, image_size=SIZE, progress=False
-    )
+    return collect_demonstrations(NUM_DEMOS, SEED, out, num_envs=2, image_size=SIZE, progress=False)
 
 
 @pytest.fixture()
@@ -70,7 +68,11 @@ def test_meta_json(dataset_dir) -> None:
     lengths = meta["episode_lengths"]
     assert meta["format_version"] == FORMAT_VERSION
     assert meta["num_episodes"] == len(lengths) == len(meta["episode_seeds"]) == NUM_DEMOS
-    assert meta["num_transitions"] == sum(lengths) == pq.read_metadata(dataset_dir / DATA_FILE).num_rows
+    assert (
+        meta["num_transitions"]
+        == sum(lengths)
+        == pq.read_metadata(dataset_dir / DATA_FILE).num_rows
+    )
     assert meta["num_episodes_attempted"] >= NUM_DEMOS
     assert meta["seed"] == SEED and all(s >= SEED for s in meta["episode_seeds"])
     assert meta["env"]["image_size"] == [SIZE, SIZE]
@@ -104,7 +106,9 @@ def test_same_seed_same_bytes_whatever_num_envs(dataset_dir, tmp_path) -> None:
     stats = "dataset_statistics.json"
     assert (again / stats).read_bytes() == (dataset_dir / stats).read_bytes()
 
-    other = collect_demonstrations(1, SEED + 100, tmp_path / "other", image_size=SIZE, progress=False)
+    other = collect_demonstrations(
+        1, SEED + 100, tmp_path / "other", image_size=SIZE, progress=False
+    )
     first_other = pq.read_table(other / DATA_FILE).column("action")[0].as_py()
     first_ours = pq.read_table(dataset_dir / DATA_FILE).column("action")[0].as_py()
     assert first_other != first_ours
@@ -116,7 +120,9 @@ def test_load_round_trip(dataset_dir) -> None:
     assert len(data) == table.num_rows and data.num_episodes == NUM_DEMOS
     assert data.images.shape == (len(data), SIZE, SIZE, 3) and data.images.dtype == np.uint8
     assert data.actions.shape == (len(data), 8) and data.actions.dtype == np.float32
-    np.testing.assert_array_equal(data.actions, np.asarray(table.column("action").to_pylist(), np.float32))
+    np.testing.assert_array_equal(
+        data.actions, np.asarray(table.column("action").to_pylist(), np.float32)
+    )
     np.testing.assert_array_equal(data.images[5], decode_png(table.column("image")[5].as_py()))
     np.testing.assert_array_equal(data.episode_index, table.column("episode_index").to_numpy())
     assert data.instructions == [lift.INSTRUCTION] * len(data)
@@ -169,7 +175,9 @@ def test_mismatched_files_are_named(copy) -> None:
     pq.write_table(table, copy / DATA_FILE)
     with pytest.raises(DemoDatasetError, match=r"lacks column\(s\) \['action'\]"):
         load_demonstrations(copy)
-    table = table.append_column("action", pa.array([[0.0, 1.0]] * table.num_rows, pa.list_(pa.float32())))
+    table = table.append_column(
+        "action", pa.array([[0.0, 1.0]] * table.num_rows, pa.list_(pa.float32()))
+    )
     pq.write_table(table, copy / DATA_FILE)
     with pytest.raises(DemoDatasetError, match="lists of 8 floats"):
         load_demonstrations(copy)

@@ -324,7 +324,9 @@ def collect_demonstrations(
                     writer.write_table(_episode_table(len(kept), attempt, instruction))
                     actions.extend(attempt.actions)
                     # Frames are on disk now; keep only what meta.json needs.
-                    kept.append(_Attempt(index=attempt.index, seed=attempt.seed, rewards=attempt.rewards))
+                    kept.append(
+                        _Attempt(index=attempt.index, seed=attempt.seed, rewards=attempt.rewards)
+                    )
                     bar.update(1)
             if len(kept) < num_demos:
                 raise RuntimeError(
@@ -397,7 +399,10 @@ def _meta(
                 "dim 7: gripper, -1 open, +1 closed. All dims in [-1, 1]."
             ),
         },
-        "state": {"dim": task.STATE_DIM, "names": [*task.ARM_JOINT_NAMES, *task.FINGER_JOINT_NAMES]},
+        "state": {
+            "dim": task.STATE_DIM,
+            "names": [*task.ARM_JOINT_NAMES, *task.FINGER_JOINT_NAMES],
+        },
         "seed": seed,
         "seeding": "attempt k starts from env.reset(seed=seed + k); kept episodes are the "
         "first num_episodes successful attempts",
@@ -470,9 +475,7 @@ def load_demonstrations(path: str | os.PathLike) -> DemoDataset:
         ) from error
     missing = [name for name in SCHEMA.names if name not in table.column_names]
     if missing:
-        raise DemoDatasetError(
-            f"{data_file} lacks column(s) {missing}; expected {SCHEMA.names}"
-        )
+        raise DemoDatasetError(f"{data_file} lacks column(s) {missing}; expected {SCHEMA.names}")
     wrong = [
         f"{name}: {table.schema.field(name).type} (expected {SCHEMA.field(name).type})"
         for name in SCHEMA.names

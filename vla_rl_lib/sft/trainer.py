@@ -89,7 +89,9 @@ def run_sft(
     if not learning_rate > 0:
         raise ValueError(f"learning_rate={learning_rate} is invalid: it must be > 0")
     if len(dataset) == 0:
-        raise ValueError(f"the dataset at {dataset.path} holds no steps; collect demonstrations first")
+        raise ValueError(
+            f"the dataset at {dataset.path} holds no steps; collect demonstrations first"
+        )
     if dataset.actions.shape[1] != policy.action_dim:
         raise ValueError(
             f"the dataset's actions have {dataset.actions.shape[1]} dims but the policy acts in "
