@@ -152,6 +152,10 @@ def test_missing_dataset_and_files_are_named(copy, tmp_path) -> None:
 
 
 def test_corrupt_files_are_named(copy) -> None:
+    (copy / "dataset_statistics.json").write_text("{}")
+    with pytest.raises(DemoDatasetError, match="dataset_statistics.json is unreadable"):
+        load_demonstrations(copy)
+
     data = copy / DATA_FILE
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     with pytest.raises(DemoDatasetError, match="train.parquet is not a readable Parquet file"):
@@ -164,13 +168,16 @@ def test_corrupt_files_are_named(copy) -> None:
 
 def test_mismatched_files_are_named(copy) -> None:
     meta = json.loads((copy / META_FILE).read_text())
-    json.dump({**meta, "num_episodes": 99}, (copy / META_FILE).open("w"))
+    (copy / META_FILE).write_text(json.dumps({**meta, "num_episodes": 99}))
     with pytest.raises(DemoDatasetError, match="different runs"):
         load_demonstrations(copy)
-    json.dump({**meta, "format_version": 0}, (copy / META_FILE).open("w"))
+    (copy / META_FILE).write_text(json.dumps({**meta, "format_version": 0}))
     with pytest.raises(DemoDatasetError, match="version 0"):
         load_demonstrations(copy)
-    json.dump(meta, (copy / META_FILE).open("w"))
+    (copy / META_FILE).write_text(json.dumps({**meta, "action": {}}))
+    with pytest.raises(DemoDatasetError, match=r"lacks \['action.dim'\]"):
+        load_demonstrations(copy)
+    (copy / META_FILE).write_text(json.dumps(meta))
     table = pq.read_table(copy / DATA_FILE).drop_columns(["action"])
     pq.write_table(table, copy / DATA_FILE)
     with pytest.raises(DemoDatasetError, match=r"lacks column\(s\) \['action'\]"):

@@ -77,6 +77,14 @@ FORMAT_VERSION = 1
 DATA_FILE = "data/train.parquet"
 META_FILE = "meta.json"
 STATISTICS_KEY = "crane_x7_pickplace"
+# What load_demonstrations reads from meta.json.
+REQUIRED_META_KEYS = (
+    ("env", "image_size"),
+    ("action", "dim"),
+    ("state", "dim"),
+    ("num_episodes",),
+    ("num_transitions",),
+)
 # PNG compression level is fixed so that the same frames always give the same bytes.
 PNG_COMPRESS_LEVEL = 6
 
@@ -308,7 +316,8 @@ def collect_demonstrations(
         seed=seed,
     )
     instruction = env.instruction if instruction is None else instruction
-    kept: list[_Attempt] = []
+    kept_seeds: list[int] = []
+    kept_lengths: list[int] = []
     attempted = 0
     actions: list[np.ndarray] = []
     bar = tqdm(total=num_demos, desc="demonstrations", unit="demo", disable=not progress)
@@ -321,16 +330,14 @@ def collect_demonstrations(
                     attempted += 1
                     if not attempt.successes[-1]:
                         continue
-                    writer.write_table(_episode_table(len(kept), attempt, instruction))
+                    writer.write_table(_episode_table(len(kept_seeds), attempt, instruction))
                     actions.extend(attempt.actions)
-                    # Frames are on disk now; keep only what meta.json needs.
-                    kept.append(
-                        _Attempt(index=attempt.index, seed=attempt.seed, rewards=attempt.rewards)
-                    )
+                    kept_seeds.append(attempt.seed)
+                    kept_lengths.append(len(attempt.actions))
                     bar.update(1)
-            if len(kept) < num_demos:
+            if len(kept_seeds) < num_demos:
                 raise RuntimeError(
-                    f"the scripted expert solved only {len(kept)} of {attempted} attempts "
+                    f"the scripted expert solved only {len(kept_seeds)} of {attempted} attempts "
                     f"(seeds {seed}..{seed + attempted - 1}), short of num_demos={num_demos}; "
                     "raise max_attempts, or check the expert on this simulator and control mode"
                 )
@@ -343,9 +350,9 @@ def collect_demonstrations(
                 STATISTICS_KEY,
                 statistics,
                 num_transitions=len(action_array),
-                num_trajectories=len(kept),
+                num_trajectories=len(kept_seeds),
             )
-            meta = _meta(env, instruction, seed, kept, attempted, len(action_array))
+            meta = _meta(env, simulator, instruction, seed, kept_seeds, kept_lengths, attempted)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             _share_like_umask(tmp)
     finally:
@@ -364,12 +371,17 @@ def _share_like_umask(root: Path) -> None:
 
 
 def _meta(
-    env: Any, instruction: str, seed: int, kept: list[_Attempt], attempted: int, transitions: int
+    env: Any,
+    simulator: str,
+    instruction: str,
+    seed: int,
+    episode_seeds: list[int],
+    episode_lengths: list[int],
+    attempted: int,
 ) -> dict[str, Any]:
     from lift import task
 
     config = env.config
-    lengths = [len(a.rewards) for a in kept]
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -379,7 +391,8 @@ def _meta(
         "statistics_key": STATISTICS_KEY,
         "columns": COLUMN_DOCS,
         "env": {
-            "simulator": type(env).__module__ + "." + type(env).__name__,
+            "simulator": simulator,
+            "simulator_class": f"{type(env).__module__}.{type(env).__name__}",
             "env_id": config.env_id,
             "control_mode": config.control_mode,
             "camera": config.camera,
@@ -406,11 +419,11 @@ def _meta(
         "seed": seed,
         "seeding": "attempt k starts from env.reset(seed=seed + k); kept episodes are the "
         "first num_episodes successful attempts",
-        "episode_seeds": [a.seed for a in kept],
-        "num_episodes": len(kept),
+        "episode_seeds": episode_seeds,
+        "num_episodes": len(episode_seeds),
         "num_episodes_attempted": attempted,
-        "num_transitions": transitions,
-        "episode_lengths": lengths,
+        "num_transitions": sum(episode_lengths),
+        "episode_lengths": episode_lengths,
     }
 
 
@@ -450,7 +463,21 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
             f"{meta.get('format_version')!r}; this library reads {FORMAT_NAME!r} version "
             f"{FORMAT_VERSION}. Collect the dataset again."
         )
+    missing = [".".join(keys) for keys in REQUIRED_META_KEYS if not _has_keys(meta, keys)]
+    if missing:
+        raise DemoDatasetError(
+            f"{path / META_FILE} lacks {missing}; it was edited or truncated. Collect the "
+            "dataset again."
+        )
     return meta
+
+
+def _has_keys(data: Any, keys: tuple[str, ...]) -> bool:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return True
 
 
 def load_demonstrations(path: str | os.PathLike) -> DemoDataset:
@@ -522,7 +549,13 @@ def load_demonstrations(path: str | os.PathLike) -> DemoDataset:
             f"{data_file} holds {counts[0]} episodes / {counts[1]} steps but {path / META_FILE} "
             f"records {expected[0]} / {expected[1]}; the files come from different runs"
         )
-    dataset.statistics  # noqa: B018 - fail now, naming the file, if the statistics are unreadable
+    statistics_file = path / DATASET_STATISTICS_FILE
+    try:
+        load_action_statistics(statistics_file, STATISTICS_KEY)
+    except (json.JSONDecodeError, KeyError, ValueError) as error:
+        raise DemoDatasetError(
+            f"{statistics_file} is unreadable ({error}); collect the dataset again"
+        ) from error
     return dataset
 
 
