@@ -10,12 +10,24 @@ table, floor, cube and cameras take their numbers from ``scene_pickplace.xml`` v
 :mod:`lift.backends._scene`. Actions, success, rewards, info keys, seeding and
 auto-reset follow :mod:`lift.task` exactly as the MuJoCo backend does.
 
-Kernel cache and first-build cost: Genesis compiles its physics kernels (through
-Quadrants, its Taichi fork) at the first ``scene.build`` on a machine. The compiled
-kernels are cached under ``~/.cache/quadrants`` and ``~/.cache/genesis`` (about 20 MB);
-later processes load them. Measured on the 2-core CPU machine (``benchmarks/backends.py``
-reports ``genesis_first_build_s`` and ``genesis_build_s``): see the module constant
-notes in docs of the benchmark. Delete those folders to force a rebuild.
+Kernel cache and first-build cost: Genesis compiles its physics and rendering kernels
+(through Quadrants, its Taichi fork) at the first ``scene.build`` on a machine. The
+compiled kernels are cached under ``~/.cache/quadrants`` (~9 MB) and ``~/.cache/genesis``
+(~11 MB); later processes load them. Measured on the shared 2-core CPU machine, gs.cpu,
+4 envs, 128x128 RGB, import + build + first reset:
+
+* empty caches: 109 s (``benchmarks/backends.py --backends genesis --cold-genesis``;
+  179 s in another run while other jobs loaded the cores);
+* warm caches: 21-24 s.
+
+Delete those folders to force a rebuild; a changed option that alters a kernel
+(e.g. the friction cone) compiles again.
+
+Physics options: ``dt`` is ``PHYSICS_DT`` (5 ms, 20 substeps per 10 Hz control step)
+and Genesis' default pyramid friction cone without torsional friction; Genesis warns
+that the MJCF asks for an elliptic cone and torsional friction on the pads, and raises
+the pad contacts' time constant to 2 dt. The contract tests (grasp-and-lift, scripted
+expert) pass with these settings.
 
 Rendering uses Genesis' rasterizer camera through EGL (no GPU needed; set
 ``PYOPENGL_PLATFORM`` yourself to override ``egl``). Cameras render every
