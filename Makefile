@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SIMS_VENV := .venv-sims
+SIMS_STAMP := $(SIMS_VENV)/.installed
 export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv train test test-fast test-slow lint clean-venv
+.PHONY: venv train test test-slow sims test-backends lint
 
 # The venv is rebuilt when pyproject.toml changes (the stamp is older than it).
+# torch first, from the exact CPU wheel, so nothing pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -19,6 +22,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The fast path end to end: scripted demos -> SFT -> PPO -> held-out evaluation.
 train: $(STAMP)
 	$(PY) -m vla_rl_lib train --config params/fast.yaml
 
@@ -27,6 +31,21 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow"
+
+# Optional simulators (ManiSkill3 + Genesis) live in their own venv: they pull
+# several GB and pin their own packages. The Vulkan driver goes to .vulkan/.
+$(SIMS_STAMP): pyproject.toml scripts/install_vulkan_lavapipe.sh
+	bash scripts/install_vulkan_lavapipe.sh
+	test -x $(SIMS_VENV)/bin/python || $(PYTHON) -m venv $(SIMS_VENV)
+	$(SIMS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SIMS_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(SIMS_VENV)/bin/python -m pip install -q -e '.[dev,maniskill,genesis]'
+	touch $(SIMS_STAMP)
+
+sims: $(SIMS_STAMP)
+
+test-backends: $(SIMS_STAMP)
+	$(SIMS_VENV)/bin/python -m pytest -q -m backends tests/test_backends_contract.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lift vla_rl_lib tests benchmarks
