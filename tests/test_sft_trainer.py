@@ -12,7 +12,13 @@ import torch
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics, load_action_statistics
 from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings, build_policy
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
-from vla_rl_lib.sft import DemoDataset, run_sft, set_action_statistics
+from vla_rl_lib.sft import (
+    DemoDataset,
+    collect_demonstrations,
+    load_demonstrations,
+    run_sft,
+    set_action_statistics,
+)
 from vla_rl_lib.sft.demos import STATISTICS_KEY
 from vla_rl_lib.sft.trainer import SFT_METRICS_FILE, sft_batches
 
@@ -152,3 +158,25 @@ def test_bad_settings_are_named(tmp_path) -> None:
     wrong = ActionStatistics.from_actions(dataset.actions[:, :7])
     with pytest.raises(ValueError, match="7 action dims"):
         run_sft(policy, dataset, epochs=1, statistics=wrong, **common)
+
+
+def test_warm_start_on_collected_demonstrations(tmp_path) -> None:
+    """Collect -> load -> SFT -> reload: the checkpoint carries the dataset's statistics."""
+    demos = load_demonstrations(
+        collect_demonstrations(1, 0, tmp_path / "demos", image_size=32, progress=False)
+    )
+    summary = run_sft(
+        build_policy(SMALL, seed=0),
+        demos,
+        epochs=1,
+        batch_size=16,
+        learning_rate=1e-3,
+        seed=0,
+        out_dir=tmp_path / "sft",
+        progress=False,
+    )
+    assert summary["num_transitions"] == len(demos) and summary["num_episodes"] == 1
+    reloaded = HFVLAPolicy.from_checkpoint(tmp_path / "sft")
+    assert reloaded.unnorm_key == STATISTICS_KEY
+    np.testing.assert_array_equal(reloaded.statistics.q99, demos.statistics.q99)
+    np.testing.assert_array_equal(reloaded.statistics.mask, demos.statistics.mask)
