@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=S, help="first held-out seed")
     ev.add_argument("--render", action="store_true", help="write videos of the episodes")
     ev.add_argument("--output-dir", default=S, help="where videos go (default: the run folder)")
+    ev.add_argument("--config", help="simulator settings for a policy directory (e.g. an SFT result)")
 
     cfg = sub.add_parser("config", help="write a config template")
     cfg.add_argument("--template", choices=TEMPLATES, default="default")
@@ -166,6 +167,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=getattr(args, "seed", None),
         render=args.render,
         output_dir=getattr(args, "output_dir", None),
+        config=load_config(args.config) if args.config else None,
     )
     from vla_rl_lib.display import summary_table
 

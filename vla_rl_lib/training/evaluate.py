@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from lift import make_env
+from vla_rl_lib.config import VLARLConfig
 from vla_rl_lib.metrics import wilson_interval
 from vla_rl_lib.rollout.collector import Episode, RolloutCollector, evaluation_seeds
 
@@ -80,18 +81,23 @@ def evaluate_checkpoint(
     render: bool = False,
     output_dir: str | Path | None = None,
     num_videos: int = 2,
+    config: VLARLConfig | None = None,
 ) -> EvalResult:
-    """Evaluate a training checkpoint; with ``render``, write videos of its first episodes.
+    """Evaluate a checkpoint; with ``render``, write videos of its first episodes.
+
+    ``checkpoint`` is a training checkpoint (``checkpoint_latest``/``checkpoint_best``)
+    or a policy directory such as an SFT result; for the latter the simulator settings
+    come from ``config``, else its ``config.yaml``, else the default template.
 
     Videos (mp4 when imageio-ffmpeg is installed, else GIF) go to ``output_dir``,
     by default ``<run>/videos`` beside the checkpoint. Their paths are in
     ``result.videos``.
     """
     from vla_rl_lib.display import save_video
-    from vla_rl_lib.training.policy_factory import policy_from_run_checkpoint
+    from vla_rl_lib.training.policy_factory import load_any_checkpoint
 
     checkpoint = Path(checkpoint)
-    policy, cfg, _ = policy_from_run_checkpoint(checkpoint)
+    policy, cfg = load_any_checkpoint(checkpoint, config)
     r = cfg.rollout
     n = num_episodes if num_episodes is not None else cfg.num_eval_episodes
     if n < 1:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 
-from vla_rl_lib.config import VLARLConfig, config_from_dict
+from vla_rl_lib.config import VLARLConfig, config_from_dict, load_config, load_template, save_config
 from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings, build_policy
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 from vla_rl_lib.training import checkpoint as ckpt
@@ -154,6 +154,7 @@ def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> di
         out_dir=out_dir,
         progress=progress,
     )
+    save_config(cfg, out_dir / ckpt.CONFIG_FILE)  # lets `evaluate --checkpoint <sft dir>` rebuild the env
     return {"dataset": str(dataset_dir), "sft_checkpoint": str(out_dir), "demo_seconds": demo_s,
             "seconds": time.perf_counter() - t0, **result}
 
@@ -180,3 +181,19 @@ def policy_from_run_checkpoint(path: Path) -> tuple[HFVLAPolicy, VLARLConfig, di
         ) from exc
     policy.eval()
     return policy, cfg, trainer_state
+
+
+def load_any_checkpoint(
+    path: Path, config: VLARLConfig | None = None
+) -> tuple[HFVLAPolicy, VLARLConfig]:
+    """A training checkpoint, or a policy directory (SFT result, saved or merged model)."""
+    path = Path(path)
+    if (path / ckpt.TRAINER_STATE_FILE).is_file() or not (path / "policy_config.json").is_file():
+        policy, cfg, _ = policy_from_run_checkpoint(path)
+        return policy, config or cfg
+    if config is None:
+        saved = path / ckpt.CONFIG_FILE
+        config = load_config(saved) if saved.is_file() else load_template("default")
+    policy = _load_base(config, "sft", str(path))
+    policy.eval()
+    return policy, config

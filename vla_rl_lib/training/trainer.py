@@ -20,14 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from lift import make_env
 from vla_rl_lib.algorithms.ppo import ppo_update
-import yaml
-
 from vla_rl_lib.config import VLARLConfig, config_to_dict
 from vla_rl_lib.metrics import MetricsWriter
-from vla_rl_lib.policy.base import VLAPolicy
 from vla_rl_lib.rollout.batch import rollout_to_batch
 from vla_rl_lib.rollout.collector import (
     Rollout,
@@ -36,9 +34,9 @@ from vla_rl_lib.rollout.collector import (
     reset_episodes,
     training_episode_seeds,
 )
-from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
 from vla_rl_lib.training import checkpoint as ckpt
-from vla_rl_lib.training.policy_factory import build_training_policy, policy_from_run_checkpoint
+from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
+from vla_rl_lib.training.policy_factory import build_training_policy
 
 MIN_FREE_BYTES = 200 * 1024**2
 
@@ -383,8 +381,3 @@ def resolve_device(device: str) -> str:
 
 def config_to_yaml(config: VLARLConfig) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)
-
-
-def load_policy_from_checkpoint(path: str | Path) -> tuple[VLAPolicy, VLARLConfig, dict[str, Any]]:
-    """Rebuild the policy a training checkpoint was taken from (base + trainable weights)."""
-    return policy_from_run_checkpoint(Path(path))
