@@ -1,0 +1,492 @@
+"""What the Jupyter notebooks need beyond the rest of the library.
+
+The notebooks in ``notebooks/`` stay thin: each cell calls one of these functions (or one
+from ``vla_rl_lib.display`` / ``vla_rl_lib.training``) and shows its result.
+
+Parameters -> config
+--------------------
+A notebook's ``parameters`` cell (papermill) declares every top-level key of
+``VLARLConfig`` with the default ``None``, every section (``rollout``, ``ppo``, ...) as a
+dict (default ``{}``), a few CLI-style shortcuts (``simulator``, ``learning_rate``, ...)
+and ``template`` / ``config``. ``config_from_notebook_parameters`` turns them into the
+same ``VLARLConfig`` the command line builds:
+
+* the base is the YAML file ``config`` when given, else ``params/<template>.yaml``;
+* only values the user set override it: a top-level ``None`` means "keep the file's
+  value"; a section dict changes only the keys it holds;
+* ``papermill -f params/fast.yaml`` injects every top-level key of the YAML (sections as
+  whole dicts), so a top-level key or a shortcut wins over the same setting inside a
+  section dict: ``-f params/fast.yaml -p learning_rate 1e-3`` trains at 1e-3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_rl_lib.config import (
+    SECTIONS,
+    ConfigError,
+    VLARLConfig,
+    apply_overrides,
+    load_config,
+    load_template,
+    template_dir,
+)
+from vla_rl_lib.training.cli import TRAIN_FLAGS
+
+# CLI-style names a notebook may use for section keys; the CLI maps them the same way.
+SHORTCUTS: dict[str, str] = {
+    name: TRAIN_FLAGS[name]
+    for name in ("simulator", "num_parallel_envs", "learning_rate", "algorithm")
+}
+_ALIASES = {"lora_rank": "lora.rank", "lora_alpha": "lora.alpha"}
+
+
+def top_level_keys() -> list[str]:
+    """The scalar top-level keys of ``VLARLConfig`` (sections excluded)."""
+    return [f.name for f in dataclasses.fields(VLARLConfig) if f.name not in SECTIONS]
+
+
+def parameter_names() -> list[str]:
+    """Every name a notebook's parameters cell declares for the config, in cell order."""
+    return ["template", "config", *top_level_keys(), *SECTIONS, *SHORTCUTS]
+
+
+def notebook_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The config parameters out of a notebook's globals (``notebook_parameters(globals())``)."""
+    missing = [name for name in parameter_names() if name not in namespace]
+    if missing:
+        raise NameError(
+            f"the parameters cell does not define {missing}; copy the parameters cell of "
+            "notebooks/02_train.ipynb (it declares every config key)"
+        )
+    return {name: namespace[name] for name in parameter_names()}
+
+
+def _overrides(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted overrides: section dicts first, then top-level keys and shortcuts on top."""
+    known = set(top_level_keys()) | set(SECTIONS) | set(SHORTCUTS)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown notebook parameter(s) {unknown}; parameters are the config's top-level keys, "
+            f"its sections {list(SECTIONS)} as dicts, and the shortcuts {list(SHORTCUTS)}"
+        )
+    flat: dict[str, Any] = {}
+    for section in SECTIONS:
+        values = params.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"notebook parameter {section!r} must be a dict of {section} settings, e.g. "
+                f"{section} = {{...}}; got {values!r}"
+            )
+        flat.update({f"{section}.{key}": value for key, value in values.items()})
+    for name, value in params.items():
+        if value is None or name in SECTIONS:
+            continue
+        flat[SHORTCUTS.get(name, name)] = value
+        if name in _ALIASES:  # the top-level alias wins over the section's copy
+            flat[_ALIASES[name]] = value
+    for alias, dotted in _ALIASES.items():
+        if dotted in flat and alias not in flat:
+            flat[alias] = flat[dotted]
+    return flat
+
+
+def config_from_notebook_parameters(
+    template: str | None = None, config: str | os.PathLike[str] | None = None, **params: Any
+) -> VLARLConfig:
+    """The validated config for a notebook run; raises ``ConfigError`` naming a bad key.
+
+    ``config`` (a YAML path) is the base when given, else ``params/<template>.yaml``
+    (``"default"`` when ``template`` is None). ``params`` are the parameters cell's values.
+    """
+    base = load_config(config) if config is not None else load_template(template or "default")
+    overrides = _overrides(params)
+    return apply_overrides(base, overrides) if overrides else base
+
+
+def use_project_root() -> Path:
+    """Make the repository root the working directory, as for the CLI, and return it.
+
+    JupyterLab starts a kernel in the notebook's folder; relative paths in a config
+    (``outputs``, ``outputs/demos``) must mean the same as on the command line.
+    """
+    root = template_dir().parent
+    os.chdir(root)
+    return root
+
+
+def configure_progress(interactive: bool) -> None:
+    """Turn the Hugging Face libraries' own progress bars on only for interactive sessions.
+
+    They use ``tqdm.auto``, which in a kernel is a widget whose saved state is frozen at 0%
+    (papermill, nbval); the library's own bars follow ``interactive`` already.
+    """
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    if interactive:
+        hf_logging.enable_progress_bar()
+        enable_progress_bars()
+    else:
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+
+
+def run_dir(cfg: VLARLConfig) -> Path:
+    """``<output_dir>/<experiment_name>``: where a run's checkpoints and metrics go."""
+    return Path(cfg.output_dir) / cfg.experiment_name
+
+
+def config_rows(cfg: VLARLConfig) -> list[dict[str, Any]]:
+    """The settings that shape a run, as table rows (setting, value)."""
+    r, p, m = cfg.rollout, cfg.ppo, cfg.model
+    settings = {
+        "experiment_name": cfg.experiment_name,
+        "run folder": str(run_dir(cfg)),
+        "model": m.name,
+        "start from": cfg.sft_checkpoint
+        or cfg.pretrained_checkpoint
+        or (f"warm start: {cfg.sft.num_demos} demos" if cfg.sft.num_demos else "random init"),
+        "simulator": f"{r.simulator} ({r.env_id}, {r.backend})",
+        "algorithm": p.algorithm,
+        "num_updates": cfg.num_updates,
+        "episodes per update": r.num_rollouts_per_update,
+        "parallel envs": r.num_parallel_envs,
+        "max_steps": r.max_steps,
+        "learning_rate": p.learning_rate,
+        "eval": f"every {cfg.eval_interval} updates, {cfg.num_eval_episodes} episodes"
+        if cfg.eval_interval
+        else "off",
+        "seed": cfg.seed,
+        "device": cfg.device,
+    }
+    return [{"setting": key, "value": value} for key, value in settings.items()]
+
+
+# ---------------------------------------------------------------- environment report
+
+_PACKAGES = (
+    "torch", "transformers", "peft", "tokenizers", "mujoco", "gymnasium", "numpy",
+    "matplotlib", "ipywidgets", "papermill", "mani-skill", "genesis-world", "ray",
+)  # fmt: skip
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gl_renderer() -> str:
+    """The OpenGL renderer MuJoCo draws with (e.g. ``llvmpipe`` on a CPU), or why there is none."""
+    import mujoco
+
+    try:
+        context = mujoco.GLContext(8, 8)
+    except Exception as error:  # MuJoCo raises a bare Exception when no GL backend loads
+        return f"no OpenGL context ({error}); set MUJOCO_GL=egl (or osmesa)"
+    try:
+        context.make_current()
+        from OpenGL import GL
+
+        return " | ".join(
+            GL.glGetString(name).decode() for name in (GL.GL_VENDOR, GL.GL_RENDERER, GL.GL_VERSION)
+        )
+    finally:
+        context.free()
+
+
+def environment_report() -> list[dict[str, str]]:
+    """Rows (item, value): Python and package versions, rendering backend, CPU and GPU."""
+    import torch
+
+    rows = {
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "platform": platform.platform(),
+        **{package: _version(package) for package in _PACKAGES},
+        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "(unset: lift sets egl)"),
+        "OpenGL": gl_renderer(),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "(unset)"),
+        "CPU": f"{_cpu_model()}, {os.cpu_count()} logical cores",
+        "torch threads": str(torch.get_num_threads()),
+    }
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            rows[f"GPU {index}"] = f"{props.name}, {props.total_memory / 1024**3:.0f} GiB"
+        rows["CUDA"] = str(torch.version.cuda)
+    else:
+        rows["GPU"] = "none visible to torch (CPU only)"
+    return [{"item": key, "value": value} for key, value in rows.items()]
+
+
+# ---------------------------------------------------------------- simulator and model
+
+
+def camera_views(cfg: VLARLConfig, size: int = 192) -> dict[str, np.ndarray]:
+    """One frame per camera of a freshly reset episode of the configured simulator."""
+    from lift import make_env
+    from lift.types import CAMERAS
+
+    r = cfg.rollout
+    env = make_env(
+        r.simulator, r.env_id, num_envs=1, backend=r.backend, camera=r.camera,
+        image_size=r.image_size, control_mode=r.control_mode, max_episode_steps=r.max_steps,
+        auto_reset=False, seed=cfg.seed,
+    )  # fmt: skip
+    try:
+        env.reset(seed=cfg.seed)
+        return {camera: env.render(camera, [0], (size, size))[0] for camera in CAMERAS}
+    finally:
+        env.close()
+
+
+def labelled_row(images: Mapping[str, np.ndarray]) -> bytes:
+    """PNG of equally sized RGB images side by side, each captioned with its name."""
+    from PIL import Image, ImageDraw
+
+    arrays = list(images.values())
+    if not arrays:
+        raise ValueError("labelled_row needs at least one image")
+    h, w = arrays[0].shape[:2]
+    if any(a.shape[:2] != (h, w) for a in arrays):
+        raise ValueError(f"images must share one size; got {[a.shape for a in arrays]}")
+    row = Image.new("RGB", (len(arrays) * (w + 4) - 4, h + 14), "white")
+    draw = ImageDraw.Draw(row)
+    for slot, (name, array) in enumerate(images.items()):
+        row.paste(Image.fromarray(array), (slot * (w + 4), 0))
+        draw.text((slot * (w + 4) + 2, h + 1), name, fill="black")
+    buf = io.BytesIO()
+    row.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def build_vla(cfg: VLARLConfig) -> Any:
+    """The configured VLA: the tiny model built from its sizes, an SFT checkpoint, or OpenVLA.
+
+    OpenVLA is loaded from local files only; without them the library's
+    ``FileNotFoundError`` says where to get the weights.
+    """
+    from vla_rl_lib.policy.hf_policy import HFVLAPolicy, build_policy
+    from vla_rl_lib.training.policy_factory import DTYPES, lora_settings, tiny_vla_config
+
+    m = cfg.model
+    if m.name == "openvla":
+        from vla_rl_lib.policy.openvla import (
+            OpenVLAPolicy,
+            build_openvla_policy,
+            openvla_model_loader,
+        )
+
+        dtype = DTYPES[m.dtype]
+        if cfg.sft_checkpoint:
+            return OpenVLAPolicy.from_checkpoint(
+                cfg.sft_checkpoint, decoding=m.decoding, unnorm_key=m.unnorm_key, dtype=dtype,
+                model_loader=openvla_model_loader(tuple(cfg.trust_remote_code), dtype=dtype),
+            )  # fmt: skip
+        return build_openvla_policy(
+            cfg.pretrained_checkpoint, decoding=m.decoding, unnorm_key=m.unnorm_key, dtype=dtype,
+            trust_remote_code_allowlist=tuple(cfg.trust_remote_code), lora=lora_settings(cfg),
+            seed=cfg.seed,
+        )  # fmt: skip
+    if cfg.sft_checkpoint:
+        return HFVLAPolicy.from_checkpoint(cfg.sft_checkpoint, decoding=m.decoding)
+    return build_policy(
+        tiny_vla_config(cfg), lora=lora_settings(cfg), seed=cfg.seed, decoding=m.decoding
+    )
+
+
+def model_rows(policy: Any) -> list[dict[str, Any]]:
+    """Size and trainable share of a policy (a ``VLAPolicy``, an ``nn.Module``), as table rows."""
+    params = list(policy.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return [
+        {"item": "model class", "value": type(getattr(policy, "model", policy)).__name__},
+        {"item": "parameters", "value": total},
+        {"item": "trainable parameters", "value": trainable},
+        {"item": "decoding", "value": getattr(policy, "decoding", "-")},
+        {"item": "LoRA", "value": bool(getattr(policy, "use_lora", False))},
+    ]
+
+
+def sft_output_dir(cfg: VLARLConfig) -> Path:
+    """Where ``python -m vla_rl_lib sft`` (and notebook 01) writes the SFT checkpoint."""
+    return run_dir(cfg) / "sft"
+
+
+def sft_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The SFT summary of ``run_warm_start`` as table rows (per-epoch history left out)."""
+    skip = {"history", "epoch_losses"}
+    rows = [{"item": k, "value": v} for k, v in result.items() if k not in skip]
+    losses = result.get("epoch_losses") or []
+    if losses:
+        rows.append(
+            {"item": "loss first -> last epoch", "value": f"{losses[0]:.4g} -> {losses[-1]:.4g}"}
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class NotebookRun:
+    summary: dict[str, Any]
+    last_eval: Any  # EvalResult of the final evaluation, or None when evaluation is off
+    run_dir: Path
+
+
+def train_with_live_plot(
+    cfg: VLARLConfig, *, resume: bool = False, interactive: bool = False, throttle_s: float = 2.0
+) -> NotebookRun:
+    """Train with a live plot of success and return updated in place (see ``LivePlot``).
+
+    The plot redraws at most every ``throttle_s`` seconds and once at the end, so a saved
+    notebook holds its final state as one PNG. ``interactive`` turns on widget progress bars.
+    """
+    from vla_rl_lib.display import LivePlot
+    from vla_rl_lib.training.trainer import Trainer
+
+    live = LivePlot(throttle_s=throttle_s, ci_counts={"eval_success": "eval_episodes"})
+    evals: list[Any] = []
+    trainer: Trainer | None = None
+
+    def on_eval(result: Any) -> None:
+        evals.append(result)
+        live.update({"update": result.update, "env_steps": trainer.env_steps, **result.record()})
+
+    try:
+        trainer = Trainer(
+            cfg, resume=resume, progress=interactive, on_update=live.update, on_eval=on_eval
+        )
+        summary = trainer.train()
+    finally:
+        if trainer is not None:
+            trainer.close()
+        live.close()
+    return NotebookRun(
+        summary=summary, last_eval=evals[-1] if evals else None, run_dir=trainer.run_dir
+    )
+
+
+def summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"metric": key, "value": value} for key, value in summary.items()]
+
+
+def run_files(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The top-level entries of a run folder (checkpoints, metrics, plots) with their sizes."""
+    rows = []
+    for path in sorted(Path(directory).iterdir()):
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        rows.append(
+            {"path": str(path) + ("/" if path.is_dir() else ""), "kB": round(size / 1024, 1)}
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- evaluation and analysis
+
+
+def find_checkpoint(directory: str | os.PathLike[str]) -> Path:
+    """A run's best checkpoint, else its latest; a checkpoint directory is returned as is."""
+    directory = Path(directory)
+    if (directory / "trainer_state.json").is_file():
+        return directory
+    for name in ("checkpoint_best", "checkpoint_latest"):
+        if (directory / name / "trainer_state.json").is_file():
+            return directory / name
+    raise FileNotFoundError(
+        f"no checkpoint in {directory}: expected checkpoint_best/ or checkpoint_latest/ with a "
+        "trainer_state.json; train first (notebooks/02_train.ipynb or python -m vla_rl_lib train) "
+        "or pass checkpoint=<a checkpoint directory>"
+    )
+
+
+def success_and_failure(episodes: list[Any]) -> dict[str, Any]:
+    """The first recorded successful and failed episode (a key is absent when there is none)."""
+    picked: dict[str, Any] = {}
+    for episode in episodes:
+        picked.setdefault("success" if episode.success else "failure", episode)
+    return picked
+
+
+def eval_rows(result: Any) -> list[dict[str, Any]]:
+    low, high = result.interval
+    return [{
+        "episodes": result.episodes, "successes": result.successes,
+        "success_rate": result.success_rate, "wilson95_low": low, "wilson95_high": high,
+    }]  # fmt: skip
+
+
+def discover_runs(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Run folders directly under ``output_dir`` that hold a metrics.jsonl, sorted by name."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"output folder {root} does not exist; train a run first")
+    runs = sorted(p.parent for p in root.glob("*/metrics.jsonl"))
+    if not runs:
+        raise FileNotFoundError(
+            f"no run under {root} holds a metrics.jsonl; train one (notebooks/02_train.ipynb) "
+            "or pass runs=[<run folder>, ...]"
+        )
+    return runs
+
+
+def final_rows(runs: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per run: updates, env steps, last train success and the last evaluation."""
+    rows = []
+    for name, records in runs.items():
+        train = [r for r in records if "train/success_rate" in r]
+        evals = [r for r in records if "eval_success" in r]
+        last_train, last_eval = (train or [{}])[-1], (evals or [{}])[-1]
+        rows.append({
+            "run": name,
+            "updates": last_train.get("update"),
+            "env_steps": last_train.get("env_steps"),
+            "train/success_rate": last_train.get("train/success_rate"),
+            "eval_success": last_eval.get("eval_success"),
+            "eval_low": last_eval.get("eval_success_low"),
+            "eval_high": last_eval.get("eval_success_high"),
+            "best_eval": max((r["eval_success"] for r in evals if r["eval_success"] is not None), default=None),
+        })  # fmt: skip
+    return rows
+
+
+def show_png(png: bytes) -> None:
+    """Show PNG bytes inline (a notebook) or say how many bytes were drawn (a terminal)."""
+    from vla_rl_lib.display import in_notebook
+
+    if not in_notebook():
+        print(f"(PNG, {len(png)} bytes: shown only in a notebook)")
+        return
+    from IPython.display import Image, display
+
+    display(Image(data=png, format="png"))
