@@ -1,0 +1,257 @@
+"""Where episodes are played: on the learner's own simulator, or on Ray workers.
+
+Both executors split the start seeds of one ``collect`` into the same
+contiguous shards (one per ``rollout.num_workers``) and sample each shard from
+torch seeded by ``(one draw from the driver's torch RNG, shard index)``. The
+trainer seeds that RNG from ``(seed, update)`` before it collects, so every
+shard's action samples are a pure function of the update and the shard, and
+the local and Ray executors play the same episodes: same seeds, lengths,
+successes, token ids and log-probs. Their results merge side by side along
+the environment axis into one ``Rollout`` with the collector's layout, so
+``rollout_to_batch`` takes it unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from lift import make_env
+from vla_rl_lib.rollout.collector import Episode, Rollout, RolloutCollector
+
+if TYPE_CHECKING:
+    from lift import Simulator
+    from vla_rl_lib.config import VLARLConfig
+    from vla_rl_lib.policy.base import VLAPolicy
+
+
+class RolloutExecutor(Protocol):
+    """What the trainer and ``evaluate_policy`` need from whatever plays the episodes."""
+
+    metrics: dict[str, float]  # figures of the last collect, logged with the update
+
+    def collect(
+        self,
+        seeds: Sequence[int],
+        temperature: float = 1.0,
+        greedy: bool = False,
+        record_frames: int = 0,
+        frame_size: int | None = None,
+        on_episode: Callable[[Episode], None] | None = None,
+    ) -> Rollout: ...
+
+    def close(self) -> None: ...
+
+
+def make_rollout_env(config: VLARLConfig) -> Simulator:
+    """The batched simulator of a run, built from its rollout settings."""
+    r = config.rollout
+    return make_env(
+        r.simulator,
+        r.env_id,
+        num_envs=r.num_parallel_envs,
+        backend=r.backend,
+        camera=r.camera,
+        image_size=r.image_size,
+        control_mode=r.control_mode,
+        max_episode_steps=r.max_steps,
+        reward_mode="binary" if r.use_binary_reward else "dense",
+        auto_reset=False,
+        seed=config.seed,
+    )
+
+
+def make_executor(
+    config: VLARLConfig,
+    env: Simulator,
+    policy: VLAPolicy,
+    base: dict[str, Any],
+    run_dir: Path,
+) -> RolloutExecutor:
+    """The executor ``config.rollout.executor`` names; ``base`` is the factory's base record."""
+    r = config.rollout
+    if r.executor == "local":
+        collector = RolloutCollector(env, policy, config.language_instruction, r.use_binary_reward)
+        return LocalExecutor(collector, num_shards=r.num_workers)
+    if r.executor == "ray":
+        from vla_rl_lib.rollout.ray_executor import RayExecutor
+
+        return RayExecutor(config, policy, base, run_dir)
+    raise ValueError(f"rollout.executor={r.executor!r} is not one of 'local', 'ray'")
+
+
+def shard_seeds(seeds: Sequence[int], num_shards: int) -> list[tuple[int, list[int]]]:
+    """Contiguous, near-equal slices of ``seeds`` as ``(offset, seeds)``; empty slices dropped.
+
+    Contiguous slices keep a GRPO group (repeated start seeds) on one worker
+    whenever the group size divides the shard size.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards={num_shards} must be >= 1")
+    bounds = np.linspace(0, len(seeds), num_shards + 1).round().astype(int)
+    return [
+        (int(lo), [int(s) for s in seeds[lo:hi]])
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        if hi > lo
+    ]
+
+
+def shard_sampling_seeds(num_shards: int) -> list[int]:
+    """One torch seed per shard, from a single draw of the driver's (trainer-seeded) torch RNG."""
+    base = int(torch.randint(0, 2**62, (1,)).item())
+    return [
+        int(np.random.default_rng([base, shard, 0x5A4D]).integers(0, 2**63 - 1))
+        for shard in range(num_shards)
+    ]
+
+
+def play_shard(
+    collector: RolloutCollector,
+    seeds: Sequence[int],
+    sampling_seed: int,
+    temperature: float,
+    greedy: bool,
+    record_frames: int,
+    frame_size: int | None,
+    on_episode: Callable[[Episode], None] | None = None,
+) -> Rollout:
+    """One shard's episodes with torch (CPU and CUDA) seeded for this shard alone."""
+    torch.manual_seed(sampling_seed)
+    return collector.collect(
+        seeds,
+        temperature=temperature,
+        greedy=greedy,
+        record_frames=record_frames,
+        frame_size=frame_size,
+        on_episode=on_episode,
+    )
+
+
+def shard_record_frames(record_frames: int, offset: int) -> int:
+    """Frames are recorded for the first ``record_frames`` episodes of the whole collect."""
+    return max(0, record_frames - offset)
+
+
+def relabel(episode: Episode, offset: int, column: int) -> Episode:
+    """A shard's episode as it sits in the merged rollout: global index, merged env column."""
+    return dataclasses.replace(
+        episode, index=episode.index + offset, env_id=episode.env_id + column
+    )
+
+
+def merge_shards(
+    shards: Sequence[tuple[int, Rollout]], seconds_total: float | None = None
+) -> Rollout:
+    """Shard rollouts side by side along the env axis, padded in time with invalid steps.
+
+    ``shards`` are ``(offset, rollout)`` in shard order. Simulator and policy
+    seconds add up over shards (worker-seconds when the shards ran in
+    parallel); ``seconds_total`` defaults to their sum (shards played one after
+    another) and should be the wall-clock when they ran in parallel.
+    """
+    if not shards:
+        raise ValueError("merge_shards needs at least one shard; was collect given no seeds?")
+    horizon = max(r.valid.shape[0] for _, r in shards)
+
+    def padded(array: np.ndarray, fill: float | bool | int) -> np.ndarray:
+        pad = np.full((horizon - array.shape[0], *array.shape[1:]), fill, dtype=array.dtype)
+        return np.concatenate([array, pad])
+
+    def side_by_side(name: str, fill: float | bool | int) -> np.ndarray:
+        return np.concatenate([padded(getattr(r, name), fill) for _, r in shards], axis=1)
+
+    episode_index = np.concatenate(
+        [padded(np.where(r.valid, r.episode_index + offset, -1), -1) for offset, r in shards],
+        axis=1,
+    )
+    episodes: list[Episode] = []
+    column = 0
+    for offset, rollout in shards:
+        episodes.extend(relabel(ep, offset, column) for ep in rollout.episodes)
+        column += rollout.valid.shape[1]
+    episodes.sort(key=lambda e: e.index)
+    return Rollout(
+        images=side_by_side("images", 0),
+        instructions=[text for _, r in shards for text in r.instructions],
+        token_ids=side_by_side("token_ids", 0),
+        log_probs=side_by_side("log_probs", 0.0),
+        values=side_by_side("values", 0.0),
+        rewards=side_by_side("rewards", 0.0),
+        terminated=side_by_side("terminated", False),
+        truncated=side_by_side("truncated", False),
+        next_values=side_by_side("next_values", 0.0),
+        valid=side_by_side("valid", False),
+        episode_index=episode_index,
+        episodes=episodes,
+        seconds_sim=sum(r.seconds_sim for _, r in shards),
+        seconds_policy=sum(r.seconds_policy for _, r in shards),
+        seconds_total=(
+            sum(r.seconds_total for _, r in shards) if seconds_total is None else seconds_total
+        ),
+    )
+
+
+class LocalExecutor:
+    """Plays the shards one after another on the learner's own simulator and policy."""
+
+    def __init__(self, collector: RolloutCollector, num_shards: int = 1) -> None:
+        if num_shards < 1:
+            raise ValueError(f"num_shards={num_shards} must be >= 1 (rollout.num_workers)")
+        self.collector = collector
+        self.num_shards = num_shards
+        self.metrics: dict[str, float] = {}
+
+    @property
+    def env(self) -> Simulator:
+        return self.collector.env
+
+    @property
+    def policy(self) -> VLAPolicy:
+        return self.collector.policy
+
+    def collect(
+        self,
+        seeds: Sequence[int],
+        temperature: float = 1.0,
+        greedy: bool = False,
+        record_frames: int = 0,
+        frame_size: int | None = None,
+        on_episode: Callable[[Episode], None] | None = None,
+    ) -> Rollout:
+        shards = shard_seeds(seeds, self.num_shards)
+        sampling = shard_sampling_seeds(len(shards))
+        columns = self.collector.env.num_envs
+        played = []
+        # Shards reseed torch; the driver's stream after collect must not depend on the executor.
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda):
+            for shard, ((offset, shard_seeds_), sampling_seed) in enumerate(
+                zip(shards, sampling, strict=True)
+            ):
+                callback = None
+                if on_episode is not None:
+                    column = shard * columns
+
+                    def callback(ep: Episode, offset: int = offset, column: int = column) -> None:
+                        on_episode(relabel(ep, offset, column))
+
+                rollout = play_shard(
+                    self.collector,
+                    shard_seeds_,
+                    sampling_seed,
+                    temperature,
+                    greedy,
+                    shard_record_frames(record_frames, offset),
+                    frame_size,
+                    callback,
+                )
+                played.append((offset, rollout))
+        return merge_shards(played)
+
+    def close(self) -> None:
+        """Nothing to release: the trainer owns the simulator and the policy."""

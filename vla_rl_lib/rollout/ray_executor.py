@@ -1,0 +1,292 @@
+"""Rollouts on Ray: M worker actors, each with its own batched simulator and policy replica.
+
+The learner stays on the driver. Before every collect the driver puts the
+policy's trainable weights (LoRA or trained weights plus the value head, never
+the frozen base) into the object store once and hands the same reference to
+every worker; each worker plays its shard of the start seeds and returns a
+``Rollout``, and the driver merges the shards (see ``executor.py`` for why the
+episodes equal the local executor's). A worker that dies mid-rollout is
+replaced by a fresh actor that plays its shard again, with the same sampling
+seed, so the update goes ahead with the same episodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from vla_rl_lib.rollout.collector import Episode, Rollout, RolloutCollector
+from vla_rl_lib.rollout.executor import (
+    make_rollout_env,
+    merge_shards,
+    play_shard,
+    relabel,
+    shard_record_frames,
+    shard_sampling_seeds,
+    shard_seeds,
+)
+
+try:
+    import ray
+    from ray.exceptions import RayActorError
+except ImportError as exc:  # ray is the optional `ray` extra
+    raise ImportError(
+        "rollout.executor='ray' needs Ray: `pip install 'vla-rl[ray]'` (or "
+        "`pip install 'ray[default]>=2.40'`), or set rollout.executor: local"
+    ) from exc
+
+if TYPE_CHECKING:
+    from vla_rl_lib.config import VLARLConfig
+    from vla_rl_lib.policy.base import VLAPolicy
+
+# Environment variables a worker on another node needs to render and load models like the driver.
+FORWARDED_ENV_VARS = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "HF_HUB_OFFLINE", "HF_HOME")
+
+
+class RolloutWorkerError(RuntimeError):
+    """Rollout workers keep failing; the message says which and what to do."""
+
+
+def state_nbytes(state: dict[str, torch.Tensor]) -> int:
+    """Bytes of tensor data in a state dict (what the weight broadcast moves)."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def base_location(base: dict[str, Any], run_dir: Path) -> str:
+    """The base model as the factory recorded it, with a run-relative path made absolute."""
+    path = Path(base["path"])
+    if base["kind"] == "pretrained" and not path.is_absolute() and not (run_dir / path).exists():
+        return base["path"]  # a hub model name, fetched (or found in the cache) by each node
+    return str(path if path.is_absolute() else (run_dir / path).absolute())
+
+
+class RolloutWorker:
+    """One Ray actor: a batched simulator and a replica of the policy's base."""
+
+    def __init__(self, config: VLARLConfig, base_kind: str, base_path: str, device: str) -> None:
+        from vla_rl_lib.training.policy_factory import _load_base
+
+        # One intra-op thread per CPU granted: torch's spinning workers starve the renderer.
+        torch.set_num_threads(max(1, int(config.rollout.worker_num_cpus)))
+        if Path(base_path).is_absolute() and not Path(base_path).exists():
+            raise FileNotFoundError(
+                f"rollout worker on {socket.gethostname()} cannot see the base model {base_path}; "
+                "put output_dir (and any sft/pretrained checkpoint) on a filesystem that every "
+                "Ray node mounts at the same path"
+            )
+        policy = _load_base(config, base_kind, base_path)
+        policy.to(torch.device(device))
+        env = make_rollout_env(config)
+        self.collector = RolloutCollector(
+            env, policy, config.language_instruction, config.rollout.use_binary_reward
+        )
+        self.device = device
+        self._exit_after: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": self.device,
+            "num_envs": self.collector.env.num_envs,
+        }
+
+    def collect(
+        self,
+        weights: dict[str, torch.Tensor],
+        seeds: list[int],
+        sampling_seed: int,
+        temperature: float,
+        greedy: bool,
+        record_frames: int,
+        frame_size: int | None,
+    ) -> Rollout:
+        self.collector.policy.load_trainable_state_dict(weights)
+        return play_shard(
+            self.collector,
+            seeds,
+            sampling_seed,
+            temperature,
+            greedy,
+            record_frames,
+            frame_size,
+            self._fault_injection(),
+        )
+
+    def exit_after_episodes(self, count: int) -> None:
+        """Fault drill: this process exits abruptly once ``count`` more episodes have finished."""
+        self._exit_after = count
+
+    def _fault_injection(self) -> Callable[[Episode], None] | None:
+        if self._exit_after is None:
+            return None
+        finished = 0
+
+        def maybe_exit(_: Episode) -> None:
+            nonlocal finished
+            finished += 1
+            if finished >= self._exit_after:
+                os._exit(1)
+
+        return maybe_exit
+
+    def close(self) -> None:
+        self.collector.env.close()
+
+
+def connect(address: str | None, num_cpus: float, num_gpus: float) -> bool:
+    """Join ``address`` ("auto", "ray://host:port", "host:port") or start a small local Ray.
+
+    Returns whether this call connected (so ``close`` disconnects again); a Ray
+    that a notebook already initialized is used as it is.
+    """
+    if ray.is_initialized():
+        return False
+    if address is None:  # local workers inherit this process's environment
+        ray.init(
+            num_cpus=math.ceil(num_cpus),
+            num_gpus=math.ceil(num_gpus) if num_gpus else None,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
+    else:
+        env_vars = {k: os.environ[k] for k in FORWARDED_ENV_VARS if k in os.environ}
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": env_vars})
+    return True
+
+
+def check_cluster_resources(num_cpus: float, num_gpus: float) -> None:
+    total = ray.cluster_resources()
+    for name, needed, key in (
+        ("CPU", num_cpus, "worker_num_cpus"),
+        ("GPU", num_gpus, "worker_num_gpus"),
+    ):
+        have = total.get(name, 0.0)
+        if needed > have:
+            raise RolloutWorkerError(
+                f"the Ray cluster has {have:g} {name}s but the rollout workers need {needed:g} "
+                f"(rollout.num_workers x rollout.{key}); lower them or add nodes"
+            )
+
+
+class RayExecutor:
+    """Plays each collect's shards in parallel on ``rollout.num_workers`` Ray actors."""
+
+    def __init__(
+        self,
+        config: VLARLConfig,
+        policy: VLAPolicy,
+        base: dict[str, Any],
+        run_dir: Path,
+        max_restarts_per_collect: int | None = None,
+    ) -> None:
+        r = config.rollout
+        self.config = config
+        self.policy = policy
+        self.base_kind = base["kind"]
+        self.base_path = base_location(base, Path(run_dir))
+        # Every worker may die once per collect before the collect gives up.
+        self.max_restarts_per_collect = (
+            r.num_workers if max_restarts_per_collect is None else max_restarts_per_collect
+        )
+        self.worker_restarts = 0
+        self.metrics: dict[str, float] = {}
+        cpus, gpus = r.num_workers * r.worker_num_cpus, r.num_workers * r.worker_num_gpus
+        self._connected = connect(r.ray_address, cpus, gpus)
+        check_cluster_resources(cpus, gpus)
+        self._actor_class = ray.remote(RolloutWorker).options(
+            num_cpus=r.worker_num_cpus, num_gpus=r.worker_num_gpus, max_restarts=0
+        )
+        self.workers = [self._spawn() for _ in range(r.num_workers)]
+        self.worker_info = ray.get([w.describe.remote() for w in self.workers])
+
+    def _spawn(self) -> Any:
+        device = "cuda" if self.config.rollout.worker_num_gpus > 0 else "cpu"
+        return self._actor_class.remote(self.config, self.base_kind, self.base_path, device)
+
+    def _replace(self, index: int) -> None:
+        ray.kill(self.workers[index], no_restart=True)
+        self.workers[index] = self._spawn()
+
+    def collect(
+        self,
+        seeds: Sequence[int],
+        temperature: float = 1.0,
+        greedy: bool = False,
+        record_frames: int = 0,
+        frame_size: int | None = None,
+        on_episode: Callable[[Episode], None] | None = None,
+    ) -> Rollout:
+        """Same contract as ``RolloutCollector.collect``; ``on_episode`` runs as shards arrive."""
+        t_start = time.perf_counter()
+        shards = shard_seeds(seeds, len(self.workers))
+        sampling = shard_sampling_seeds(len(shards))
+        weights = {k: v.detach().cpu() for k, v in self.policy.trainable_state_dict().items()}
+        weights_ref = ray.put(weights)
+        broadcast_s = time.perf_counter() - t_start
+
+        def submit(shard: int) -> Any:
+            offset, shard_seeds_ = shards[shard]
+            return self.workers[shard].collect.remote(
+                weights_ref,
+                shard_seeds_,
+                sampling[shard],
+                temperature,
+                greedy,
+                shard_record_frames(record_frames, offset),
+                frame_size,
+            )
+
+        pending = {submit(shard): shard for shard in range(len(shards))}
+        results: dict[int, Rollout] = {}
+        restarts = 0
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            shard = pending.pop(ready)
+            try:
+                results[shard] = ray.get(ready)
+            except RayActorError as exc:
+                restarts += 1
+                self.worker_restarts += 1
+                if restarts > self.max_restarts_per_collect:
+                    raise RolloutWorkerError(
+                        f"rollout workers died {restarts} times in one collect (last: worker "
+                        f"{shard}: {exc}); check the nodes' memory and logs "
+                        "(`ray logs`), or use rollout.executor: local"
+                    ) from exc
+                self._replace(shard)
+                pending[submit(shard)] = shard
+                continue
+            if on_episode is not None:
+                column = shard * self.config.rollout.num_parallel_envs
+                for ep in results[shard].episodes:
+                    on_episode(relabel(ep, shards[shard][0], column))
+        rollout = merge_shards(
+            [(shards[s][0], results[s]) for s in range(len(shards))],
+            seconds_total=time.perf_counter() - t_start,
+        )
+        self.metrics = {
+            "rollout/workers": len(self.workers),
+            "rollout/weight_broadcast_bytes": state_nbytes(weights),
+            "perf/weight_broadcast_s": broadcast_s,
+            "rollout/worker_restarts": restarts,
+            "rollout/worker_restarts_total": self.worker_restarts,
+        }
+        return rollout
+
+    def close(self) -> None:
+        """Stop the workers; disconnect from (or stop) the Ray this executor connected to."""
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+        self.workers = []
+        if self._connected:
+            ray.shutdown()
+            self._connected = False
