@@ -29,11 +29,11 @@ from vla_rl_lib.metrics import MetricsWriter
 from vla_rl_lib.rollout.batch import rollout_to_batch
 from vla_rl_lib.rollout.collector import (
     Rollout,
-    RolloutCollector,
     evaluation_seeds,
     reset_episodes,
     training_episode_seeds,
 )
+from vla_rl_lib.rollout.executor import make_executor
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
 from vla_rl_lib.training.policy_factory import build_training_policy
@@ -147,9 +147,8 @@ class Trainer:
             auto_reset=False,
             seed=config.seed,
         )
-        self.collector = RolloutCollector(
-            self.env, self.policy, config.language_instruction, r.use_binary_reward
-        )
+        # rollout.executor: local (this process) or ray (workers); both play the same episodes.
+        self.collector = make_executor(config, self.env, self.policy, self.base_info, self.run_dir)
         self.eval_seeds = evaluation_seeds(config.eval_seed, config.num_eval_episodes)
         self.metrics = MetricsWriter(
             self.run_dir,
@@ -280,6 +279,7 @@ class Trainer:
             step_s = time.perf_counter() - t0
             self.elapsed_s += step_s
             record = self._train_record(update + 1, rollout, stats, step_s, update_s)
+            record.update(self.collector.metrics)  # executor figures: weight broadcast, restarts
             if update == 0:  # a resumed run checks itself again but keeps the curve unchanged
                 record.update(preflight)
             self.metrics.log(record)
@@ -356,6 +356,7 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        self.collector.close()
         self.env.close()
         self.metrics.close()
 
