@@ -70,7 +70,7 @@ from vla_rl_lib.policy.action_tokenizer import (
     load_action_statistics,
     write_dataset_statistics,
 )
-from vla_rl_lib.rollout.collector import TRAIN_SEED_FLOOR
+from vla_rl_lib.rollout.collector import TRAIN_SEED_FLOOR, reset_episodes
 
 FORMAT_NAME = "vla-rl-demonstrations"
 FORMAT_VERSION = 1
@@ -190,14 +190,6 @@ def _episode_table(episode_index: int, attempt: _Attempt, instruction: str) -> p
     )
 
 
-def _start_attempts(env: Any, env_ids: list[int], attempts: list[_Attempt]) -> Any:
-    """Restart ``env_ids`` on their attempts' seeds; returns the batch observation after."""
-    observation = None
-    for env_id, attempt in zip(env_ids, attempts, strict=True):
-        observation = env.reset(seed=attempt.seed, env_ids=[env_id])
-    return observation
-
-
 def _play_attempts(
     env: Any, expert: Any, num_demos: int, seed: int, max_attempts: int, bar: Any
 ) -> Iterator[_Attempt]:
@@ -224,7 +216,8 @@ def _play_attempts(
             running[env_id] = attempt
             chosen.append(env_id)
             attempts.append(attempt)
-        return _start_attempts(env, chosen, attempts) if chosen else None
+        # The same start-state rule as evaluation, so demo and evaluation seeds compare.
+        return reset_episodes(env, chosen, [a.seed for a in attempts]) if chosen else None
 
     observation = launch(list(range(n)))
     while running:
