@@ -115,6 +115,53 @@ def test_merge_pads_shorter_shards_with_invalid_steps(local_executor):
     assert [e.index for e in merged.episodes] == [0, 1, 2, 3]
 
 
+def _train_curve(cfg):
+    from vla_rl_lib.metrics import load_metrics
+    from vla_rl_lib.training.trainer import Trainer
+
+    trainer = Trainer(cfg, progress=False)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return load_metrics(trainer.run_dir)
+
+
+@needs_ray
+@pytest.mark.slow  # two tiny training runs, one starting its own Ray: about a minute
+def test_training_with_ray_workers_follows_the_local_curve(tiny_config):
+    if ray.is_initialized():
+        pytest.skip("needs to start its own Ray; run it before the shared-Ray tests or alone")
+    sharded = {"num_updates": 1, "rollout": {"num_workers": 2, "num_rollouts_per_update": 4}}
+    local = _train_curve(apply_overrides(tiny_config, {**sharded, "experiment_name": "local"}))
+    remote = _train_curve(
+        apply_overrides(
+            tiny_config,
+            {
+                **sharded,
+                "experiment_name": "ray",
+                "rollout": {**sharded["rollout"], "executor": "ray"},
+            },
+        )
+    )
+    assert not ray.is_initialized()  # the executor stops the Ray it started
+    train = [r for r in remote if "train/success_rate" in r]
+    assert train[0]["rollout/weight_broadcast_bytes"] > 0
+    assert train[0]["rollout/worker_restarts"] == 0
+
+    def comparable(records):
+        return [
+            {k: v for k, v in r.items() if not k.startswith(("perf/", "time_s", "rollout/"))}
+            for r in records
+        ]
+
+    a, b = comparable(local), comparable(remote)
+    assert [sorted(r) for r in a] == [sorted(r) for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for key, value in ra.items():
+            assert rb[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
 @pytest.fixture(scope="module")
 def ray_executor(tiny_run):
     from vla_rl_lib.rollout.ray_executor import RayExecutor
