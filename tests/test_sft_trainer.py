@@ -50,7 +50,7 @@ def statistics_of(dataset: DemoDataset) -> ActionStatistics:
 
 @pytest.mark.parametrize(
     ("lora", "learning_rate", "epochs", "min_drop"),
-    [(None, 1e-3, 10, 1.0), (LoRASettings(), 3e-3, 6, 0.3)],
+    [(None, 1e-3, 5, 1.0), (LoRASettings(), 3e-3, 5, 1.0)],
     ids=["full", "lora"],
 )
 def test_loss_falls_on_a_fixed_batch(tmp_path, lora, learning_rate, epochs, min_drop) -> None:
