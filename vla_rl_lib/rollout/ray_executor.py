@@ -269,11 +269,17 @@ class RayExecutor:
                 column = shard * self.config.rollout.num_parallel_envs
                 for ep in results[shard].episodes:
                     on_episode(relabel(ep, shards[shard][0], column))
+        played = [results[s] for s in range(len(shards))]
         rollout = merge_shards(
-            [(shards[s][0], results[s]) for s in range(len(shards))],
+            [(shards[s][0], played[s]) for s in range(len(shards))],
             seconds_total=time.perf_counter() - t_start,
         )
+        slowest = max(r.seconds_total for r in played)
         self.metrics = {
+            "perf/worker_env_steps_per_s": sum(r.env_steps / r.seconds_total for r in played)
+            / len(played),
+            # Wall-clock beyond the slowest shard: broadcast, dispatch, result transfer, merge.
+            "perf/executor_overhead_s": rollout.seconds_total - slowest,
             "rollout/workers": len(self.workers),
             "rollout/weight_broadcast_bytes": state_nbytes(weights),
             "perf/weight_broadcast_s": broadcast_s,
