@@ -159,7 +159,17 @@ def connect(address: str | None, num_cpus: float, num_gpus: float) -> bool:
         )
     else:
         env_vars = {k: os.environ[k] for k in FORWARDED_ENV_VARS if k in os.environ}
-        ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": env_vars})
+        try:
+            ray.init(
+                address=address, logging_level=logging.WARNING, runtime_env={"env_vars": env_vars}
+            )
+        except ConnectionError as exc:
+            raise ConnectionError(
+                f"could not join the Ray cluster at rollout.ray_address={address!r} ({exc}); "
+                "check the address and `ray status` on the head. A cluster started with "
+                "`ray start` uses token authentication (Ray >= 2.59): set RAY_AUTH_MODE=token "
+                "here, with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+            ) from exc
     return True
 
 
@@ -200,13 +210,19 @@ class RayExecutor:
         self.worker_restarts = 0
         self.metrics: dict[str, float] = {}
         cpus, gpus = r.num_workers * r.worker_num_cpus, r.num_workers * r.worker_num_gpus
+        self.workers: list[Any] = []
         self._connected = connect(r.ray_address, cpus, gpus)
-        check_cluster_resources(cpus, gpus)
-        self._actor_class = ray.remote(RolloutWorker).options(
-            num_cpus=r.worker_num_cpus, num_gpus=r.worker_num_gpus, max_restarts=0
-        )
-        self.workers = [self._spawn() for _ in range(r.num_workers)]
-        self.worker_info = ray.get([w.describe.remote() for w in self.workers])
+        try:
+            check_cluster_resources(cpus, gpus)
+            self._actor_class = ray.remote(RolloutWorker).options(
+                num_cpus=r.worker_num_cpus, num_gpus=r.worker_num_gpus, max_restarts=0
+            )
+            self.workers = [self._spawn() for _ in range(r.num_workers)]
+            # A worker that cannot build its simulator or policy fails here, with its traceback.
+            self.worker_info = ray.get([w.describe.remote() for w in self.workers])
+        except BaseException:
+            self.close()  # no half-started workers or private Ray left behind
+            raise
 
     def _spawn(self) -> Any:
         device = "cuda" if self.config.rollout.worker_num_gpus > 0 else "cpu"
