@@ -21,10 +21,11 @@ from lift.backends.mujoco_env import MujocoPickPlace
 APPROACH, DESCEND, CLOSE, LIFT = range(4)
 PHASE_NAMES = ("approach", "descend", "close", "lift")
 
-# Cube centre sits this far below the gripper base origin when grasped: the pads
-# (34..62 mm below the base) cover the cube's side, the palm clears its top by 9 mm,
-# and the success rule's 50 mm leaves 5 mm of margin.
-GRASP_DEPTH = 0.045
+# Cube centre sits this far below the gripper base origin when the fingers start to
+# close: the pads (34..62 mm below the base) cover the cube's side and the palm clears
+# its top by 4 mm. The slow rise while closing (below) adds about 6 mm, which still
+# leaves about 3 mm of margin under the success rule's 50 mm.
+GRASP_DEPTH = 0.040
 HOVER_CLEARANCE = 0.07  # approach this far above the grasp pose, then descend straight
 LIFT_CUBE_HEIGHT = task.SUCCESS_HEIGHT + 0.03  # aim past the success height
 
@@ -34,6 +35,11 @@ DESCEND_SPEED = 0.008
 LIFT_SPEED = 0.01
 TURN_SPEED = 0.1  # rad/step for the gripper orientation
 CLOSE_STEPS = 4  # control steps with the gripper closing before lifting
+# While closing, the gripper already rises slowly instead of standing still. An
+# image-only policy cloned from a script that pauses sees (nearly) the same frame
+# at every paused step, so its most likely action there is "stay": greedy decoding
+# then never leaves the grasp pose. A slow rise keeps every step of the demo moving.
+CLOSE_RISE_SPEED = 0.0015  # m/step
 
 APPROACH_TOLERANCE = 0.006  # m, actual gripper base to hover point
 ORIENTATION_TOLERANCE = 0.05  # rad
@@ -167,7 +173,8 @@ class ScriptedExpert:
         elif phase == DESCEND:
             goal, speed, command = grasp_point, DESCEND_SPEED, -1.0
         elif phase == CLOSE:
-            goal, speed, command = self._waypoint[i], 0.0, 1.0
+            goal = np.array([*self._lift_xy[i], LIFT_CUBE_HEIGHT + GRASP_DEPTH])
+            speed, command = CLOSE_RISE_SPEED, 1.0
         else:
             lift_z = LIFT_CUBE_HEIGHT + GRASP_DEPTH
             goal, speed, command = np.array([*self._lift_xy[i], lift_z]), LIFT_SPEED, 1.0
