@@ -80,7 +80,12 @@ def main() -> None:
             cfg, {"rollout": {"executor": "ray", "num_workers": args.workers, "worker_num_cpus": 1}}
         )
         t0 = time.perf_counter()
-        ray.init(num_cpus=args.workers, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(
+            address="local",
+            num_cpus=args.workers,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
         executor = RayExecutor(ray_cfg, policy, base, run_dir)
         startup_s = time.perf_counter() - t0
         try:

@@ -168,7 +168,7 @@ def ray_executor(tiny_run):
 
     cfg, run_dir, policy, base = tiny_run
     cfg = apply_overrides(cfg, {"rollout": {"executor": "ray", "num_workers": 2}})
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     executor = RayExecutor(cfg, policy, base, run_dir)
     yield executor
     executor.close()

@@ -152,6 +152,7 @@ def connect(address: str | None, num_cpus: float, num_gpus: float) -> bool:
         return False
     if address is None:  # local workers inherit this process's environment
         ray.init(
+            address="local",  # a new private Ray, never a cluster that `ray start` left running
             num_cpus=math.ceil(num_cpus),
             num_gpus=math.ceil(num_gpus) if num_gpus else None,
             include_dashboard=False,
