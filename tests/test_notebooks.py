@@ -224,6 +224,7 @@ def test_analyze_notebook_compares_runs(
 @pytest.mark.slow
 def test_nbval_lax(tmp_path: Path) -> None:
     """All four notebooks under `pytest --nbval-lax`, parameterized like papermill would."""
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
     out = tmp_path / "outputs"
@@ -237,7 +238,7 @@ def test_nbval_lax(tmp_path: Path) -> None:
     }  # fmt: skip
     copies = []
     for name, params in parameters.items():
-        nb = parameterize_notebook(nbformat.read(NOTEBOOKS / name, as_version=4), params)
+        nb = parameterize_notebook(load_notebook_node(str(NOTEBOOKS / name)), params)
         copies.append(tmp_path / name)
         nbformat.write(nb, copies[-1])
     result = subprocess.run(
