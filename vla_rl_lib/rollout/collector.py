@@ -5,10 +5,21 @@ returns them time-major as a ``Rollout``. Environments whose next episode
 would exceed the target sit idle until the last episodes finish, so every
 recorded episode is complete: GRPO can group them by start seed and GAE
 never needs a mid-episode bootstrap except at a time-limit truncation.
+
+Simulator faults: when ``env.step`` raises, or returns a non-finite joint
+state or reward for an environment (a physics blow-up), the episodes it hit
+are dropped (their recorded steps become invalid), their environments are
+reset, and each is replayed from its own start seed, so the rollout still
+holds exactly one complete episode per seed and GRPO groups stay intact. A
+step that raises leaves no environment of the batch trustworthy, so it drops
+every running episode. ``Rollout.sim_faults`` counts the dropped episodes; an
+episode that faults more than ``MAX_EPISODE_REPLAYS`` times raises
+``SimulatorFaultError``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -20,12 +31,21 @@ import torch
 
 if TYPE_CHECKING:
     from lift import Simulator
+    from lift.types import StepResult
     from vla_rl_lib.policy.base import VLAPolicy
 
 # Training episodes draw start seeds at or above this bound; evaluation (and
 # demonstration) seeds live below it, so training never sees a held-out start.
 TRAIN_SEED_FLOOR = 2**31
 SEED_CEILING = 2**32
+# A start that faults this often is a bug in the simulator or the task, not bad luck.
+MAX_EPISODE_REPLAYS = 3
+
+log = logging.getLogger(__name__)
+
+
+class SimulatorFaultError(RuntimeError):
+    """The simulator failed on the same episode more than ``MAX_EPISODE_REPLAYS`` times."""
 
 
 def training_episode_seeds(seed: int, update: int, num_episodes: int, group_size: int = 1) -> list[int]:
@@ -90,6 +110,7 @@ class Rollout:
     seconds_sim: float = 0.0
     seconds_policy: float = 0.0
     seconds_total: float = 0.0
+    sim_faults: int = 0  # episodes dropped (and replayed from their seed) after a simulator fault
 
     @property
     def env_steps(self) -> int:
@@ -130,7 +151,14 @@ class RolloutCollector:
         sim_s = policy_s = 0.0
         queue = deque(enumerate(seeds))
         episodes: list[Episode] = []
+        by_index: dict[int, Episode] = {}  # the episodes now playing (or finished), by index
         current = np.full(n, -1, dtype=np.int64)  # episode index each env is playing, -1 idle
+        rows: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("images", "token_ids", "log_probs", "values", "rewards",
+                            "terminated", "truncated", "final_values", "valid", "episode_index")
+        }
+        sim_faults = 0
+        replays: dict[int, int] = {}  # episode index -> times it was dropped
 
         def start(env_ids: list[int]):
             starts = [queue.popleft() for _ in env_ids]
@@ -140,19 +168,45 @@ class RolloutCollector:
                 if index < record_frames:
                     ep.frames = []
                 episodes.append(ep)
+                by_index[index] = ep
             return reset_episodes(env, env_ids, [s for _, s in starts])
+
+        def drop(env_ids: Sequence[int], cause: str, error: Exception | None = None) -> None:
+            """Forget the episodes playing in ``env_ids`` and queue each again from its seed."""
+            nonlocal sim_faults
+            again = []
+            for env_id in env_ids:
+                index = int(current[env_id])
+                ep = by_index.pop(index)
+                replays[index] = replays.get(index, 0) + 1
+                if replays[index] > MAX_EPISODE_REPLAYS:
+                    raise SimulatorFaultError(
+                        f"the simulator failed {replays[index]} times on the episode with start "
+                        f"seed {ep.seed} (last: {cause}); this is not a one-off fault: reproduce it "
+                        f"with lift.make_env(...).reset(seed={ep.seed}) and fix the simulator or task"
+                    ) from error
+                for t, playing in enumerate(rows["episode_index"]):
+                    if playing[env_id] == index:
+                        playing[env_id] = -1
+                        rows["valid"][t][env_id] = False
+                        rows["rewards"][t][env_id] = 0.0
+                        rows["terminated"][t][env_id] = rows["truncated"][t][env_id] = False
+                episodes[:] = [e for e in episodes if e is not ep]
+                current[env_id] = -1
+                sim_faults += 1
+                again.append((index, ep.seed))
+                log.warning(
+                    "simulator fault in env %d (%s); replaying episode %d from seed %d",
+                    env_id, cause, index, ep.seed,
+                )
+            queue.extendleft(reversed(again))
 
         first = list(range(min(n, len(queue))))
         t0 = time.perf_counter()
         obs = start(first)
         sim_s += time.perf_counter() - t0
-        by_index = {ep.index: ep for ep in episodes}
         instructions = [self.instruction] * n
 
-        rows: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("images", "token_ids", "log_probs", "values", "rewards",
-                            "terminated", "truncated", "final_values", "valid", "episode_index")
-        }
         action_dim = self.policy.action_dim
         while (current >= 0).any():
             active = np.flatnonzero(current >= 0)
@@ -170,8 +224,17 @@ class RolloutCollector:
             actions = np.zeros((n, action_dim), dtype=np.float32)
             actions[active] = out.actions
             t0 = time.perf_counter()
-            res = env.step(actions)
+            try:
+                res = env.step(actions)
+            except Exception as exc:  # a failed batched step leaves no env's state trustworthy
+                drop(active, f"env.step raised {type(exc).__name__}: {exc}", exc)
+                obs = start(list(active))
+                sim_s += time.perf_counter() - t0
+                continue
             sim_s += time.perf_counter() - t0
+            blown_up = active[~finite_rows(res, active)]
+            if blown_up.size:  # a physics blow-up: NaN/inf joint state or reward
+                drop(blown_up, "non-finite joint state or reward")
 
             success = np.asarray(res.info["success"], dtype=bool)
             reward = success.astype(np.float32) if self.use_binary_reward else res.reward.astype(np.float32)
@@ -210,7 +273,7 @@ class RolloutCollector:
 
             obs = res.observation
             finished = []
-            for env_id in active:
+            for env_id in np.flatnonzero(valid):
                 ep = by_index[current[env_id]]
                 ep.length += 1
                 ep.reward_sum += float(reward[env_id])
@@ -220,12 +283,11 @@ class RolloutCollector:
                     finished.append(env_id)
                     if on_episode is not None:
                         on_episode(ep)
-            restart = finished[: len(queue)]
+            restart = [*blown_up.tolist(), *finished][: len(queue)]  # replays are queued first
             if restart:
                 t0 = time.perf_counter()
                 obs = start(restart)
                 sim_s += time.perf_counter() - t0
-                by_index.update({ep.index: ep for ep in episodes[-len(restart):]})
 
         stacked = {k: np.stack(v) for k, v in rows.items()}
         values = stacked["values"]
@@ -251,4 +313,15 @@ class RolloutCollector:
             seconds_sim=sim_s,
             seconds_policy=policy_s,
             seconds_total=time.perf_counter() - t_start,
+            sim_faults=sim_faults,
         )
+
+
+def finite_rows(result: StepResult, env_ids: np.ndarray) -> np.ndarray:
+    """Per listed env, whether its joint state and reward are finite (False: a blow-up)."""
+    obs = result.observation
+    return (
+        np.isfinite(obs.qpos[env_ids]).all(axis=1)
+        & np.isfinite(obs.qvel[env_ids]).all(axis=1)
+        & np.isfinite(np.asarray(result.reward, dtype=np.float64)[env_ids])
+    )

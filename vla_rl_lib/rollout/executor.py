@@ -193,6 +193,7 @@ def merge_shards(
         seconds_total=(
             sum(r.seconds_total for _, r in shards) if seconds_total is None else seconds_total
         ),
+        sim_faults=sum(r.sim_faults for _, r in shards),
     )
 
 

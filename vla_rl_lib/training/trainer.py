@@ -321,6 +321,8 @@ class Trainer:
             "train/episode_return": float(np.mean([e.reward_sum for e in eps])),
             "train/episode_length": float(np.mean([e.length for e in eps])),
             "train/episodes": len(eps),
+            # episodes dropped after a simulator fault and replayed from their seed
+            "rollout/sim_faults": rollout.sim_faults,
             **{f"ppo/{k}": v for k, v in stats.items()},
             "perf/env_steps_per_s": rollout.env_steps / max(rollout.seconds_total, 1e-9),
             "perf/ppo_samples_per_s": rollout.env_steps * self.config.ppo.num_epochs / max(update_s, 1e-9),
