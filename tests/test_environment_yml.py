@@ -22,7 +22,7 @@ def test_pip_section_matches_pyproject() -> None:
     pip = _pip_section()
     # The exact CPU torch pin mirrors the Makefile's first install step.
     assert pip[0] == "torch==2.13.0"
-    assert "-e .[dev]" in pip
+    assert "-e .[dev,ray]" in pip
     listed = [p for p in pip[1:] if not p.startswith("-e ")]
     assert listed == project["dependencies"]
 
