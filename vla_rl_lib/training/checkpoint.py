@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 CONFIG_FILE = "config.yaml"
 POLICY_FILE = "policy_state_dict.pt"
@@ -121,7 +122,16 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     missing = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    out: dict[str, Any] = {"config_yaml": (path / CONFIG_FILE).read_text()}
+    try:
+        config_yaml = (path / CONFIG_FILE).read_text()
+        if not isinstance(yaml.safe_load(config_yaml), dict):
+            raise ValueError("it does not hold a mapping of config keys")
+    except (UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint file {path / CONFIG_FILE} is corrupt ({' '.join(str(exc).split())}); "
+            "resume from another checkpoint"
+        ) from exc
+    out: dict[str, Any] = {"config_yaml": config_yaml}
     for key, name in (("policy_state", POLICY_FILE), ("optimizer_state", OPTIMIZER_FILE)):
         try:
             out[key] = torch.load(path / name, map_location=map_location, weights_only=True)

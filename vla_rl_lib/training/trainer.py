@@ -120,6 +120,8 @@ class Trainer:
                 f"{self.run_dir} already holds a checkpoint; pass --resume to continue it, "
                 "or choose another --experiment-name"
             )
+        # Read the whole checkpoint before building the model, so a damaged file fails fast.
+        resume_state = ckpt.load_checkpoint(latest) if resume else None
 
         self.policy, self.base_info = build_training_policy(config, self.run_dir, progress=progress)
         self.policy.to(self.device)
@@ -130,8 +132,8 @@ class Trainer:
             eps=1e-5,
             weight_decay=0.0,
         )
-        if resume:
-            self._restore(latest)
+        if resume_state is not None:
+            self._restore(latest, resume_state)
 
         r = config.rollout
         self.env = make_env(
@@ -183,9 +185,14 @@ class Trainer:
             trainer_state=self._trainer_state(update),
         )
 
-    def _restore(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path)
-        self.policy.load_trainable_state_dict(state["policy_state"])
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
+        try:
+            self.policy.load_trainable_state_dict(state["policy_state"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ckpt.CheckpointError(
+                f"{path / ckpt.POLICY_FILE} does not fit this model ({exc}); "
+                "was the config changed since the checkpoint was written?"
+            ) from exc
         try:
             self.optimizer.load_state_dict(state["optimizer_state"])
         except (ValueError, KeyError) as exc:
@@ -194,11 +201,17 @@ class Trainer:
                 "was the config changed since the checkpoint was written?"
             ) from exc
         ts = state["trainer_state"]
-        self.start_update = int(ts["update"])
-        self.env_steps = int(ts["env_steps"])
-        self.best_eval = float(ts["best_eval_success"])
-        self.elapsed_s = float(ts["elapsed_s"])
-        self.skipped_updates = int(ts.get("skipped_updates", 0))
+        try:
+            self.start_update = int(ts["update"])
+            self.env_steps = int(ts["env_steps"])
+            self.best_eval = float(ts["best_eval_success"])
+            self.elapsed_s = float(ts["elapsed_s"])
+            self.skipped_updates = int(ts.get("skipped_updates", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ckpt.CheckpointError(
+                f"{path / ckpt.TRAINER_STATE_FILE} lacks a valid {exc} entry; "
+                "resume from another checkpoint"
+            ) from exc
 
     # ------------------------------------------------------------------ preflight
     def preflight(self) -> dict[str, float]:
@@ -257,7 +270,8 @@ class Trainer:
         preflight = self.preflight()
         group_size = p.group_size if p.algorithm == "grpo" else 1
         last_eval: EvalResult | None = None
-        if self.start_update == 0:
+        evaluating = cfg.eval_interval > 0  # 0 means never (num_eval_episodes may then be 0)
+        if self.start_update == 0 and evaluating:
             last_eval = self.evaluate(0)
             self.best_eval = last_eval.success_rate
         from vla_rl_lib.display import progress as progress_bar
@@ -287,12 +301,12 @@ class Trainer:
                 self.on_update(record)
 
             done = update + 1 == cfg.num_updates
-            if (update + 1) % cfg.eval_interval == 0 or done:
+            if evaluating and ((update + 1) % cfg.eval_interval == 0 or done):
                 last_eval = self.evaluate(update + 1)
                 if last_eval.success_rate > self.best_eval:
                     self.best_eval = last_eval.success_rate
                     self.save("checkpoint_best", update + 1)
-            if (update + 1) % cfg.save_interval == 0 or done:
+            if done or (cfg.save_interval > 0 and (update + 1) % cfg.save_interval == 0):
                 self.save("checkpoint_latest", update + 1)
         self.metrics.close()
         return self._finish(last_eval)
