@@ -90,6 +90,12 @@ def save_checkpoint(
         _fsync_dir(path.parent)
         if old.exists():
             shutil.rmtree(old)
+    except OSError as exc:  # disk full, quota, permissions: say so, and that the last one is kept
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({exc.strerror or exc}); the previous checkpoint "
+            "is kept: free space (or fix the folder's permissions) and continue with --resume"
+        ) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
