@@ -108,3 +108,12 @@ def test_grpo_runs(tiny_config):
     summary, run_dir = _train(cfg)
     train = [r for r in load_metrics(run_dir) if "train/success_rate" in r]
     assert train and train[0]["ppo/num_minibatch_steps"] > 0
+
+
+def test_time_budget_stops_after_the_update_that_crosses_it(tiny_config):
+    cfg = apply_overrides(tiny_config, {"num_updates": 5, "max_minutes": 1e-6})
+    summary, run_dir = _train(cfg)
+    assert summary["stopped_by"] == "max_minutes" and summary["updates"] == 1
+    assert (run_dir / "checkpoint_latest").is_dir()
+    evals = [r["update"] for r in load_metrics(run_dir) if "eval_success" in r]
+    assert evals == [0, 1]  # the stop still evaluates and saves

@@ -176,6 +176,7 @@ class VLARLConfig:
     eval_seed: int = 1_000_000
     trust_remote_code: list[str] = field(default_factory=lambda: ["openvla/openvla-7b"])
     max_consecutive_skips: int = 5
+    max_minutes: float | None = 50.0  # stop at the first update past this much training wall-clock
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -400,6 +401,12 @@ def validate_config(cfg: VLARLConfig) -> None:
         "max_consecutive_skips",
         cfg.max_consecutive_skips,
         "must be >= 1",
+    )
+    _check(
+        cfg.max_minutes is None or cfg.max_minutes > 0,
+        "max_minutes",
+        cfg.max_minutes,
+        "must be > 0 (or null for no time limit)",
     )
 
     _check(r.env_id.strip() != "", "rollout.env_id", r.env_id, "give an environment id")

@@ -109,6 +109,10 @@ class Trainer:
         self.elapsed_s = 0.0
         self.skipped_updates = 0
         self.consecutive_skips = 0
+        self.wall_before_s = 0.0  # wall-clock of train() in earlier (resumed) processes
+        self.train_started: float | None = None
+        self.stopped_by = "num_updates"
+        self.final_update = config.num_updates
         latest = ckpt.recover_checkpoint(self.run_dir / "checkpoint_latest")
         if resume and latest is None:
             raise TrainingError(
@@ -169,6 +173,7 @@ class Trainer:
             "env_steps": self.env_steps,
             "best_eval_success": self.best_eval,
             "elapsed_s": self.elapsed_s,
+            "wall_s": self.wall_s(),
             "skipped_updates": self.skipped_updates,
             "base": self.base_info,
             # Every update re-derives its RNG streams from (seed, update): restoring the
@@ -206,6 +211,7 @@ class Trainer:
             self.env_steps = int(ts["env_steps"])
             self.best_eval = float(ts["best_eval_success"])
             self.elapsed_s = float(ts["elapsed_s"])
+            self.wall_before_s = float(ts.get("wall_s", 0.0))
             self.skipped_updates = int(ts.get("skipped_updates", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise ckpt.CheckpointError(
@@ -265,8 +271,14 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ training loop
+    def wall_s(self) -> float:
+        """Wall-clock spent in train(), evaluations included, across resumes."""
+        running = 0.0 if self.train_started is None else time.perf_counter() - self.train_started
+        return self.wall_before_s + running
+
     def train(self) -> dict[str, Any]:
         cfg, r, p = self.config, self.config.rollout, self.config.ppo
+        self.train_started = time.perf_counter()
         preflight = self.preflight()
         group_size = p.group_size if p.algorithm == "grpo" else 1
         last_eval: EvalResult | None = None
@@ -300,7 +312,8 @@ class Trainer:
             if self.on_update is not None:
                 self.on_update(record)
 
-            done = update + 1 == cfg.num_updates
+            out_of_time = cfg.max_minutes is not None and self.wall_s() > 60 * cfg.max_minutes
+            done = update + 1 == cfg.num_updates or out_of_time
             if evaluating and ((update + 1) % cfg.eval_interval == 0 or done):
                 last_eval = self.evaluate(update + 1)
                 if last_eval.success_rate > self.best_eval:
@@ -308,6 +321,10 @@ class Trainer:
                     self.save("checkpoint_best", update + 1)
             if done or (cfg.save_interval > 0 and (update + 1) % cfg.save_interval == 0):
                 self.save("checkpoint_latest", update + 1)
+            if done:
+                self.stopped_by = "max_minutes" if out_of_time else "num_updates"
+                self.final_update = update + 1
+                break
         self.metrics.close()
         return self._finish(last_eval)
 
@@ -360,7 +377,9 @@ class Trainer:
         summary: dict[str, Any] = {
             "experiment": self.config.experiment_name,
             "run_dir": str(self.run_dir),
-            "updates": self.config.num_updates,
+            "updates": self.final_update,
+            "stopped_by": self.stopped_by,
+            "wall_minutes": self.wall_s() / 60,
             "env_steps": self.env_steps,
             "best_eval_success": self.best_eval,
             "minutes": self.elapsed_s / 60,
