@@ -77,9 +77,13 @@ def test_shortcuts_map_like_the_cli() -> None:
 
 
 def test_papermill_f_yaml_injects_every_key_and_p_wins() -> None:
-    """`-f params/fast.yaml -p num_updates 3 -p learning_rate 1e-3`: sections come as whole dicts."""
+    """`-f params/fast.yaml -p num_updates 3 -p learning_rate 1e-3`: sections come as whole dicts.
+
+    The file's nulls (max_minutes, sft_checkpoint, ...) read as "unset" and keep the value of
+    the notebook's default template, fast, whose nullable top-level keys are all null too.
+    """
     injected = yaml.safe_load((ROOT / "params" / "fast.yaml").read_text())
-    params = {**unset(), **injected, "num_updates": 3, "learning_rate": 1e-3}
+    params = {**unset(), "template": "fast", **injected, "num_updates": 3, "learning_rate": 1e-3}
     cfg = config_from_notebook_parameters(**params)
     expected = config_to_dict(load_template("fast"))
     expected["num_updates"] = 3
