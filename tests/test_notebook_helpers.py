@@ -249,3 +249,20 @@ def test_discover_runs_and_final_rows(tmp_path: Path) -> None:
                               (tmp_path / "a_run" / "metrics.jsonl").read_text().splitlines()]})  # fmt: skip
     assert row == {"run": "a", "updates": 1, "env_steps": 12, "train/success_rate": 0.25,
                    "eval_success": 0.5, "eval_low": 0.1, "eval_high": 0.9, "best_eval": 0.5}  # fmt: skip
+
+
+def test_fast_template_has_null_wherever_a_top_level_key_may_be_null() -> None:
+    """Why None can mean "unset": the notebooks' default template holds null for those keys."""
+    import dataclasses
+    import types
+    import typing
+
+    from vla_rl_lib.config import VLARLConfig
+
+    hints = typing.get_type_hints(VLARLConfig)
+    fast = load_template("fast")
+    nullable = [f.name for f in dataclasses.fields(VLARLConfig) if f.name in top_level_keys()
+                and typing.get_origin(hints[f.name]) in (typing.Union, types.UnionType)
+                and type(None) in typing.get_args(hints[f.name])]  # fmt: skip
+    assert nullable
+    assert {name: getattr(fast, name) for name in nullable} == dict.fromkeys(nullable)
