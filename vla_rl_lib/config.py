@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tempfile
@@ -262,9 +263,14 @@ def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
         return isinstance(value, bool), value
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
+    if hint is float:  # inf and nan pass every `> 0` check below, so they stop here
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False, value
+        try:
+            converted = float(value)
+        except OverflowError:  # an int beyond float range
+            return False, value
+        return math.isfinite(converted), converted
     return isinstance(value, hint), value
 
 
@@ -276,6 +282,8 @@ def _build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if key not in hints or key in SECTIONS:
             raise _unknown_key(dotted)
         ok, converted = _matches(value, hints[key])
+        if not ok and isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key {dotted!r} must be a finite number, got {value!r}")
         if not ok:
             raise ConfigError(
                 f"config key {dotted!r} expects {_type_name(hints[key])}, "
