@@ -139,7 +139,7 @@ def test_int_accepted_for_float():
         ({"ppo": {"gae_lambda": 1.5}}, "ppo.gae_lambda"),
         ({"ppo": {"learning_rate": -1e-4}}, "ppo.learning_rate"),
         ({"ppo": {"value_learning_rate": -1e-4}}, "ppo.value_learning_rate"),
-        ({"ppo": {"minibatch_size": 401}}, "ppo.minibatch_size"),  # default bound is 8 * 50
+        ({"ppo": {"minibatch_size": 481}}, "ppo.minibatch_size"),  # default bound is 8 * 60
         ({"ppo": {"micro_batch_size": 65}}, "ppo.micro_batch_size"),
         ({"ppo": {"target_kl": 0}}, "ppo.target_kl"),
         ({"ppo": {"num_epochs": 0}}, "ppo.num_epochs"),
@@ -170,7 +170,8 @@ def test_impossible_values_rejected(d, key):
 
 def test_minibatch_bound_is_rollouts_times_max_steps():
     cfg = config_from_dict(
-        {"rollout": {"num_rollouts_per_update": 2, "max_steps": 10}, "ppo": {"minibatch_size": 20}}
+        {"rollout": {"num_rollouts_per_update": 2, "max_steps": 10},
+         "ppo": {"minibatch_size": 20, "micro_batch_size": 10}}
     )
     assert cfg.max_batch_steps() == 20
     with pytest.raises(ConfigError, match="= 20"):

@@ -63,7 +63,7 @@ class RolloutConfig:
     render_mode: str = field(default="rgb_array", metadata=_choices("rgb_array"))
     num_parallel_envs: int = 4
     num_rollouts_per_update: int = 8  # episodes per update
-    max_steps: int = 50  # per episode; a longer episode is truncated (and bootstrapped)
+    max_steps: int = 60  # per episode; a longer episode is truncated (and bootstrapped)
     use_binary_reward: bool = True
     temperature: float = 1.0  # sampling temperature of the action tokens
     camera: str = field(default="third_person", metadata=_choices(*CAMERAS))
@@ -81,7 +81,7 @@ class PPOConfig:
     """The policy-gradient update (PPO with a critic, or critic-free GRPO)."""
 
     algorithm: str = field(default="ppo", metadata=_choices("ppo", "grpo"))
-    learning_rate: float = 1e-4
+    learning_rate: float = 2e-5
     value_learning_rate: float = 5e-4
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -91,7 +91,7 @@ class PPOConfig:
     entropy_coef: float = 0.0
     num_epochs: int = 2
     minibatch_size: int = 64
-    micro_batch_size: int = 16  # gradient accumulation chunk; bounds activation memory
+    micro_batch_size: int = 32  # gradient accumulation chunk; bounds activation memory
     max_grad_norm: float = 1.0
     target_kl: float | None = None  # None: no early stop
     clip_value_loss: bool = True
@@ -148,10 +148,10 @@ class ModelConfig:
 class SFTConfig:
     """Behaviour cloning on scripted demonstrations before RL."""
 
-    num_demos: int = 50  # scripted demos for the warm start when no checkpoint is given; 0 = none
-    epochs: int = 20
+    num_demos: int = 20  # scripted demos for the warm start when no checkpoint is given; 0 = none
+    epochs: int = 40
     batch_size: int = 32
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     demo_seed: int = 12345
     dataset_dir: str = "outputs/demos"
 
@@ -170,9 +170,9 @@ class VLARLConfig:
     use_wandb: bool = False
     wandb_project: str = "vla-rl"
     log_interval: int = 1
-    eval_interval: int = 50  # 0: never evaluate during training
-    save_interval: int = 100  # 0: save only at the end
-    num_eval_episodes: int = 16
+    eval_interval: int = 40  # 0: never evaluate during training
+    save_interval: int = 40  # 0: save only at the end
+    num_eval_episodes: int = 100
     output_dir: str = "outputs"
     eval_seed: int = 1_000_000
     trust_remote_code: list[str] = field(default_factory=lambda: ["openvla/openvla-7b"])
