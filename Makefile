@@ -8,7 +8,7 @@ SIMS_STAMP := $(SIMS_VENV)/.installed
 export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv train test test-slow sims test-backends lint
+.PHONY: venv train test test-slow sims test-backends test-notebooks browser-deps test-browser lint
 
 # The venv is rebuilt when pyproject.toml changes (the stamp is older than it).
 # torch first, from the exact CPU wheel, so nothing pulls a multi-GB CUDA build.
@@ -46,6 +46,17 @@ sims: $(SIMS_STAMP)
 
 test-backends: $(SIMS_STAMP)
 	$(SIMS_VENV)/bin/python -m pytest -q -m backends tests/test_backends_contract.py
+
+test-notebooks: $(STAMP)
+	$(PY) -m pytest -q tests/test_notebook_helpers.py tests/test_notebooks.py
+
+# A real browser: Debian's chromium driven by playwright-core (no browser download).
+browser-deps:
+	test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+	cd tests/browser && npm ci --no-audit --no-fund
+
+test-browser: $(STAMP) browser-deps
+	$(PY) -m pytest -q -m browser tests/browser
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lift vla_rl_lib tests benchmarks

@@ -208,12 +208,13 @@ class RolloutCollector:
         instructions = [self.instruction] * n
 
         action_dim = self.policy.action_dim
+        frame_hw = None if frame_size is None else (frame_size, frame_size)
         while (current >= 0).any():
             active = np.flatnonzero(current >= 0)
             for env_id in active:
                 ep = by_index[current[env_id]]
                 if ep.frames is not None:
-                    ep.frames.append(env.render("third_person", env_ids=[env_id], size=frame_size)[0])
+                    ep.frames.append(env.render("third_person", env_ids=[env_id], size=frame_hw)[0])
             t0 = time.perf_counter()
             with torch.no_grad():
                 out = self.policy.act(

@@ -129,6 +129,6 @@ def evaluate_checkpoint(
         out = Path(output_dir) if output_dir else checkpoint.parent / "videos"
         for ep in result.recorded:
             tag = "success" if ep.success else "failure"
-            path = out / f"episode_{ep.index:03d}_seed{ep.seed}_{tag}"
+            path = out / f"episode_{ep.index:03d}_seed{ep.seed}_{tag}.mp4"
             result.videos.append(str(save_video(np.stack(ep.frames), path, fps=10)))
     return result
