@@ -5,17 +5,22 @@ A checkpoint is a directory::
     config.yaml               the run's full configuration
     policy_state_dict.pt      trainable weights + value head only (never the frozen base)
     optimizer_state_dict.pt   optimizer state
-    trainer_state.json        update counter, best eval score, RNG states, base-model path
+    trainer_state.json        update counter, best eval score, RNG states, base-model path,
+                              and the size and SHA-256 of the other three files ("files")
 
 It is written into a sibling temporary directory and renamed into place, so a
 crash (even ``kill -9``) leaves either the previous checkpoint or the new one,
 never a half-written mix. Replacing an existing checkpoint moves the old one
 aside first and deletes it only after the new one is in place;
-``recover_checkpoint`` puts it back if the process died in between.
+``recover_checkpoint`` puts it back if the process died in between. Loading
+checks each file against the size and SHA-256 recorded when it was saved, so
+a file truncated or changed later (a truncated YAML can still parse) is named,
+never half-used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -77,7 +82,10 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(config_yaml)
         torch.save({k: v.detach().cpu() for k, v in policy_state.items()}, tmp / POLICY_FILE)
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-        (tmp / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=1, allow_nan=False))
+        files = {name: file_digest(tmp / name) for name in (CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE)}
+        (tmp / TRAINER_STATE_FILE).write_text(
+            json.dumps({**trainer_state, "files": files}, indent=1, allow_nan=False)
+        )
         for name in CHECKPOINT_FILES:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
@@ -100,6 +108,15 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file, as recorded in ``trainer_state.json``."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
 
 
 def recover_checkpoint(path: str | Path) -> Path | None:
@@ -129,6 +146,21 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
     try:
+        trainer_state = json.loads((path / TRAINER_STATE_FILE).read_text())
+        if not isinstance(trainer_state, dict):
+            raise ValueError(f"expected a JSON object, got {type(trainer_state).__name__}")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint file {path / TRAINER_STATE_FILE} is corrupt: {exc}") from exc
+    recorded = trainer_state.get("files")  # absent in checkpoints from before it was kept
+    recorded = recorded if isinstance(recorded, dict) else {}
+    for name in (CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE):
+        if name in recorded and file_digest(path / name) != recorded[name]:
+            raise CheckpointError(
+                f"checkpoint file {path / name} is damaged: its size or SHA-256 differs from the "
+                f"one recorded in {TRAINER_STATE_FILE} when it was saved (truncated or changed "
+                "since); resume from another checkpoint"
+            )
+    try:
         config_yaml = (path / CONFIG_FILE).read_text()
         if not isinstance(yaml.safe_load(config_yaml), dict):
             raise ValueError("it does not hold a mapping of config keys")
@@ -137,7 +169,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
             f"checkpoint file {path / CONFIG_FILE} is corrupt ({' '.join(str(exc).split())}); "
             "resume from another checkpoint"
         ) from exc
-    out: dict[str, Any] = {"config_yaml": config_yaml}
+    out: dict[str, Any] = {"config_yaml": config_yaml, "trainer_state": trainer_state}
     for key, name in (("policy_state", POLICY_FILE), ("optimizer_state", OPTIMIZER_FILE)):
         try:
             out[key] = torch.load(path / name, map_location=map_location, weights_only=True)
@@ -146,10 +178,6 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
                 f"checkpoint file {path / name} is corrupt or truncated ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); resume from another checkpoint"
             ) from exc
-    try:
-        out["trainer_state"] = json.loads((path / TRAINER_STATE_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint file {path / TRAINER_STATE_FILE} is corrupt: {exc}") from exc
     bad = non_finite_tensors(out["policy_state"])
     if bad:
         raise CheckpointError(f"checkpoint file {path / POLICY_FILE} holds non-finite weights: {bad[:5]}")
