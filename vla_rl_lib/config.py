@@ -29,7 +29,6 @@ import difflib
 import math
 import os
 import re
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 import yaml
 
 from lift.types import CAMERAS, CONTROL_MODES
+from vla_rl_lib.utils import write_text_atomic
 
 TEMPLATE_NAMES = ("default", "fast", "full")
 
@@ -714,19 +714,8 @@ def load_config(path: str | os.PathLike) -> VLARLConfig:
 
 def save_config(cfg: VLARLConfig, path: str | os.PathLike) -> None:
     """Write YAML atomically (a temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def template_dir() -> Path:

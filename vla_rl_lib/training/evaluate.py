@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from lift import make_env
-from vla_rl_lib.config import VLARLConfig
+from vla_rl_lib.config import VLARLConfig, apply_overrides
 from vla_rl_lib.metrics import wilson_interval
 from vla_rl_lib.rollout.collector import Episode, RolloutCollector, evaluation_seeds
 
@@ -94,6 +93,7 @@ def evaluate_checkpoint(
     ``result.videos``.
     """
     from vla_rl_lib.display import save_video
+    from vla_rl_lib.rollout.executor import make_rollout_env
     from vla_rl_lib.training.policy_factory import load_any_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -103,19 +103,12 @@ def evaluate_checkpoint(
     if n < 1:
         raise ValueError(f"--num-episodes={n} is invalid: need at least 1 episode")
     seeds = evaluation_seeds(cfg.eval_seed if seed is None else seed, n)
-    env = make_env(
-        simulator or r.simulator,
-        env_id or r.env_id,
-        num_envs=min(r.num_parallel_envs, n),
-        backend=r.backend,
-        camera=r.camera,
-        image_size=r.image_size,
-        control_mode=r.control_mode,
-        max_episode_steps=r.max_steps,
-        reward_mode="binary" if r.use_binary_reward else "dense",
-        auto_reset=False,
-        seed=cfg.seed,
-    )
+    env_settings = {"rollout.num_parallel_envs": min(r.num_parallel_envs, n)}
+    if simulator:
+        env_settings["rollout.simulator"] = simulator
+    if env_id:
+        env_settings["rollout.env_id"] = env_id
+    env = make_rollout_env(apply_overrides(cfg, env_settings))
     try:
         collector = RolloutCollector(env, policy, cfg.language_instruction, r.use_binary_reward)
         result = evaluate_policy(

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import yaml
 
-from lift import make_env
 from vla_rl_lib.algorithms.ppo import ppo_update
 from vla_rl_lib.config import VLARLConfig, config_to_dict
 from vla_rl_lib.metrics import MetricsWriter
@@ -33,7 +32,7 @@ from vla_rl_lib.rollout.collector import (
     reset_episodes,
     training_episode_seeds,
 )
-from vla_rl_lib.rollout.executor import make_executor
+from vla_rl_lib.rollout.executor import make_executor, make_rollout_env
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
 from vla_rl_lib.training.policy_factory import build_training_policy
@@ -139,20 +138,7 @@ class Trainer:
         if resume_state is not None:
             self._restore(latest, resume_state)
 
-        r = config.rollout
-        self.env = make_env(
-            r.simulator,
-            r.env_id,
-            num_envs=r.num_parallel_envs,
-            backend=r.backend,
-            camera=r.camera,
-            image_size=r.image_size,
-            control_mode=r.control_mode,
-            max_episode_steps=r.max_steps,
-            reward_mode="binary" if r.use_binary_reward else "dense",
-            auto_reset=False,
-            seed=config.seed,
-        )
+        self.env = make_rollout_env(config)
         # rollout.executor: local (this process) or ray (workers); both play the same episodes.
         self.collector = make_executor(config, self.env, self.policy, self.base_info, self.run_dir)
         self.eval_seeds = evaluation_seeds(config.eval_seed, config.num_eval_episodes)
