@@ -23,8 +23,9 @@ PHASE_NAMES = ("approach", "descend", "close", "lift")
 
 # Cube centre sits this far below the gripper base origin when the fingers start to
 # close: the pads (34..62 mm below the base) cover the cube's side and the palm clears
-# its top by 4 mm. The slow rise while closing (below) adds about 6 mm, which still
-# leaves about 3 mm of margin under the success rule's 50 mm.
+# its top by 4 mm; the pad tips would reach 2 mm below the table top, so the table
+# stops the descent that last bit. The slow rise while closing (below) adds about
+# 6 mm, which still leaves about 3 mm of margin under the success rule's 50 mm.
 GRASP_DEPTH = 0.040
 HOVER_CLEARANCE = 0.07  # approach this far above the grasp pose, then descend straight
 LIFT_CUBE_HEIGHT = task.SUCCESS_HEIGHT + 0.03  # aim past the success height
