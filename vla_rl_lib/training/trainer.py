@@ -275,8 +275,9 @@ class Trainer:
         from vla_rl_lib.display import progress as progress_bar
 
         updates = range(self.start_update, cfg.num_updates)
-        bar = progress_bar(updates, total=len(updates), desc="updates", interactive=self.progress)
-        for update in bar:
+        if self.progress:
+            updates = progress_bar(updates, total=len(updates), desc="updates", interactive=True)
+        for update in updates:
             t0 = time.perf_counter()
             torch.manual_seed(derive_seed(cfg.seed, update, 1))
             seeds = training_episode_seeds(cfg.seed, update, r.num_rollouts_per_update, group_size)
