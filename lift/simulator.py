@@ -27,12 +27,14 @@ class Simulator(ABC):
     def __init__(self, config: SimulatorConfig, instruction: str) -> None:
         self.config = config
         self.instruction = instruction
+        self._base_seed = config.seed
+        self._seed_stream = 0
+        self._episode_counter = 0
 
     @property
     def num_envs(self) -> int:
         return self.config.num_envs
 
-    @abstractmethod
     def reset(
         self,
         seed: int | None = None,
@@ -44,6 +46,26 @@ class Simulator(ABC):
         ``seed`` restarts the episode counter from a new base seed; ``seed_stream``
         (kept until changed) selects an independent sequence of starts.
         """
+        for name, value in (("seed", seed), ("seed_stream", seed_stream)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
+                raise ValueError(f"{name}={value!r} is invalid: give a non-negative int")
+        if seed is not None:
+            self._base_seed = int(seed)
+        if seed_stream is not None:
+            self._seed_stream = int(seed_stream)
+        if seed is not None or seed_stream is not None:
+            self._episode_counter = 0
+        ids = validate_env_ids(env_ids, self.num_envs)
+        self._start_episodes(ids)
+        return self._observe()
+
+    @abstractmethod
+    def _start_episodes(self, ids: np.ndarray) -> None:
+        """Start the next seeded episode in each env of ``ids`` (counter order)."""
+
+    @abstractmethod
+    def _observe(self) -> Observation:
+        """The current batched observation."""
 
     @abstractmethod
     def step(self, actions: np.ndarray) -> StepResult:
@@ -58,13 +80,24 @@ class Simulator(ABC):
     ) -> np.ndarray:
         """RGB frames (n, H, W, 3) uint8; ``size`` is (height, width), default the config's."""
 
-    @abstractmethod
     def get_seed_state(self) -> dict[str, Any]:
         """What :meth:`set_seed_state` needs to continue the same sequence of episode starts."""
+        return {
+            "base_seed": self._base_seed,
+            "seed_stream": self._seed_stream,
+            "episode_counter": self._episode_counter,
+        }
 
-    @abstractmethod
     def set_seed_state(self, state: dict[str, Any]) -> None:
         """Continue the sequence of episode starts captured by :meth:`get_seed_state`."""
+        missing = {"base_seed", "seed_stream", "episode_counter"} - set(state)
+        if missing:
+            raise ValueError(
+                f"seed state lacks {sorted(missing)}; pass what get_seed_state() returned"
+            )
+        self._base_seed = int(state["base_seed"])
+        self._seed_stream = int(state["seed_stream"])
+        self._episode_counter = int(state["episode_counter"])
 
     def close(self) -> None:  # noqa: B027 - backends without resources need nothing here
         """Release renderers and native resources."""

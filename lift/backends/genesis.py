@@ -40,7 +40,6 @@ import os
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")  # headless rasterizer; must precede genesis
 
-from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -100,9 +99,6 @@ class GenesisPickPlace(Simulator):
         n = config.num_envs
         self.joint_targets = np.zeros((n, task.ACTION_DIM))
         self.elapsed_steps = np.zeros(n, dtype=np.int64)
-        self._base_seed = config.seed
-        self._seed_stream = 0
-        self._episode_counter = 0
         self.substeps = max(1, round(1.0 / (config.control_freq * PHYSICS_DT)))
         self._build(gs)
         self._obs: Observation | None = None
@@ -180,44 +176,7 @@ class GenesisPickPlace(Simulator):
         offset[:3, :3], offset[:3, 3] = spec.rotation, spec.pos
         self.cameras["hand_camera"].attach(self.robot.get_link(spec.body), offset)
 
-    # ----------------------------------------------------------------- seeding
-    def get_seed_state(self) -> dict[str, Any]:
-        return {
-            "base_seed": self._base_seed,
-            "seed_stream": self._seed_stream,
-            "episode_counter": self._episode_counter,
-        }
-
-    def set_seed_state(self, state: dict[str, Any]) -> None:
-        missing = {"base_seed", "seed_stream", "episode_counter"} - set(state)
-        if missing:
-            raise ValueError(
-                f"seed state lacks {sorted(missing)}; pass what get_seed_state() returned"
-            )
-        self._base_seed = int(state["base_seed"])
-        self._seed_stream = int(state["seed_stream"])
-        self._episode_counter = int(state["episode_counter"])
-
     # ----------------------------------------------------------------- episodes
-    def reset(
-        self,
-        seed: int | None = None,
-        env_ids: np.ndarray | list[int] | None = None,
-        seed_stream: int | None = None,
-    ) -> Observation:
-        for name, value in (("seed", seed), ("seed_stream", seed_stream)):
-            if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
-                raise ValueError(f"{name}={value!r} is invalid: give a non-negative int")
-        if seed is not None:
-            self._base_seed = int(seed)
-        if seed_stream is not None:
-            self._seed_stream = int(seed_stream)
-        if seed is not None or seed_stream is not None:
-            self._episode_counter = 0
-        ids = validate_env_ids(env_ids, self.num_envs)
-        self._start_episodes(ids)
-        return self._observe()
-
     def _start_episodes(self, ids: np.ndarray) -> None:
         if ids.size == 0:
             return

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -78,9 +77,6 @@ class MujocoPickPlace(Simulator):
         n = config.num_envs
         self.joint_targets = np.zeros((n, task.ACTION_DIM))
         self.elapsed_steps = np.zeros(n, dtype=np.int64)
-        self._base_seed = config.seed
-        self._seed_stream = 0
-        self._episode_counter = 0
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
 
     # ----------------------------------------------------------------- setup
@@ -104,44 +100,7 @@ class MujocoPickPlace(Simulator):
         self._pad_geoms = (m.geom("finger_a_pad").id, m.geom("finger_b_pad").id)
         self._camera_ids = {name: m.camera(name).id for name in CAMERAS}
 
-    # ----------------------------------------------------------------- seeding
-    def get_seed_state(self) -> dict[str, Any]:
-        return {
-            "base_seed": self._base_seed,
-            "seed_stream": self._seed_stream,
-            "episode_counter": self._episode_counter,
-        }
-
-    def set_seed_state(self, state: dict[str, Any]) -> None:
-        missing = {"base_seed", "seed_stream", "episode_counter"} - set(state)
-        if missing:
-            raise ValueError(
-                f"seed state lacks {sorted(missing)}; pass what get_seed_state() returned"
-            )
-        self._base_seed = int(state["base_seed"])
-        self._seed_stream = int(state["seed_stream"])
-        self._episode_counter = int(state["episode_counter"])
-
     # ----------------------------------------------------------------- episodes
-    def reset(
-        self,
-        seed: int | None = None,
-        env_ids: np.ndarray | list[int] | None = None,
-        seed_stream: int | None = None,
-    ) -> Observation:
-        for name, value in (("seed", seed), ("seed_stream", seed_stream)):
-            if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
-                raise ValueError(f"{name}={value!r} is invalid: give a non-negative int")
-        if seed is not None:
-            self._base_seed = int(seed)
-        if seed_stream is not None:
-            self._seed_stream = int(seed_stream)
-        if seed is not None or seed_stream is not None:
-            self._episode_counter = 0
-        ids = validate_env_ids(env_ids, self.num_envs)
-        self._start_episodes(ids)
-        return self._observe()
-
     def _start_episodes(self, ids: np.ndarray) -> None:
         for i in ids:
             rng = task.episode_rng(self._base_seed, self._seed_stream, self._episode_counter)
