@@ -5,10 +5,7 @@ IPython is a notebook dependency, not a core one, so it is imported only when a 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 Mode = Literal["auto", "notebook", "terminal"]
@@ -49,18 +46,3 @@ def png_image(data: bytes) -> Any:
     from IPython.display import Image
 
     return Image(data=data, format="png")
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write to a temporary name beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

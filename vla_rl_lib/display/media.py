@@ -17,7 +17,8 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vla_rl_lib.display._output import Mode, ipython_display, resolve_mode, write_bytes_atomic
+from vla_rl_lib.display._output import Mode, ipython_display, resolve_mode
+from vla_rl_lib.utils import apply_default_mode, write_bytes_atomic
 
 Frames = np.ndarray | Sequence[np.ndarray]
 
@@ -125,6 +126,7 @@ def save_video(frames: Frames, path: str | os.PathLike[str], fps: float = 10.0) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
     os.close(fd)
+    apply_default_mode(tmp)
     try:
         iio.imwrite(
             tmp,

@@ -16,8 +16,8 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from vla_rl_lib.display._output import write_bytes_atomic
 from vla_rl_lib.metrics import wilson_interval
+from vla_rl_lib.utils import write_bytes_atomic
 
 Records = Sequence[Mapping[str, Any]]
 

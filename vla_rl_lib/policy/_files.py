@@ -10,19 +10,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from vla_rl_lib.utils import make_temp_dir, write_text_atomic
+
 
 def write_json_atomic(file: str | os.PathLike, data: object) -> None:
     """Write JSON to a temporary name in the same directory, then rename over ``file``."""
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, file)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text_atomic(file, json.dumps(data, indent=2))
 
 
 @contextlib.contextmanager
@@ -30,7 +23,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``path`` (old contents removed)."""
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = make_temp_dir(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         yield tmp
     except BaseException:

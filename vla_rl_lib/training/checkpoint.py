@@ -25,12 +25,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+
+from vla_rl_lib.utils import make_temp_dir
 
 CONFIG_FILE = "config.yaml"
 POLICY_FILE = "policy_state_dict.pt"
@@ -77,7 +78,7 @@ def save_checkpoint(
             f"{' ...' if len(bad) > 5 else ''}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = make_temp_dir(path.parent, prefix=f".{path.name}.tmp-")
     try:
         (tmp / CONFIG_FILE).write_text(config_yaml)
         torch.save({k: v.detach().cpu() for k, v in policy_state.items()}, tmp / POLICY_FILE)
