@@ -16,6 +16,7 @@ import torch
 from lift import make_env
 from vla_rl_lib.metrics import load_metrics
 from vla_rl_lib.policy.base import ActOutput
+from vla_rl_lib.rollout import executor as executor_module
 from vla_rl_lib.rollout.collector import (
     MAX_EPISODE_REPLAYS,
     TRAIN_SEED_FLOOR,
@@ -23,7 +24,6 @@ from vla_rl_lib.rollout.collector import (
     SimulatorFaultError,
 )
 from vla_rl_lib.training import checkpoint as ckpt
-from vla_rl_lib.training import trainer as trainer_module
 from vla_rl_lib.training.trainer import Trainer
 
 MAX_STEPS = 5
@@ -162,7 +162,7 @@ def test_training_survives_simulator_faults(tiny_config, monkeypatch):
         built.append(faulty)
         return faulty
 
-    monkeypatch.setattr(trainer_module, "make_env", make_faulty_env)
+    monkeypatch.setattr(executor_module, "make_env", make_faulty_env)  # make_rollout_env builds it
     trainer = Trainer(tiny_config, progress=False)
     try:
         summary = trainer.train()
