@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from lift import task
 from lift.task import ACTION_DIM
 from lift.types import Observation, SimulatorConfig, StepResult
 
@@ -70,6 +71,24 @@ class Simulator(ABC):
     @abstractmethod
     def step(self, actions: np.ndarray) -> StepResult:
         """Apply ``actions`` (num_envs, 8) in [-1, 1] for one control period."""
+
+    def outcome(
+        self, info: dict[str, np.ndarray], elapsed_steps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reward, terminated (success) and truncated (step limit, not on success) from the
+        task state in ``info``; adds ``info["elapsed_steps"]``. Backends that simulate the
+        task themselves share these rules through here."""
+        success = info["success"]
+        if self.config.reward_mode == "binary":
+            reward = task.binary_success_reward(success)
+        else:
+            reward = task.dense_reward(
+                info["gripper_to_cube_dist"], info["cube_height"], info["is_grasped"], success
+            )
+        terminated = success.copy()
+        truncated = (elapsed_steps >= self.config.max_episode_steps) & ~terminated
+        info["elapsed_steps"] = elapsed_steps.copy()
+        return reward, terminated, truncated
 
     @abstractmethod
     def render(

@@ -214,16 +214,7 @@ class GenesisPickPlace(Simulator):
         self.elapsed_steps += 1
 
         info = self.task_state()
-        success = info["success"]
-        if self.config.reward_mode == "binary":
-            reward = task.binary_success_reward(success)
-        else:
-            reward = task.dense_reward(
-                info["gripper_to_cube_dist"], info["cube_height"], info["is_grasped"], success
-            )
-        terminated = success.copy()
-        truncated = (self.elapsed_steps >= self.config.max_episode_steps) & ~terminated
-        info["elapsed_steps"] = self.elapsed_steps.copy()
+        reward, terminated, truncated = self.outcome(info, self.elapsed_steps)
 
         observation = self._observe()
         final_observation = None
