@@ -60,6 +60,22 @@ class Simulator(ABC):
         self._start_episodes(ids)
         return self._observe()
 
+    def _draw_starts(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The next seeded starts for ``ids``: arm joints (k, 7) and cube xy (k, 2).
+
+        Advances the episode counter in env order and sets each env's PD targets
+        (arm, gripper open) and step counter; the backend then places the state.
+        """
+        arms, cubes = np.zeros((len(ids), 7)), np.zeros((len(ids), 2))
+        for k, i in enumerate(ids):
+            rng = task.episode_rng(self._base_seed, self._seed_stream, self._episode_counter)
+            self._episode_counter += 1
+            arms[k], cubes[k] = task.sample_initial_state(rng)
+            self.joint_targets[i, :7] = arms[k]
+            self.joint_targets[i, 7] = task.REST_FINGER_QPOS
+            self.elapsed_steps[i] = 0
+        return arms, cubes
+
     @abstractmethod
     def _start_episodes(self, ids: np.ndarray) -> None:
         """Start the next seeded episode in each env of ``ids`` (counter order)."""

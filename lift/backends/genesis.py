@@ -180,21 +180,12 @@ class GenesisPickPlace(Simulator):
     def _start_episodes(self, ids: np.ndarray) -> None:
         if ids.size == 0:
             return
-        arms, cubes = [], []
-        for i in ids:
-            rng = task.episode_rng(self._base_seed, self._seed_stream, self._episode_counter)
-            self._episode_counter += 1
-            arm, cube_xy = task.sample_initial_state(rng)
-            arms.append(arm)
-            cubes.append(cube_xy)
-            self.joint_targets[i, :7] = arm
-            self.joint_targets[i, 7] = task.REST_FINGER_QPOS
-            self.elapsed_steps[i] = 0
+        arms, cubes = self._draw_starts(ids)
         k = len(ids)
-        qpos = np.concatenate([np.array(arms), np.full((k, 2), task.REST_FINGER_QPOS)], axis=1)
+        qpos = np.concatenate([arms, np.full((k, 2), task.REST_FINGER_QPOS)], axis=1)
         self.robot.set_dofs_position(qpos, self._dofs, envs_idx=ids, zero_velocity=True)
         self.robot.control_dofs_position(qpos, self._dofs, envs_idx=ids)
-        cube_pos = np.concatenate([np.array(cubes), np.full((k, 1), task.CUBE_HALF_SIZE)], axis=1)
+        cube_pos = np.concatenate([cubes, np.full((k, 1), task.CUBE_HALF_SIZE)], axis=1)
         self._place_cube(ids, cube_pos)
 
     def _place_cube(self, ids: np.ndarray, positions: np.ndarray) -> None:

@@ -658,17 +658,7 @@ class ManiSkillPickPlace(Simulator):
             if self._obs is None:
                 self._obs = self._empty_observation()
             return
-        arms, cubes = [], []
-        for i in ids:
-            rng = task.episode_rng(self._base_seed, self._seed_stream, self._episode_counter)
-            self._episode_counter += 1
-            arm, cube_xy = task.sample_initial_state(rng)
-            arms.append(arm)
-            cubes.append(cube_xy)
-            self.joint_targets[i, :7] = arm
-            self.joint_targets[i, 7] = task.REST_FINGER_QPOS
-            self.elapsed_steps[i] = 0
-        arms, cubes = np.array(arms), np.array(cubes)
+        arms, cubes = self._draw_starts(ids)
         if self._core is not None:
             fresh = self._core.reset(ids, arms, cubes)
         else:

@@ -102,10 +102,8 @@ class MujocoPickPlace(Simulator):
 
     # ----------------------------------------------------------------- episodes
     def _start_episodes(self, ids: np.ndarray) -> None:
-        for i in ids:
-            rng = task.episode_rng(self._base_seed, self._seed_stream, self._episode_counter)
-            self._episode_counter += 1
-            arm, cube_xy = task.sample_initial_state(rng)
+        arms, cubes = self._draw_starts(ids)
+        for i, arm, cube_xy in zip(ids, arms, cubes, strict=True):
             d = self.data[i]
             mujoco.mj_resetData(self.model, d)
             d.qpos[self._qpos_adr[:7]] = arm
@@ -119,11 +117,8 @@ class MujocoPickPlace(Simulator):
                 0.0,
                 0.0,
             ]
-            self.joint_targets[i, :7] = arm
-            self.joint_targets[i, 7] = task.REST_FINGER_QPOS
             d.ctrl[:] = self.joint_targets[i]
             mujoco.mj_forward(self.model, d)
-            self.elapsed_steps[i] = 0
 
     def step(self, actions: np.ndarray) -> StepResult:
         action = validate_actions(actions, self.num_envs)
