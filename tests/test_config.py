@@ -156,7 +156,8 @@ def test_int_accepted_for_float():
         ({"model": {"patch_size": 12}}, "model.patch_size"),
         ({"lora": {"dropout": 1.0}}, "lora.dropout"),
         ({"lora": {"target_modules": "q_proj"}}, "lora.target_modules"),
-        ({"eval_seed": 0}, "eval_seed"),
+        ({"eval_seed": 12300}, "sft.demo_seed"),  # demos [12345, 12395) inside evaluation
+        ({"eval_seed": 2**31 - 50}, "eval_seed"),  # evaluation runs into the training range
         ({"max_consecutive_skips": 0}, "max_consecutive_skips"),
         ({"experiment_name": "a/b"}, "experiment_name"),
         ({"sft": {"num_demos": -1}}, "sft.num_demos"),
@@ -263,3 +264,38 @@ def test_model_sizes_map_onto_the_tiny_vla_config():
     assert (
         TinyVLAConfig(**sizes) == TinyVLAConfig()
     )  # the default template is the measured 1M model
+
+
+def test_demo_seeds_inside_the_evaluation_range_are_rejected_naming_both():
+    """Demo attempt k plays demo_seed + k: a demo range that meets the evaluation range leaks
+    held-out starts into SFT, even when the two bases differ."""
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"eval_seed": 1000, "num_eval_episodes": 100, "sft": {"demo_seed": 1050}})
+    message = str(info.value)
+    assert message.startswith("sft.demo_seed=1050 is invalid")
+    assert "demonstration seeds [1050, 1100)" in message  # 20 demos may use 2 * 20 + 10 attempts
+    assert "evaluation seeds [1000, 1100) (eval_seed)" in message
+    assert "\n" not in message
+
+
+def test_adjacent_seed_ranges_and_an_eval_seed_equal_to_seed_are_accepted():
+    """Half-open ranges: [1000, 1100) and [1100, 1150) share no seed. ``seed`` is not a start seed."""
+    cfg = config_from_dict(
+        {"seed": 1000, "eval_seed": 1000, "num_eval_episodes": 100, "sft": {"demo_seed": 1100}}
+    )
+    assert cfg.eval_seed == cfg.seed
+    no_demos = config_from_dict({"eval_seed": 1000, "sft": {"demo_seed": 1000, "num_demos": 0}})
+    assert no_demos.sft.num_demos == 0  # no demonstration stream, nothing to overlap
+
+
+def test_a_new_seed_stream_joins_the_check_by_adding_an_entry():
+    from vla_rl_lib.seed_ranges import SeedRangeError, SeedStream, check_disjoint
+
+    streams = [
+        SeedStream("training", "fixed", range(2**31, 2**32)),
+        SeedStream("evaluation", "eval_seed", range(0, 100)),
+    ]
+    check_disjoint(streams)
+    with pytest.raises(SeedRangeError, match=r"^split.ood_seed=99 is invalid: ood seeds \[99, 109\)"
+                       r" \(split.ood_seed\) overlap evaluation seeds \[0, 100\) \(eval_seed\)"):
+        check_disjoint([*streams, SeedStream("ood", "split.ood_seed", range(99, 109))])

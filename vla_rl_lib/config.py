@@ -38,6 +38,14 @@ from typing import Any
 import yaml
 
 from lift.types import CAMERAS, CONTROL_MODES
+from vla_rl_lib.seed_ranges import (
+    SEED_CEILING,
+    TRAIN_SEED_FLOOR,
+    SeedRangeError,
+    SeedStream,
+    check_disjoint,
+    demo_attempts,
+)
 from vla_rl_lib.utils import write_text_atomic
 
 TEMPLATE_NAMES = ("default", "fast", "full")
@@ -324,12 +332,6 @@ def validate_config(cfg: VLARLConfig) -> None:
     )
     _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     _check(cfg.eval_seed >= 0, "eval_seed", cfg.eval_seed, "must be >= 0")
-    _check(
-        cfg.eval_seed != cfg.seed,
-        "eval_seed",
-        cfg.eval_seed,
-        "must differ from seed so evaluation starts are held out from training",
-    )
     for key in ("pretrained_checkpoint", "sft_checkpoint"):
         value = getattr(cfg, key)
         _check(
@@ -572,6 +574,25 @@ def validate_config(cfg: VLARLConfig) -> None:
     _check(s.learning_rate > 0, "sft.learning_rate", s.learning_rate, "must be > 0")
     _check(s.demo_seed >= 0, "sft.demo_seed", s.demo_seed, "must be >= 0")
     _check(s.dataset_dir.strip() != "", "sft.dataset_dir", s.dataset_dir, "give a folder")
+    try:
+        check_disjoint(seed_streams(cfg))
+    except SeedRangeError as error:
+        raise ConfigError(str(error)) from None
+
+
+def seed_streams(cfg: VLARLConfig) -> list[SeedStream]:
+    """Every start-seed stream the run draws from; ``validate_config`` keeps them disjoint."""
+    streams = [SeedStream("training", "fixed", range(TRAIN_SEED_FLOOR, SEED_CEILING))]
+    if cfg.num_eval_episodes > 0:
+        streams.append(
+            SeedStream("evaluation", "eval_seed", range(cfg.eval_seed, cfg.eval_seed + cfg.num_eval_episodes))
+        )
+    if cfg.sft.num_demos > 0:
+        start = cfg.sft.demo_seed
+        streams.append(
+            SeedStream("demonstration", "sft.demo_seed", range(start, start + demo_attempts(cfg.sft.num_demos)))
+        )
+    return streams
 
 
 # ---------------------------------------------------------------- dicts

@@ -29,15 +29,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from vla_rl_lib.seed_ranges import SEED_CEILING, TRAIN_SEED_FLOOR
+
 if TYPE_CHECKING:
     from lift import Simulator
     from lift.types import StepResult
     from vla_rl_lib.policy.base import VLAPolicy
 
-# Training episodes draw start seeds at or above this bound; evaluation (and
-# demonstration) seeds live below it, so training never sees a held-out start.
-TRAIN_SEED_FLOOR = 2**31
-SEED_CEILING = 2**32
 # A start that faults this often is a bug in the simulator or the task, not bad luck.
 MAX_EPISODE_REPLAYS = 3
 

@@ -70,7 +70,8 @@ from vla_rl_lib.policy.action_tokenizer import (
     load_action_statistics,
     write_dataset_statistics,
 )
-from vla_rl_lib.rollout.collector import TRAIN_SEED_FLOOR, reset_episodes
+from vla_rl_lib.rollout.collector import reset_episodes
+from vla_rl_lib.seed_ranges import TRAIN_SEED_FLOOR, demo_attempts
 
 FORMAT_NAME = "vla-rl-demonstrations"
 FORMAT_VERSION = 1
@@ -270,7 +271,7 @@ def collect_demonstrations(
 
     Failed attempts are dropped (``meta.json`` counts them). ``instruction``
     defaults to the task's own. Gives up with RuntimeError after
-    ``max_attempts`` attempts (default ``2 * num_demos + 10``). The dataset is
+    ``max_attempts`` attempts (default ``demo_attempts(num_demos)``). The dataset is
     written to a temporary sibling directory and renamed to ``out_dir`` only
     when complete; an existing ``out_dir`` is replaced only with ``overwrite``.
     Returns ``out_dir``.
@@ -282,7 +283,7 @@ def collect_demonstrations(
     if num_demos < 1:
         raise ValueError(f"num_demos={num_demos} is invalid: ask for at least 1 demonstration")
     if max_attempts is None:
-        max_attempts = 2 * num_demos + 10
+        max_attempts = demo_attempts(num_demos)
     if max_attempts < num_demos:
         raise ValueError(f"max_attempts={max_attempts} is smaller than num_demos={num_demos}")
     if seed < 0 or seed + max_attempts > TRAIN_SEED_FLOOR:
