@@ -9,8 +9,11 @@ import torch
 
 from vla_rl_lib.config import apply_overrides
 from vla_rl_lib.metrics import load_metrics
+from vla_rl_lib.notebook import summary_rows
+from vla_rl_lib.policy.hf_policy import HFVLAPolicy
+from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training.evaluate import evaluate_checkpoint
-from vla_rl_lib.training.trainer import PreflightError, Trainer, TrainingError
+from vla_rl_lib.training.trainer import NO_EVALUATION, PreflightError, Trainer, TrainingError
 
 VOLATILE = ("perf/", "time_s")  # wall-clock figures differ between any two runs
 
@@ -42,9 +45,14 @@ def test_trains_writes_checkpoints_and_evaluates(tiny_config):
     assert [r["update"] for r in train] == [1, 2]
     assert all(r["ppo/num_minibatch_steps"] > 0 for r in train)
     assert train[0]["preflight_grad_norm"] > 0
-    # The trained weights differ from the base they started from.
+    # The trained weights are finite and differ from the base they started from.
     state = torch.load(run_dir / "checkpoint_latest" / "policy_state_dict.pt", weights_only=True)
     assert state and all(torch.isfinite(v).all() for v in state.values())
+    base = HFVLAPolicy.from_checkpoint(str(run_dir / "base_model")).trainable_state_dict()
+    shared = [k for k in state if k in base and not k.startswith("value_head")]
+    assert shared, f"no policy weight of the checkpoint is in the base model: {sorted(state)[:5]}"
+    changed = [k for k in shared if not torch.equal(state[k].float(), base[k].float())]
+    assert changed, "training left every policy weight equal to the base model's"
 
     result = evaluate_checkpoint(run_dir / "checkpoint_latest", num_episodes=2)
     assert result.episodes == 2
@@ -82,6 +90,44 @@ def test_preflight_catches_frozen_weights(tiny_config):
             p.requires_grad_(False)
         with pytest.raises(PreflightError, match="gradient norm"):
             trainer.preflight()
+    finally:
+        trainer.close()
+
+
+def test_preflight_catches_a_frozen_policy_with_a_trainable_value_head(tiny_config):
+    """The value head alone has a gradient; pooled over all groups the norm would pass."""
+    trainer = Trainer(tiny_config, progress=False)
+    try:
+        for p in trainer.policy.model.parameters():
+            p.requires_grad_(False)
+        assert any(p.requires_grad for p in trainer.policy.value_head.parameters())
+        with pytest.raises(PreflightError, match="policy's trainable weights is 0.0"):
+            trainer.preflight()
+    finally:
+        trainer.close()
+
+
+def test_preflight_reports_the_policy_gradient_apart(tiny_config):
+    trainer = Trainer(tiny_config, progress=False)
+    try:
+        figures = trainer.preflight()
+    finally:
+        trainer.close()
+    assert 0 < figures["preflight_policy_grad_norm"] <= figures["preflight_grad_norm"]
+
+
+def test_a_run_without_evaluation_reports_null_not_a_number(tiny_config):
+    cfg = apply_overrides(tiny_config, {"num_updates": 1, "eval_interval": 0})
+    summary, run_dir = _train(cfg)
+    assert summary["best_eval_success"] is None
+    state = ckpt.load_checkpoint(run_dir / "checkpoint_latest")["trainer_state"]
+    assert state["best_eval_success"] is None
+    rows = {row["metric"]: row["value"] for row in summary_rows(summary)}
+    assert rows["best_eval_success"] == NO_EVALUATION
+    # A resumed run keeps "none yet" rather than turning it into a number.
+    trainer = Trainer(apply_overrides(cfg, {"num_updates": 2}), resume=True, progress=False)
+    try:
+        assert trainer.best_eval is None
     finally:
         trainer.close()
 

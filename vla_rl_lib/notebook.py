@@ -397,7 +397,14 @@ def train_with_live_plot(
 
 
 def summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [{"metric": key, "value": value} for key, value in summary.items()]
+    """The run summary as table rows; a run without evaluation says so instead of a number."""
+    from vla_rl_lib.training.trainer import NO_EVALUATION
+
+    return [
+        {"metric": key,
+         "value": NO_EVALUATION if key == "best_eval_success" and value is None else value}
+        for key, value in summary.items()
+    ]
 
 
 def run_files(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:

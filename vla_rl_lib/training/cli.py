@@ -153,6 +153,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     print(json.dumps(summary, indent=1))
+    if summary.get("best_eval_success") is None:
+        from vla_rl_lib.training.trainer import NO_EVALUATION
+
+        print(f"best_eval_success is null: {NO_EVALUATION} (eval_interval is 0)", file=sys.stderr)
     return 0
 
 

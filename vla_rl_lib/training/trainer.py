@@ -38,6 +38,8 @@ from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
 from vla_rl_lib.training.policy_factory import build_training_policy
 
 MIN_FREE_BYTES = 200 * 1024**2
+# Shown where a summary is printed in place of best_eval_success = None.
+NO_EVALUATION = "no evaluation ran"
 
 
 class TrainingError(RuntimeError):
@@ -104,7 +106,7 @@ class Trainer:
 
         self.start_update = 0
         self.env_steps = 0
-        self.best_eval = -1.0
+        self.best_eval: float | None = None  # None until an evaluation has run
         self.elapsed_s = 0.0
         self.skipped_updates = 0
         self.consecutive_skips = 0
@@ -195,7 +197,8 @@ class Trainer:
         try:
             self.start_update = int(ts["update"])
             self.env_steps = int(ts["env_steps"])
-            self.best_eval = float(ts["best_eval_success"])
+            best = ts["best_eval_success"]
+            self.best_eval = None if best is None or best == -1.0 else float(best)  # -1.0: old runs
             self.elapsed_s = float(ts["elapsed_s"])
             self.wall_before_s = float(ts.get("wall_s", 0.0))
             self.skipped_updates = int(ts.get("skipped_updates", 0))
@@ -231,15 +234,25 @@ class Trainer:
         probe = -(ev.log_probs.mean()) + ev.values.pow(2).mean() - 0.01 * ev.entropy.mean()
         if probe.requires_grad:
             probe.backward()
-        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        grad_norm = float(torch.norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+        norms = {group.get("name", str(i)): _grad_norm(group["params"])
+                 for i, group in enumerate(self.optimizer.param_groups)}
         self.optimizer.zero_grad(set_to_none=True)
-        if not grads or grad_norm == 0.0 or not math.isfinite(grad_norm):
+        # The policy's own weights must learn: a trainable value head alone would pass a pooled norm.
+        policy_norm = norms.get("policy", 0.0)
+        if policy_norm == 0.0 or not math.isfinite(policy_norm):
             raise PreflightError(
-                f"preflight: gradient norm of the trainable weights is {grad_norm}; nothing would "
-                "learn (are the LoRA/value-head parameters frozen?)"
+                f"preflight: gradient norm of the policy's trainable weights is {policy_norm} "
+                f"(per parameter group: {norms}); the policy would not learn (are its LoRA or "
+                "model weights frozen?)"
             )
-        return {"preflight_ratio_dev": max_dev, "preflight_grad_norm": grad_norm}
+        grad_norm = math.sqrt(sum(n**2 for n in norms.values()))
+        if not math.isfinite(grad_norm):
+            raise PreflightError(
+                f"preflight: gradient norm is not finite (per parameter group: {norms}); "
+                "check the value head and the dtype"
+            )
+        return {"preflight_ratio_dev": max_dev, "preflight_grad_norm": grad_norm,
+                "preflight_policy_grad_norm": policy_norm}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, update: int, record_frames: bool = True) -> EvalResult:
@@ -303,7 +316,7 @@ class Trainer:
             done = update + 1 == cfg.num_updates or out_of_time
             if evaluating and ((update + 1) % cfg.eval_interval == 0 or done):
                 last_eval = self.evaluate(update + 1)
-                if last_eval.success_rate > self.best_eval:
+                if self.best_eval is None or last_eval.success_rate > self.best_eval:
                     self.best_eval = last_eval.success_rate
                     self.save("checkpoint_best", update + 1)
             if done or (cfg.save_interval > 0 and (update + 1) % cfg.save_interval == 0):
@@ -381,6 +394,12 @@ class Trainer:
         self.collector.close()
         self.env.close()
         self.metrics.close()
+
+
+def _grad_norm(params: list[torch.nn.Parameter]) -> float:
+    """L2 norm of the gradients of ``params`` (0.0 when none has a gradient)."""
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.norm(torch.stack(grads))) if grads else 0.0
 
 
 def configure_cpu_threads(device: torch.device) -> None:
