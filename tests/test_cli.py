@@ -61,6 +61,34 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--num-episodes", "-3"], "--num-episodes=-3"),
+        (["--seed", "-1"], "--seed=-1"),
+        (["--seed", str(2**31 - 2), "--num-episodes", "5"], "--seed=2147483646"),
+        (["--simulator", "bullet"], "--simulator='bullet'"),
+        (["--env-id", " "], "--env-id"),
+        (["--config", "nope.yaml"], "does not exist"),
+    ],
+)
+def test_evaluate_rejects_bad_arguments_before_loading_the_model(
+    flags, needle, tmp_path, monkeypatch, capsys
+):
+    from vla_rl_lib.training import evaluate, policy_factory
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(policy_factory, "load_any_checkpoint", must_not_load)
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", must_not_load)
+    checkpoint = tmp_path / "checkpoint_latest"
+    checkpoint.mkdir()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
 def test_argparse_errors_exit_2():
     for argv in (["train", "--bogus"], ["train", "--sft-checkpoint", "a", "--pretrained", "b"],
                  ["config", "--template", "huge"]):

@@ -160,9 +160,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_evaluate_args(args: argparse.Namespace) -> None:
+    """Every ``evaluate`` argument, checked before any model is loaded."""
+    from vla_rl_lib.config import RolloutConfig
+    from vla_rl_lib.seed_ranges import TRAIN_SEED_FLOOR
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_dir():
+        raise UsageError(
+            f"--checkpoint {args.checkpoint} does not exist as a folder; give a checkpoint folder "
+            "(e.g. outputs/<experiment>/checkpoint_latest) or a policy folder"
+        )
+    episodes = getattr(args, "num_episodes", None)
+    if episodes is not None and episodes < 1:
+        raise UsageError(f"--num-episodes={episodes} is invalid: need at least 1 episode")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not (seed >= 0 and seed + (episodes or 1) <= TRAIN_SEED_FLOOR):
+        raise UsageError(
+            f"--seed={seed} is invalid: held-out seeds live in [0, {TRAIN_SEED_FLOOR}); "
+            "training draws the seeds above"
+        )
+    simulators = RolloutConfig.__dataclass_fields__["simulator"].metadata["choices"]
+    simulator = getattr(args, "simulator", None)
+    if simulator is not None and simulator not in simulators:
+        raise UsageError(f"--simulator={simulator!r} is invalid: choose one of {list(simulators)}")
+    env_id = getattr(args, "env_id", None)
+    if env_id is not None and not env_id.strip():
+        raise UsageError("--env-id is empty: give an environment id, e.g. PickPlace-CRANE-X7")
+    output_dir = getattr(args, "output_dir", None)
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise UsageError(f"--output-dir {output_dir} is a file; give a folder for the videos")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from vla_rl_lib.training.evaluate import evaluate_checkpoint
 
+    check_evaluate_args(args)
+    config = load_config(args.config) if args.config else None
     result = evaluate_checkpoint(
         args.checkpoint,
         num_episodes=getattr(args, "num_episodes", None),
@@ -171,7 +205,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=getattr(args, "seed", None),
         render=args.render,
         output_dir=getattr(args, "output_dir", None),
-        config=load_config(args.config) if args.config else None,
+        config=config,
     )
     from vla_rl_lib.display import summary_table
 

@@ -97,11 +97,15 @@ def evaluate_checkpoint(
     from vla_rl_lib.training.policy_factory import load_any_checkpoint
 
     checkpoint = Path(checkpoint)
+    if num_episodes is not None and num_episodes < 1:  # before the (slow) model load
+        raise ValueError(f"num_episodes={num_episodes} is invalid: need at least 1 episode")
     policy, cfg = load_any_checkpoint(checkpoint, config)
     r = cfg.rollout
     n = num_episodes if num_episodes is not None else cfg.num_eval_episodes
     if n < 1:
-        raise ValueError(f"--num-episodes={n} is invalid: need at least 1 episode")
+        raise ValueError(
+            f"num_eval_episodes={n} in the checkpoint's config: pass num_episodes >= 1"
+        )
     seeds = evaluation_seeds(cfg.eval_seed if seed is None else seed, n)
     env_settings = {"rollout.num_parallel_envs": min(r.num_parallel_envs, n)}
     if simulator:
