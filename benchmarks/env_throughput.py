@@ -5,13 +5,16 @@
 
 For n_envs 1 and 8: without RGB, then with RGB at 64/128/224. The physics share
 is timed on the same env in state mode; the render share is the rest. The raw
-ceiling is ``mj_step`` on one MjData, single thread, in the same process.
-Last line: ``env_steps_per_s_rgb128=... raw_physics_steps_per_s=...`` (rgb128 at n_envs=8).
+ceiling is ``mj_step`` on one MjData, single thread, in the same process, counted
+in control (env) steps: one env step is 100 ms of simulated time, i.e.
+50 physics substeps of 2 ms, so it compares with env steps/s.
+Last line: ``env_steps_per_s_rgb128=... raw_physics_env_steps_per_s=...`` (rgb128 at n_envs=8).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 
@@ -39,7 +42,8 @@ def env_steps_per_s(num_envs: int, obs_mode: str, size: int, steps: int) -> tupl
     return num_envs * steps / elapsed, num_envs * steps / cpu
 
 
-def raw_physics_steps_per_s(seconds: float) -> tuple[float, int]:
+def raw_physics_substeps_per_s(seconds: float) -> tuple[float, float]:
+    """``mj_step`` substeps per second on one MjData, and the model's substep (timestep) in s."""
     model = mujoco.MjModel.from_xml_path(str(lift.backends.mujoco_env.SCENE_PATH))
     data = mujoco.MjData(model)
     mujoco.mj_resetDataKeyframe(model, data, model.key("rest").id)
@@ -66,11 +70,13 @@ def main() -> None:
         f"cpus={os.cpu_count()} load_avg=({load}) MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
         f"steps_per_run={steps}  [wall-clock rates; 'cpu' = per CPU-second, less sensitive to other load]"
     )
-    raw, timestep = raw_physics_steps_per_s(1.0 if args.quick else 3.0)
-    substeps = round(0.1 / timestep)
+    substeps_per_s, timestep = raw_physics_substeps_per_s(1.0 if args.quick else 3.0)
+    # The simulator's own rule (MujocoPickPlace._set_control_period) at its 10 Hz control rate.
+    substeps = math.ceil(1.0 / lift.SimulatorConfig().control_freq / timestep - 1e-9)
+    raw = substeps_per_s / substeps
     print(
-        f"raw mj_step: {raw:,.0f} physics steps/s (dt={timestep}) "
-        f"= {raw / substeps:,.0f} env steps/s ceiling at {substeps} substeps"
+        f"raw mj_step: {substeps_per_s:,.0f} physics substeps/s (dt={timestep} s) "
+        f"/ {substeps} substeps per env step = {raw:,.0f} env steps/s ceiling"
     )
     rgb128_at_8 = 0.0
     for num_envs in (1, 8):
@@ -85,7 +91,7 @@ def main() -> None:
             )
             if num_envs == 8 and size == 128:
                 rgb128_at_8 = rgb
-    print(f"env_steps_per_s_rgb128={rgb128_at_8:.0f} raw_physics_steps_per_s={raw:.0f}")
+    print(f"env_steps_per_s_rgb128={rgb128_at_8:.0f} raw_physics_env_steps_per_s={raw:.0f}")
 
 
 if __name__ == "__main__":

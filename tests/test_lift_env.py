@@ -225,3 +225,24 @@ def test_missing_gl_names_the_system_package() -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode != 0
     assert "libosmesa6" in done.stderr and "MUJOCO_GL=disable" in done.stderr
+
+
+@pytest.mark.parametrize("blow_up", ["huge_velocity", "huge_force"])
+def test_mujoco_resetting_an_unstable_state_is_reported(blow_up: str) -> None:
+    """MuJoCo resets an MjData whose velocity or acceleration goes huge and only counts a
+    warning: the state stays finite, so a NaN check cannot see the jump. step() flags it."""
+    env = lift.make_env("mujoco", lift.ENV_ID, num_envs=2, obs_mode="state", auto_reset=False)
+    env.reset(seed=0)
+    calm = env.step(np.zeros((2, task.ACTION_DIM)))
+    assert calm.info["sim_unstable"].tolist() == [False, False]
+    before = calm.observation.qpos[1].copy()
+    if blow_up == "huge_velocity":
+        env.data[1].qvel[:] = 1e11
+    else:
+        env.data[1].qfrc_applied[:] = 1e12
+    result = env.step(np.zeros((2, task.ACTION_DIM)))
+    assert result.info["sim_unstable"].tolist() == [False, True]
+    assert np.isfinite(result.observation.qpos).all()  # invisible to a NaN check...
+    assert np.abs(result.observation.qpos[1] - before).max() > 0.1  # ...yet the arm jumped
+    after = env.step(np.zeros((2, task.ACTION_DIM)))
+    assert after.info["sim_unstable"].tolist() == [False, False]  # counted once, per step

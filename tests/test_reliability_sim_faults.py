@@ -1,4 +1,5 @@
-"""Simulator faults: an env.step that raises, or a physics blow-up (NaN joint state) in one env.
+"""Simulator faults: an env.step that raises, a physics blow-up (NaN joint state) in one env,
+or an unstable state MuJoCo resets on its own (finite, but the episode jumped to another pose).
 
 The collector drops the episodes a fault hit, resets their environments and
 replays each from its own start seed, so a rollout still holds one complete
@@ -63,6 +64,10 @@ class FaultyEnv:
         if fault == "raise":
             self.injected.append("raise")
             raise RuntimeError("injected: simulator crashed")
+        if isinstance(fault, tuple):  # ("huge_qvel", env): MuJoCo itself must catch and reset it
+            self.env.data[fault[1]].qvel[:] = 1e11
+            self.injected.append(fault)
+            return self.env.step(actions)
         result = self.env.step(actions)
         if fault is not None:
             self.env.data[fault].qpos[:] = np.nan  # the physics state itself is gone
@@ -126,8 +131,8 @@ def _assert_complete(rollout, seeds):
 
 @pytest.mark.parametrize(
     "plan, expected_faults",
-    [({2: "raise"}, 2), ({3: 1}, 1), ({1: 0, 4: "raise", 7: 1}, 4)],
-    ids=["step-raises", "one-env-blows-up", "mixed"],
+    [({2: "raise"}, 2), ({3: 1}, 1), ({1: 0, 4: "raise", 7: 1}, 4), ({3: ("huge_qvel", 1)}, 1)],
+    ids=["step-raises", "one-env-blows-up", "mixed", "mujoco-resets-an-unstable-state"],
 )
 def test_faulted_episodes_are_replayed_from_their_seed(env, plan, expected_faults):
     seeds = [11, 12, 13]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -28,6 +29,21 @@ except ModuleNotFoundError as error:
     raise
 except (ImportError, AttributeError, OSError) as error:  # mujoco loads the GL library on import
     raise ImportError(GL_HELP.format(gl=os.environ.get("MUJOCO_GL"))) from error
+
+# MuJoCo resets an MjData on its own (mj_resetData, then counts the warning) when
+# its acceleration, position or velocity turns NaN or huge; the episode then jumps
+# back to the model's default pose mid-way. step() reports it as info["sim_unstable"].
+INSTABILITY_WARNINGS = (
+    mujoco.mjtWarning.mjWARN_BADQACC,
+    mujoco.mjtWarning.mjWARN_BADQPOS,
+    mujoco.mjtWarning.mjWARN_BADQVEL,
+)
+
+log = logging.getLogger(__name__)
+# MuJoCo's default warning handler appends to MUJOCO_LOG.TXT in the working directory;
+# send its warnings to Python logging instead (unless the process installed its own).
+if mujoco.get_mju_user_warning() is None:
+    mujoco.set_mju_user_warning(lambda message: log.warning("MuJoCo: %s", message))
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "crane_x7"
 SCENE_PATH = ASSETS / "scene_pickplace.xml"
@@ -125,12 +141,17 @@ class MujocoPickPlace(Simulator):
         self.joint_targets = task.joint_targets_from_action(
             action, self.joint_targets[:, :7], self.config.control_mode
         )
-        for d, targets in zip(self.data, self.joint_targets, strict=True):
+        unstable = np.zeros(self.num_envs, dtype=bool)
+        for i, (d, targets) in enumerate(zip(self.data, self.joint_targets, strict=True)):
             d.ctrl[:] = targets
+            for warning in INSTABILITY_WARNINGS:
+                d.warning[warning].number = 0
             mujoco.mj_step(self.model, d, nstep=self.substeps)
+            unstable[i] = any(d.warning[warning].number for warning in INSTABILITY_WARNINGS)
         self.elapsed_steps += 1
 
         info = self.task_state()
+        info["sim_unstable"] = unstable
         reward, terminated, truncated = self.outcome(info, self.elapsed_steps)
 
         observation = self._observe()

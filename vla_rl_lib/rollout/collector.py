@@ -7,7 +7,8 @@ recorded episode is complete: GRPO can group them by start seed and GAE
 never needs a mid-episode bootstrap except at a time-limit truncation.
 
 Simulator faults: when ``env.step`` raises, or returns a non-finite joint
-state or reward for an environment (a physics blow-up), the episodes it hit
+state or reward for an environment (a physics blow-up), or flags it in
+``info["sim_unstable"]`` (the engine reset an unstable state itself), the episodes it hit
 are dropped (their recorded steps become invalid), their environments are
 reset, and each is replayed from its own start seed, so the rollout still
 holds exactly one complete episode per seed and GRPO groups stay intact. A
@@ -234,6 +235,10 @@ class RolloutCollector:
             blown_up = active[~finite_rows(res, active)]
             if blown_up.size:  # a physics blow-up: NaN/inf joint state or reward
                 drop(blown_up, "non-finite joint state or reward")
+            reset_by_sim = np.setdiff1d(active[unstable_rows(res, active)], blown_up)
+            if reset_by_sim.size:  # the physics engine reset the state itself (MuJoCo's warning)
+                drop(reset_by_sim, "the simulator reset an unstable state (info['sim_unstable'])")
+                blown_up = np.union1d(blown_up, reset_by_sim)
 
             success = np.asarray(res.info["success"], dtype=bool)
             reward = success.astype(np.float32) if self.use_binary_reward else res.reward.astype(np.float32)
@@ -324,3 +329,14 @@ def finite_rows(result: StepResult, env_ids: np.ndarray) -> np.ndarray:
         & np.isfinite(obs.qvel[env_ids]).all(axis=1)
         & np.isfinite(np.asarray(result.reward, dtype=np.float64)[env_ids])
     )
+
+
+def unstable_rows(result: StepResult, env_ids: np.ndarray) -> np.ndarray:
+    """Per listed env, whether the simulator flagged (and reset) an unstable state this step.
+
+    Backends that do not report ``info["sim_unstable"]`` count as stable.
+    """
+    flags = result.info.get("sim_unstable")
+    if flags is None:
+        return np.zeros(len(env_ids), dtype=bool)
+    return np.asarray(flags, dtype=bool)[env_ids]
