@@ -44,11 +44,19 @@ Reproducibility: attempt k plays the episode start that ``env.reset(seed=seed
 + k)`` draws, and the kept episodes are the first ``num_demos`` successful
 attempts in attempt order, whatever ``num_envs`` is. The same seed gives the
 same Parquet bytes and the same ``meta.json`` except for ``created_at``.
+
+Reuse: ``meta.json["recipe"]`` records every setting that shapes the data (each
+content parameter of ``collect_demonstrations`` and the simulator defaults).
+``ensure_demonstrations`` keeps one folder per recipe and reuses a dataset only
+when its recorded recipe matches the one asked for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import hashlib
+import inspect
 import io
 import json
 import os
@@ -276,6 +284,7 @@ def collect_demonstrations(
     when complete; an existing ``out_dir`` is replaced only with ``overwrite``.
     Returns ``out_dir``.
     """
+    arguments = dict(locals())  # every parameter, taken before any other local exists
     import lift
     from lift.expert import ScriptedExpert
 
@@ -347,11 +356,96 @@ def collect_demonstrations(
                 num_trajectories=len(kept_seeds),
             )
             meta = _meta(env, simulator, instruction, seed, kept_seeds, kept_lengths, attempted)
+            meta["recipe"] = _recipe(arguments)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             _share_like_umask(tmp)
     finally:
         bar.close()
         env.close()
+    return out_dir
+
+
+# Parameters of collect_demonstrations that do not change what a dataset holds: the
+# same seed gives the same bytes whatever num_envs is. Every other parameter, present
+# or added later, is part of the recipe a cached dataset must match.
+RECIPE_EXCLUDED = ("out_dir", "num_envs", "overwrite", "progress")
+
+
+def _recipe(arguments: dict[str, Any]) -> dict[str, Any]:
+    """What determines a dataset's contents, as plain JSON values.
+
+    ``arguments``: the call's content parameters; ``simulator_defaults``: the
+    simulator settings no parameter sets (reward mode, control rate, ...), so a
+    change of those defaults does not pass for the same data.
+    """
+    from lift.types import SimulatorConfig
+
+    recipe = {
+        "format_version": FORMAT_VERSION,
+        "arguments": {k: v for k, v in arguments.items() if k not in RECIPE_EXCLUDED},
+        "simulator_defaults": dataclasses.asdict(SimulatorConfig(env_id=arguments["env_id"])),
+    }
+    return json.loads(json.dumps(recipe))  # tuples -> lists, as meta.json reads back
+
+
+def demo_recipe(num_demos: int, seed: int, **settings: Any) -> dict[str, Any]:
+    """The recipe ``collect_demonstrations(num_demos, seed, out_dir, **settings)`` records."""
+    try:
+        bound = inspect.signature(collect_demonstrations).bind(num_demos, seed, None, **settings)
+    except TypeError as error:
+        raise TypeError(f"collect_demonstrations settings {sorted(settings)}: {error}") from None
+    bound.apply_defaults()
+    return _recipe(dict(bound.arguments))
+
+
+def demo_dataset_dir(root: str | os.PathLike, recipe: dict[str, Any]) -> Path:
+    """The cache folder of a recipe: readable settings, then a digest of the whole recipe."""
+    args = recipe["arguments"]
+    size = args["image_size"]
+    size = "x".join(map(str, size)) if isinstance(size, list) else str(size)
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    name = f"demos_{args['num_demos']}_seed{args['seed']}_{args['camera']}_{size}px_{digest}"
+    return Path(root) / name
+
+
+def recipe_mismatch(recorded: Any, wanted: Any, prefix: str = "") -> str | None:
+    """The first dotted key where two recipes differ, as ``key=recorded (wanted ...)``."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        for key in sorted(set(recorded) | set(wanted)):
+            missing = "<absent>"
+            found = recipe_mismatch(
+                recorded.get(key, missing), wanted.get(key, missing), f"{prefix}{key}."
+            )
+            if found:
+                return found
+        return None
+    if recorded != wanted:
+        return f"{prefix.rstrip('.')}={recorded!r} (this run wants {wanted!r})"
+    return None
+
+
+def ensure_demonstrations(
+    root: str | os.PathLike, num_demos: int, seed: int, **settings: Any
+) -> Path:
+    """The dataset ``collect_demonstrations(num_demos, seed, ..., **settings)`` would write,
+    reused from ``root`` when its recorded recipe matches, collected into its own folder
+    otherwise.
+
+    Each recipe has its own folder (``demo_dataset_dir``); a folder there whose
+    ``meta.json`` records another recipe (edited, copied, or older than recipes) is
+    refused with a DemoDatasetError naming the first differing field.
+    """
+    recipe = demo_recipe(num_demos, seed, **settings)
+    out_dir = demo_dataset_dir(root, recipe)
+    if not out_dir.exists():
+        return collect_demonstrations(num_demos, seed, out_dir, **settings)
+    recorded = read_meta(out_dir).get("recipe", "<absent: written before recipes were recorded>")
+    mismatch = recipe_mismatch(recorded, recipe, "recipe.")
+    if mismatch:
+        raise DemoDatasetError(
+            f"{out_dir / META_FILE} records {mismatch}: the folder holds other demonstrations; "
+            "delete it to collect again, or set sft.dataset_dir to another folder"
+        )
     return out_dir
 
 

@@ -118,27 +118,26 @@ def build_training_policy(
 
 def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Scripted demonstrations -> behaviour cloning of a fresh tiny VLA, saved to ``out_dir``."""
-    from vla_rl_lib.sft.demos import collect_demonstrations, load_demonstrations
+    from vla_rl_lib.sft.demos import ensure_demonstrations, load_demonstrations
     from vla_rl_lib.sft.trainer import run_sft
 
     s, r = cfg.sft, cfg.rollout
     t0 = time.perf_counter()
-    dataset_dir = Path(s.dataset_dir) / f"demos_{s.num_demos}_seed{s.demo_seed}_{r.camera}_{r.image_size}px"
-    if not dataset_dir.exists():
-        collect_demonstrations(
-            s.num_demos,
-            s.demo_seed,
-            dataset_dir,
-            simulator=r.simulator,
-            env_id=r.env_id,
-            num_envs=r.num_parallel_envs,
-            image_size=r.image_size,
-            camera=r.camera,
-            control_mode=r.control_mode,
-            max_episode_steps=r.max_steps,
-            instruction=cfg.language_instruction,
-            progress=progress,
-        )
+    # Reused only when every setting that shapes the demos matches (meta.json's recipe).
+    dataset_dir = ensure_demonstrations(
+        s.dataset_dir,
+        s.num_demos,
+        s.demo_seed,
+        simulator=r.simulator,
+        env_id=r.env_id,
+        num_envs=r.num_parallel_envs,
+        image_size=r.image_size,
+        camera=r.camera,
+        control_mode=r.control_mode,
+        max_episode_steps=r.max_steps,
+        instruction=cfg.language_instruction,
+        progress=progress,
+    )
     demo_s = time.perf_counter() - t0
     dataset = load_demonstrations(dataset_dir)
     policy = build_policy(
