@@ -45,7 +45,7 @@ $(SIMS_STAMP): pyproject.toml scripts/install_vulkan_lavapipe.sh
 sims: $(SIMS_STAMP)
 
 test-backends: $(SIMS_STAMP)
-	$(SIMS_VENV)/bin/python -m pytest -q -m backends tests/test_backends_contract.py
+	$(SIMS_VENV)/bin/python -m pytest -q -rs -m backends tests/test_backends_contract.py
 
 test-notebooks: $(STAMP)
 	$(PY) -m pytest -q tests/test_notebook_helpers.py tests/test_notebooks.py

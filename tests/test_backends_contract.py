@@ -2,12 +2,13 @@
 
 MuJoCo always runs; ManiSkill3 and Genesis run where their packages are installed
 (``make sims`` builds ``.venv-sims`` with them) and are skipped with the reason
-otherwise. Run: ``.venv-sims/bin/python -m pytest -m backends tests/test_backends_contract.py``.
+otherwise; with ``REQUIRE_BACKENDS=1`` or ``CI=true`` (``.ci/run``) an unavailable
+backend or renderer fails instead (``backend_availability``).
+Run: ``.venv-sims/bin/python -m pytest -rs -m backends tests/test_backends_contract.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -15,6 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from backend_availability import require_package, unavailable  # noqa: E402
 
 import lift  # noqa: E402
 from lift import task  # noqa: E402
@@ -25,7 +27,6 @@ from lift.expert import ScriptedExpert, top_down_orientation  # noqa: E402
 pytestmark = pytest.mark.backends
 
 BACKENDS = ("mujoco", "maniskill", "genesis")
-PACKAGES = {"mujoco": "mujoco", "maniskill": "mani_skill", "genesis": "genesis"}
 IMAGE_SIZE = (64, 64)
 NUM_ENVS = 2
 # Gripper base this far above the cube centre for a static grasp: the pad tips (62 mm
@@ -35,18 +36,17 @@ INFO_KEYS = {"success", "is_grasped", "cube_height", "gripper_to_cube_dist", "el
 
 
 def build(name: str, **overrides: object) -> lift.Simulator:
-    """The backend, or a skip that says why it cannot run here."""
-    if importlib.util.find_spec(PACKAGES[name]) is None:
-        pytest.skip(f"{name}: package {PACKAGES[name]!r} is not installed (run `make sims`)")
+    """The backend, or a skip (a failure in CI) that says why it cannot run here."""
+    require_package(name)
     settings = dict(num_envs=NUM_ENVS, image_size=IMAGE_SIZE, max_episode_steps=100)
     settings.update(overrides)
     try:
         return lift.make_env(name, task.ENV_ID, **settings)
     except ImportError as error:
-        pytest.skip(f"{name}: {error}")
+        unavailable(f"{name}: {error}")
     except RuntimeError as error:
         if "render" in str(error).lower():
-            pytest.skip(f"{name}: rendering is unavailable: {error}")
+            unavailable(f"{name}: rendering is unavailable: {error}")
         raise
 
 
@@ -235,8 +235,7 @@ def test_isaacsim_says_what_it_needs():
 def test_gpu_backend_without_a_gpu_is_a_clear_error(name):
     import torch
 
-    if importlib.util.find_spec(PACKAGES[name]) is None:
-        pytest.skip(f"{name}: package {PACKAGES[name]!r} is not installed (run `make sims`)")
+    require_package(name)
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
     with pytest.raises(RuntimeError, match="CUDA"):
@@ -246,8 +245,7 @@ def test_gpu_backend_without_a_gpu_is_a_clear_error(name):
 @pytest.mark.parametrize("name", ["maniskill", "genesis"])
 def test_short_training_run(name, tiny_config):
     """`train --simulator <name>` runs PPO end to end on the backend (tiny model, 1 update)."""
-    if importlib.util.find_spec(PACKAGES[name]) is None:
-        pytest.skip(f"{name}: package {PACKAGES[name]!r} is not installed (run `make sims`)")
+    require_package(name)
     from vla_rl_lib.config import apply_overrides
     from vla_rl_lib.training.trainer import Trainer
 

@@ -170,6 +170,8 @@ def test_sampling_follows_the_seed_and_temperature_must_be_positive() -> None:
     torch.manual_seed(5)
     b = policy.act(images(), INSTRUCTIONS)
     assert torch.equal(a.token_ids, b.token_ids)
+    torch.manual_seed(6)  # another seed, another draw (32 sampled tokens all repeating: vanishingly rare)
+    assert not torch.equal(policy.act(images(), INSTRUCTIONS).token_ids, a.token_ids)
     with pytest.raises(ValueError, match="temperature"):
         policy.act(images(), INSTRUCTIONS, temperature=0.0)
 
@@ -208,6 +210,16 @@ def test_full_fine_tuning_trains_every_weight_it_uses() -> None:
     state = policy.trainable_state_dict()
     assert len(state) == len(policy.state_dict())
     assert not any("lora_" in key for key in state)
+    # The SFT loss reads neither the value head nor the vision tower's unused last norm;
+    # every other weight gets a real gradient, and every one of them is saved as trainable.
+    unused = ("value_head.", "model.model.vision_tower.post_layernorm.")
+    for name, param in policy.named_parameters():
+        if name.startswith(unused):
+            assert param.grad is None, name
+        else:
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient: {name}"
+            assert torch.isfinite(param.grad).all(), name
+            assert name in state, name
 
 
 @pytest.mark.parametrize("mode", MODES)
