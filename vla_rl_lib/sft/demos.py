@@ -380,10 +380,11 @@ def _recipe(arguments: dict[str, Any]) -> dict[str, Any]:
     """
     from lift.types import SimulatorConfig
 
+    defaults = dataclasses.asdict(SimulatorConfig(env_id=arguments["env_id"]))
     recipe = {
         "format_version": FORMAT_VERSION,
         "arguments": {k: v for k, v in arguments.items() if k not in RECIPE_EXCLUDED},
-        "simulator_defaults": dataclasses.asdict(SimulatorConfig(env_id=arguments["env_id"])),
+        "simulator_defaults": {k: v for k, v in defaults.items() if k not in arguments},
     }
     return json.loads(json.dumps(recipe))  # tuples -> lists, as meta.json reads back
 
