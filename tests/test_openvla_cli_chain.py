@@ -271,3 +271,20 @@ def test_full_template_stores_sft_statistics_under_a_crane_x7_key():
     data = yaml.safe_load((ROOT / "params" / "full.yaml").read_text())
     assert data["model"]["unnorm_key"] == UNNORM_KEY and data["sft"]["num_demos"] > 0
     assert load_template("full").model.unnorm_key == UNNORM_KEY
+
+
+def test_hub_id_on_the_allowlist_covers_its_local_cache_folder(tmp_path, monkeypatch):
+    """A policy saved from `openvla/openvla-7b` names the cache snapshot folder as its base."""
+    from vla_rl_lib.policy.openvla import check_trust_remote_code
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--openvla--openvla-7b" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--openvla--openvla-7b" / "refs").mkdir()
+    (cache / "models--openvla--openvla-7b" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    check_trust_remote_code(snapshot, ["openvla/openvla-7b"])
+    with pytest.raises(PermissionError, match="trust_remote_code"):
+        check_trust_remote_code(snapshot, ["someone/else"])

@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from vla_rl_lib.config import VLARLConfig, config_from_dict, load_config, load_template, save_config
+from vla_rl_lib.policy.action_tokenizer import ActionStatistics
 from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings, build_policy
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 from vla_rl_lib.training import checkpoint as ckpt
@@ -64,13 +65,13 @@ def _load_base(cfg: VLARLConfig, kind: str, path: str) -> HFVLAPolicy:
         )
 
         allow = tuple(cfg.trust_remote_code)
-        if kind != "pretrained":  # a saved policy folder carries a copy of its base's processor code
-            allow = allowlist_with_saved_policy(path, allow)
         if kind == "pretrained":
             return build_openvla_policy(
                 path, decoding=cfg.model.decoding, unnorm_key=cfg.model.unnorm_key, dtype=dtype,
                 trust_remote_code_allowlist=allow, lora=wanted, seed=cfg.seed,
             )
+        # A saved policy folder carries a copy of its base's processor code.
+        allow = allowlist_with_saved_policy(path, allow)
         policy_cls = OpenVLAPolicy
         model_loader = openvla_model_loader(allow, dtype=dtype)
     policy = policy_cls.from_checkpoint(
@@ -202,12 +203,14 @@ def sft_unnorm_key(cfg: VLARLConfig) -> str:
     return cfg.model.unnorm_key or STATISTICS_KEY
 
 
-def build_sft_policy(cfg: VLARLConfig, statistics: Any, unnorm_key: str) -> HFVLAPolicy:
+def build_sft_policy(
+    cfg: VLARLConfig, statistics: ActionStatistics, unnorm_key: str
+) -> HFVLAPolicy:
     """The policy SFT trains: ``pretrained_checkpoint`` when given, else a fresh tiny VLA.
 
     OpenVLA is loaded in ``model.dtype`` on the run's device with a fresh
     LoRA adapter (``lora.rank``/``alpha``) when ``lora.enabled``; the
-    demonstrations' ``statistics`` (an ``ActionStatistics``) replace its own
+    demonstrations' ``statistics`` replace its own
     under ``unnorm_key``.
     """
     if cfg.model.name == "openvla":
