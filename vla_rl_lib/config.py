@@ -353,6 +353,12 @@ def validate_config(cfg: VLARLConfig) -> None:
             None,
             "model.name='openvla' needs pretrained_checkpoint (e.g. 'openvla/openvla-7b') or sft_checkpoint",
         )
+        _check(
+            m.decoding == "autoregressive",
+            "model.decoding",
+            m.decoding,
+            "OpenVLA decodes its action tokens one at a time; set model.decoding: autoregressive",
+        )
     _check(
         cfg.lora_rank == lo.rank,
         "lora_rank",

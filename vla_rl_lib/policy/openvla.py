@@ -50,7 +50,7 @@ from transformers import DynamicCache
 from transformers.dynamic_module_utils import get_imports
 
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics, ActionTokenizer
-from vla_rl_lib.policy.hf_policy import HFVLAPolicy
+from vla_rl_lib.policy.hf_policy import POLICY_CONFIG_FILE, HFVLAPolicy
 from vla_rl_lib.policy.openvla_compat import (
     align_text_config_dtype,
     apply_openvla_patches,
@@ -117,11 +117,26 @@ class LoadedOpenVLA:
         return range(self.action_tokenizer.action_token_begin, self.action_tokenizer.vocab_end)
 
 
+def _local_snapshot(name: str) -> str | None:
+    """The local cache folder of hub id ``name``, or None (not a hub id, or not downloaded)."""
+    if os.path.exists(name) or name.count("/") != 1:
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError):
+        return None
+
+
 def _same_location(a: str, b: str) -> bool:
+    """Same id, or the same folder (a hub id stands for its local cache snapshot)."""
     if a == b:
         return True
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
+    a_path, b_path = _local_snapshot(a) or a, _local_snapshot(b) or b
+    if os.path.exists(a_path) and os.path.exists(b_path):
+        return os.path.samefile(a_path, b_path)
     return False
 
 
@@ -168,10 +183,19 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
         except LocalEntryNotFoundError as error:
             raise _missing_weights_error(name, "not in the local Hugging Face cache") from error
     if not (directory / "config.json").is_file():
-        raise _missing_weights_error(name, f"no config.json in {directory}")
+        raise _not_openvla_error(directory, "config.json")
     if not any((directory / file).is_file() for file in WEIGHT_FILES):
-        raise _missing_weights_error(name, f"no {' / '.join(WEIGHT_FILES)} in {directory}")
+        raise _not_openvla_error(directory, " / ".join(WEIGHT_FILES))
     return directory
+
+
+def _not_openvla_error(directory: Path, missing: str) -> FileNotFoundError:
+    present = sorted(p.name for p in directory.iterdir())
+    return FileNotFoundError(
+        f"{directory} is not an OpenVLA checkpoint folder: {missing} is missing (it holds "
+        f"{present[:8]}{'...' if len(present) > 8 else ''}). pretrained_checkpoint must be a copy of "
+        f"{OPENVLA_7B} (`huggingface-cli download {OPENVLA_7B} --local-dir DIR`) or a model saved in its format."
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -306,6 +330,76 @@ def select_action_statistics(
     return chosen, statistics
 
 
+def check_openvla_checkpoint(
+    name_or_path: str | os.PathLike, trust_remote_code_allowlist: tuple[str, ...] | list[str]
+) -> Path:
+    """What ``load_openvla`` checks before running any of the checkpoint's code; returns its folder.
+
+    The allowlist, the files (config.json, weights, the remote code its
+    ``auto_map`` names, processor configs) and the packages that code
+    imports. Cheap: call it before collecting demonstrations.
+    """
+    check_trust_remote_code(name_or_path, trust_remote_code_allowlist)
+    checkpoint_dir = resolve_checkpoint_dir(name_or_path)
+    references = [model_class_reference(checkpoint_dir), processor_class_reference(checkpoint_dir)]
+    check_remote_code_dependencies(checkpoint_dir, references)
+    return checkpoint_dir
+
+
+def checkpoint_action_statistics(
+    checkpoint_dir: Path, unnorm_key: str | None, action_dim: int
+) -> tuple[str | None, ActionStatistics | None]:
+    """The checkpoint's own ``action_dim``-D statistics from config.json, without loading the model.
+
+    ``(None, None)`` when it has none to act with: no entry of that
+    dimension, or ``unnorm_key`` names a dataset it does not hold yet (the
+    key SFT on the robot's demonstrations will write).
+    """
+    norm_stats = _read_json(checkpoint_dir / "config.json").get("norm_stats") or {}
+    if unnorm_key is not None and unnorm_key not in norm_stats:
+        return None, None
+    return select_action_statistics(
+        norm_stats, unnorm_key, action_dim, source=f"{checkpoint_dir / 'config.json'} norm_stats"
+    )
+
+
+def names_openvla(name_or_path: str) -> bool:
+    """Whether a checkpoint reference is OpenVLA: a hub id under ``openvla/`` or a folder of that model type."""
+    config = Path(name_or_path) / "config.json"
+    if config.is_file():
+        return _read_json(config).get("model_type") == "openvla"
+    return not os.path.exists(name_or_path) and name_or_path.lower().startswith("openvla/")
+
+
+def allowlist_with_saved_policy(
+    policy_dir: str | os.PathLike, allowlist: tuple[str, ...] | list[str]
+) -> tuple[str, ...]:
+    """``allowlist``, plus ``policy_dir`` when the code it carries is an exact copy of its base's.
+
+    A policy saved from OpenVLA (an SFT result, a merged or resumed run) keeps
+    a copy of ``processing_prismatic.py`` beside its processor files. When its
+    base (``policy_config.json``'s ``base_model``) is allowlisted and every
+    ``*.py`` in the folder is byte-identical to the base's file of that name,
+    no new code would run, so the folder is trusted like its base. Anything
+    else must be allowlisted by hand (``check_trust_remote_code`` says how).
+    """
+    policy_dir = Path(policy_dir)
+    allow = tuple(map(str, allowlist))
+    config_file = policy_dir / POLICY_CONFIG_FILE
+    base = _read_json(config_file).get("base_model") if config_file.is_file() else None
+    if not base:
+        return allow
+    base_dir = Path(base) if Path(base).is_absolute() else policy_dir / base
+    if not any(_same_location(str(base_dir), allowed) for allowed in allow):
+        return allow
+    code = sorted(policy_dir.glob("*.py"))
+    copies = all(
+        (base_dir / file.name).is_file() and (base_dir / file.name).read_bytes() == file.read_bytes()
+        for file in code
+    )
+    return (*allow, str(policy_dir)) if code and copies else allow
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -329,13 +423,8 @@ def load_openvla(
     if action_dim < 1:
         raise ValueError(f"action_dim must be >= 1, got {action_dim}")
     name = str(name_or_path)
-    check_trust_remote_code(name, trust_remote_code_allowlist)
-    checkpoint_dir = resolve_checkpoint_dir(name)
-    model_reference = model_class_reference(checkpoint_dir)
-    processor_reference = processor_class_reference(checkpoint_dir)
-    check_remote_code_dependencies(checkpoint_dir, [model_reference, processor_reference])
-
-    model_cls = load_remote_class(model_reference, checkpoint_dir)
+    checkpoint_dir = check_openvla_checkpoint(name, trust_remote_code_allowlist)
+    model_cls = load_remote_class(model_class_reference(checkpoint_dir), checkpoint_dir)
     apply_openvla_patches(model_cls)
     config = model_cls.config_class.from_pretrained(checkpoint_dir, local_files_only=True)
     align_text_config_dtype(config, dtype)
@@ -347,7 +436,7 @@ def load_openvla(
     model.to(target)
     model.eval()
 
-    processor = _load_processor(checkpoint_dir, processor_reference)
+    processor = _load_processor(checkpoint_dir, processor_class_reference(checkpoint_dir))
 
     # OpenVLA pads its embedding matrix to a multiple of 64; its action ids end at the unpadded size.
     vocab_end = config.text_config.vocab_size - config.pad_to_multiple_of

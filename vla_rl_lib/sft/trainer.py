@@ -64,6 +64,7 @@ def run_sft(
     seed: int,
     out_dir: str | os.PathLike,
     statistics: ActionStatistics | None = None,
+    unnorm_key: str = STATISTICS_KEY,
     max_grad_norm: float = 1.0,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -72,7 +73,7 @@ def run_sft(
 
     ``statistics`` (default: the dataset's own) become the policy's action
     normalization before the actions are tokenized, and are saved with the
-    checkpoint as ``dataset_statistics.json``. Shuffling and any dropout draw
+    checkpoint as ``dataset_statistics.json`` under ``unnorm_key``. Shuffling and any dropout draw
     from ``seed`` (the global torch RNG is left as it was). AdamW, gradients
     clipped to ``max_grad_norm``. ``on_epoch`` receives each epoch's record
     (``epoch``, ``loss``, ``grad_norm``, ``seconds``, ``samples_per_s``).
@@ -99,7 +100,7 @@ def run_sft(
         )
     out_dir = Path(out_dir)
     statistics = dataset.statistics if statistics is None else statistics
-    set_action_statistics(policy, statistics)
+    set_action_statistics(policy, statistics, unnorm_key)
     token_ids = policy.actions_to_tokens(dataset.actions)
 
     optimizer = torch.optim.AdamW(policy.optimizer_param_groups(learning_rate, learning_rate))
@@ -166,7 +167,7 @@ def run_sft(
         "learning_rate": learning_rate,
         "max_grad_norm": max_grad_norm,
         "seed": seed,
-        "unnorm_key": STATISTICS_KEY,
+        "unnorm_key": unnorm_key,
     }
     write_json_atomic(out_dir / SFT_METRICS_FILE, summary)
     return summary

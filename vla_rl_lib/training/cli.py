@@ -136,6 +136,11 @@ def resolve_config(args: argparse.Namespace):
     for dest, key in TRAIN_FLAGS.items():
         if hasattr(args, dest):
             overrides[key] = getattr(args, dest)
+    # The two starts exclude each other: the one given on the command line replaces the file's.
+    if "sft_checkpoint" in overrides:
+        overrides.setdefault("pretrained_checkpoint", None)
+    elif "pretrained_checkpoint" in overrides:
+        overrides["sft_checkpoint"] = None
     if hasattr(args, "sft_learning_rate"):
         overrides["sft.learning_rate"] = args.sft_learning_rate
     if overrides.get("rollout.ray_address") is not None and "rollout.executor" not in overrides:
@@ -249,7 +254,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from vla_rl_lib.training.trainer import TrainingError
 
     return (UsageError, ConfigError, CheckpointError, TrainingError, FileNotFoundError,
-            ImportError, ValueError)
+            ImportError, ValueError, PermissionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

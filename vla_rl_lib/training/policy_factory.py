@@ -4,9 +4,13 @@ A run starts from exactly one base, recorded in ``trainer_state.json`` as
 ``base = {"kind": ..., "path": ...}``:
 
 * ``sft``        — ``sft_checkpoint`` (a directory ``HFVLAPolicy.from_checkpoint`` reads);
-* ``pretrained`` — ``pretrained_checkpoint`` (an HF model directory, or OpenVLA);
-* ``warm_start`` — no checkpoint given and ``sft.num_demos > 0``: scripted demos are
-  collected and the tiny VLA is behaviour-cloned into ``<run>/sft`` first;
+* ``pretrained`` — ``pretrained_checkpoint`` (an HF model directory, or OpenVLA
+  whose own ``norm_stats`` already describe the robot's 8-D actions);
+* ``warm_start`` — no SFT checkpoint, ``sft.num_demos > 0``, and either no
+  ``pretrained_checkpoint`` or an OpenVLA one without statistics for the robot
+  (base OpenVLA has only 7-D end-effector ones): scripted demos are collected
+  and the pretrained model (else a fresh tiny VLA) is behaviour-cloned into
+  ``<run>/sft`` first, its action statistics saved under ``model.unnorm_key``;
 * ``tiny``       — the tiny VLA's random initialization, saved to ``<run>/base_model``.
 
 Training checkpoints hold only the trainable weights, so evaluating one means
@@ -23,6 +27,7 @@ import torch
 import yaml
 
 from vla_rl_lib.config import VLARLConfig, config_from_dict, load_config, load_template, save_config
+from vla_rl_lib.policy.action_tokenizer import ActionStatistics
 from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings, build_policy
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 from vla_rl_lib.training import checkpoint as ckpt
@@ -54,6 +59,7 @@ def _load_base(cfg: VLARLConfig, kind: str, path: str) -> HFVLAPolicy:
     if cfg.model.name == "openvla":
         from vla_rl_lib.policy.openvla import (
             OpenVLAPolicy,
+            allowlist_with_saved_policy,
             build_openvla_policy,
             openvla_model_loader,
         )
@@ -64,6 +70,8 @@ def _load_base(cfg: VLARLConfig, kind: str, path: str) -> HFVLAPolicy:
                 path, decoding=cfg.model.decoding, unnorm_key=cfg.model.unnorm_key, dtype=dtype,
                 trust_remote_code_allowlist=allow, lora=wanted, seed=cfg.seed,
             )
+        # A saved policy folder carries a copy of its base's processor code.
+        allow = allowlist_with_saved_policy(path, allow)
         policy_cls = OpenVLAPolicy
         model_loader = openvla_model_loader(allow, dtype=dtype)
     policy = policy_cls.from_checkpoint(
@@ -95,9 +103,10 @@ def build_training_policy(
     cfg: VLARLConfig, run_dir: Path, progress: bool = True
 ) -> tuple[HFVLAPolicy, dict[str, Any]]:
     """The policy a new (or resumed) run trains, and the record of its base."""
+    check_model_source(cfg)
     if cfg.sft_checkpoint:
         base = {"kind": "sft", "path": str(Path(cfg.sft_checkpoint).absolute())}
-    elif cfg.pretrained_checkpoint:
+    elif cfg.pretrained_checkpoint and not pretrained_needs_sft(cfg):
         path = cfg.pretrained_checkpoint
         base = {"kind": "pretrained", "path": str(Path(path).absolute()) if Path(path).exists() else path}
     elif cfg.sft.num_demos > 0:
@@ -105,6 +114,8 @@ def build_training_policy(
         if not (sft_dir / "policy_config.json").is_file():  # a resumed run reuses its warm start
             run_warm_start(cfg, sft_dir, progress=progress)
         base = {"kind": "warm_start", "path": "sft"}
+    elif cfg.pretrained_checkpoint:
+        raise ValueError(_sft_first_message(cfg))
     else:
         base_dir = run_dir / "base_model"
         if not (base_dir / "policy_config.json").is_file():
@@ -116,11 +127,115 @@ def build_training_policy(
     return _load_base(cfg, base["kind"], _resolve(run_dir, base["path"])), base
 
 
+def check_model_source(cfg: VLARLConfig) -> None:
+    """Refuse a model source the config cannot use, before anything is loaded or collected.
+
+    An OpenVLA ``pretrained_checkpoint`` under the tiny model's settings is
+    refused with the template that fits it; for ``model.name: openvla`` the
+    checkpoint's folder, allowlist and remote-code imports are checked
+    (``check_openvla_checkpoint``: one line naming what is missing).
+    """
+    from vla_rl_lib.policy.openvla import check_openvla_checkpoint, names_openvla
+
+    path = cfg.pretrained_checkpoint
+    if cfg.model.name == "openvla":
+        if path:
+            check_openvla_checkpoint(path, cfg.trust_remote_code)
+    elif path and names_openvla(path):
+        raise ValueError(
+            f"pretrained_checkpoint {path!r} is an OpenVLA checkpoint but model.name is "
+            f"{cfg.model.name!r}; use the OpenVLA settings, which fine-tune it on CRANE-X7 demonstrations "
+            "before RL: add `--template full` to the command (or start from params/full.yaml: "
+            "model.name: openvla, decoding: autoregressive, LoRA, bf16)"
+        )
+
+
+def check_sft_start(cfg: VLARLConfig) -> None:
+    """What ``run_warm_start`` needs from the config, checked before demonstrations are collected."""
+    from vla_rl_lib.policy.openvla import OPENVLA_7B
+
+    check_model_source(cfg)
+    if cfg.model.name == "openvla" and not cfg.pretrained_checkpoint:
+        raise ValueError(
+            "SFT of model.name 'openvla' starts from pretrained_checkpoint, which is not set; "
+            f"set pretrained_checkpoint: {OPENVLA_7B} (a local copy; see the README's OpenVLA section)"
+        )
+
+
+def pretrained_needs_sft(cfg: VLARLConfig) -> bool:
+    """True for an OpenVLA checkpoint without statistics for the robot's actions (e.g. base OpenVLA).
+
+    Its ``norm_stats`` must hold ``model.unnorm_key`` (or, with no key, a
+    single entry) of CRANE-X7's 8 dimensions; otherwise its action tokens
+    cannot be un-normalized for this robot until SFT computes them.
+    """
+    if cfg.model.name != "openvla" or not cfg.pretrained_checkpoint:
+        return False
+    from vla_rl_lib.policy.openvla import (
+        CRANE_X7_ACTION_DIM,
+        check_openvla_checkpoint,
+        checkpoint_action_statistics,
+    )
+
+    directory = check_openvla_checkpoint(cfg.pretrained_checkpoint, cfg.trust_remote_code)
+    _, statistics = checkpoint_action_statistics(
+        directory, cfg.model.unnorm_key, CRANE_X7_ACTION_DIM
+    )
+    return statistics is None
+
+
+def _sft_first_message(cfg: VLARLConfig) -> str:
+    sft_dir = Path(cfg.output_dir) / cfg.experiment_name / "sft"
+    return (
+        f"pretrained_checkpoint {cfg.pretrained_checkpoint!r} has no 8-D CRANE-X7 action statistics "
+        f"(unnorm_key {sft_unnorm_key(cfg)!r}; base OpenVLA has only 7-D end-effector ones), so it must be "
+        "fine-tuned on CRANE-X7 demonstrations before RL, and sft.num_demos is 0. Either set "
+        "sft.num_demos > 0 (`--num-demos 200`: train runs SFT first), or run "
+        "`python -m vla_rl_lib sft --config <your config> --num-demos 200` and then "
+        f"`python -m vla_rl_lib train --config <your config> --sft-checkpoint {sft_dir}`"
+    )
+
+
+def sft_unnorm_key(cfg: VLARLConfig) -> str:
+    """The dataset key SFT saves the robot's action statistics under: ``model.unnorm_key``, else the demos' own."""
+    from vla_rl_lib.sft.demos import STATISTICS_KEY
+
+    return cfg.model.unnorm_key or STATISTICS_KEY
+
+
+def build_sft_policy(
+    cfg: VLARLConfig, statistics: ActionStatistics, unnorm_key: str
+) -> HFVLAPolicy:
+    """The policy SFT trains: ``pretrained_checkpoint`` when given, else a fresh tiny VLA.
+
+    OpenVLA is loaded in ``model.dtype`` on the run's device with a fresh
+    LoRA adapter (``lora.rank``/``alpha``) when ``lora.enabled``; the
+    demonstrations' ``statistics`` replace its own
+    under ``unnorm_key``.
+    """
+    if cfg.model.name == "openvla":
+        from vla_rl_lib.policy.openvla import build_openvla_policy
+        from vla_rl_lib.training.trainer import resolve_device
+
+        return build_openvla_policy(
+            cfg.pretrained_checkpoint, decoding=cfg.model.decoding, statistics=statistics,
+            unnorm_key=unnorm_key, dtype=DTYPES[cfg.model.dtype], device=resolve_device(cfg.device),
+            trust_remote_code_allowlist=tuple(cfg.trust_remote_code), lora=lora_settings(cfg),
+            seed=cfg.seed,
+        )
+    if cfg.pretrained_checkpoint:
+        return _load_base(cfg, "pretrained", cfg.pretrained_checkpoint)
+    return build_policy(
+        tiny_vla_config(cfg), lora=lora_settings(cfg), seed=cfg.seed, decoding=cfg.model.decoding
+    )
+
+
 def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Scripted demonstrations -> behaviour cloning of a fresh tiny VLA, saved to ``out_dir``."""
+    """Scripted demonstrations -> behaviour cloning of ``build_sft_policy(cfg)``, saved to ``out_dir``."""
     from vla_rl_lib.sft.demos import ensure_demonstrations, load_demonstrations
     from vla_rl_lib.sft.trainer import run_sft
 
+    check_sft_start(cfg)
     s, r = cfg.sft, cfg.rollout
     t0 = time.perf_counter()
     # Reused only when every setting that shapes the demos matches (meta.json's recipe).
@@ -140,12 +255,12 @@ def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> di
     )
     demo_s = time.perf_counter() - t0
     dataset = load_demonstrations(dataset_dir)
-    policy = build_policy(
-        tiny_vla_config(cfg), lora=lora_settings(cfg), seed=cfg.seed, decoding=cfg.model.decoding
-    )
+    unnorm_key = sft_unnorm_key(cfg)
+    policy = build_sft_policy(cfg, dataset.statistics, unnorm_key)
     result = run_sft(
         policy,
         dataset,
+        unnorm_key=unnorm_key,
         epochs=s.epochs,
         batch_size=s.batch_size,
         learning_rate=s.learning_rate,
