@@ -1,0 +1,132 @@
+"""Run folders: every training run writes into a folder of its own, so runs never collide.
+
+Layout under ``<output_dir>/<experiment_name>/``::
+
+    20261130-114502/                    one run, named by its local start time
+    20261130-114502-2/                  a second run started in the same second
+    latest -> 20261130-114502-2         the run started last
+    checkpoint_best -> latest/checkpoint_best       the seed's documented paths,
+    checkpoint_latest -> latest/checkpoint_latest   for the latest run
+    sft/                                written by ``python -m vla_rl_lib sft`` and 01_setup;
+                                        ``train`` starts from it when it exists
+
+Links are a convenience: every lookup here also works from the folder names alone (on a
+file system without symbolic links they are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vla_rl_lib.training import checkpoint as ckpt
+
+RUN_NAME = re.compile(r"^(\d{8}-\d{6})(?:-(\d+))?$")
+LATEST_LINK = "latest"
+CHECKPOINT_LINKS = ("checkpoint_best", "checkpoint_latest")
+SHARED_SFT_DIRNAME = "sft"
+
+
+def _order(path: Path) -> tuple[str, int]:
+    match = RUN_NAME.match(path.name)
+    assert match is not None
+    return match.group(1), int(match.group(2) or 1)
+
+
+def run_folders(experiment_dir: str | os.PathLike[str]) -> list[Path]:
+    """The run folders of an experiment, oldest first."""
+    root = Path(experiment_dir)
+    if not root.is_dir():
+        return []
+    runs = [
+        p for p in root.iterdir() if RUN_NAME.match(p.name) and p.is_dir() and not p.is_symlink()
+    ]
+    return sorted(runs, key=_order)
+
+
+def create_run_dir(
+    experiment_dir: str | os.PathLike[str], clock: Callable[[], float] = time.time
+) -> Path:
+    """Make a new, empty run folder named by the start time and point ``latest`` at it.
+
+    Two runs started in the same second get ``-2``, ``-3``, ...: ``mkdir`` without
+    ``exist_ok`` decides, so concurrent processes never share a folder.
+    """
+    root = Path(experiment_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
+    suffix = 1
+    while True:
+        run_dir = root / (stamp if suffix == 1 else f"{stamp}-{suffix}")
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            suffix += 1
+    link_latest(root, run_dir)
+    return run_dir
+
+
+def _symlink(target: str, link: Path) -> None:
+    """Create or atomically replace the symbolic link ``link -> target``."""
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def link_latest(experiment_dir: Path, run_dir: Path) -> None:
+    """``latest -> <run>``, and the seed's checkpoint paths through it (never over a real folder)."""
+    try:
+        _symlink(run_dir.name, experiment_dir / LATEST_LINK)
+        for name in CHECKPOINT_LINKS:
+            link = experiment_dir / name
+            if not link.exists() and not link.is_symlink():
+                _symlink(f"{LATEST_LINK}/{name}", link)
+    except OSError:
+        pass  # no symbolic links here (some Windows/FAT setups): lookups go by folder names
+
+
+def latest_run(experiment_dir: str | os.PathLike[str]) -> Path | None:
+    """The run started last: where ``latest`` points, else the newest run folder."""
+    root = Path(experiment_dir)
+    link = root / LATEST_LINK
+    if link.is_symlink() and link.resolve().is_dir():
+        return root / os.readlink(link)
+    runs = run_folders(root)
+    return runs[-1] if runs else None
+
+
+def newest_resumable(experiment_dir: str | os.PathLike[str]) -> Path | None:
+    """``checkpoint_latest`` of the newest run that has one (a crash mid-swap is repaired).
+
+    An experiment folder from before run folders existed (``checkpoint_latest`` directly
+    inside it) counts as one run.
+    """
+    root = Path(experiment_dir)
+    for run_dir in reversed(run_folders(root)):
+        found = ckpt.recover_checkpoint(run_dir / "checkpoint_latest")
+        if found is not None:
+            return found
+    flat = root / "checkpoint_latest"
+    if flat.is_dir() and not flat.is_symlink():
+        return flat
+    return None
+
+
+def checkpoint_update(path: Path) -> int | None:
+    """The update a checkpoint was taken at, or None when its trainer_state.json is unreadable."""
+    try:
+        return int(json.loads((path / ckpt.TRAINER_STATE_FILE).read_text())["update"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def shared_sft_dir(experiment_dir: str | os.PathLike[str]) -> Path | None:
+    """The experiment's SFT result (``sft`` command, 01_setup), when one was written."""
+    path = Path(experiment_dir) / SHARED_SFT_DIRNAME
+    return path if (path / "policy_config.json").is_file() else None
