@@ -201,6 +201,6 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(tiny_config, monkeypat
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "No space left on device" in err and "checkpoint_latest" in err, err
-    run_dir = Path(cfg.output_dir) / cfg.experiment_name
+    run_dir = Path(cfg.output_dir) / cfg.experiment_name / "latest"
     assert ckpt.load_checkpoint(run_dir / "checkpoint_latest")["trainer_state"]["update"] == 1
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".checkpoint_latest")]

@@ -496,6 +496,20 @@ def discover_runs(output_dir: str | os.PathLike[str]) -> dict[str, Path]:
     return runs
 
 
+def name_runs(
+    paths: list[str | os.PathLike[str]], output_dir: str | os.PathLike[str] = "outputs"
+) -> dict[str, Path]:
+    """Given run folders (links such as ``outputs/x/latest`` resolved), named by their path
+    relative to ``output_dir`` (``<experiment>/<run>``), else by the path as given."""
+    root = Path(output_dir).resolve()
+    named: dict[str, Path] = {}
+    for given in paths:
+        folder = Path(given).resolve()
+        name = str(folder.relative_to(root)) if folder.is_relative_to(root) else str(given)
+        named[name] = folder
+    return named
+
+
 def seed_groups(runs: Mapping[str, str | os.PathLike[str]]) -> dict[str, list[str]]:
     """Runs that differ only in their seed (and name), grouped: ``{label: [run names]}``.
 

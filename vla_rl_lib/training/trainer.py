@@ -38,6 +38,7 @@ from vla_rl_lib.training import runs
 from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
 from vla_rl_lib.training.policy_factory import build_training_policy
 from vla_rl_lib.training.progress_log import ProgressLog
+from vla_rl_lib.wandb_setup import check_wandb_ready
 
 MIN_FREE_BYTES = 200 * 1024**2
 
@@ -99,6 +100,8 @@ class Trainer:
         folder. ``progress_lines``: a stream that gets one plain line every ``log_interval``
         updates (the CLI passes stderr when it is not a terminal)."""
         experiment_dir = Path(config.output_dir) / config.experiment_name
+        if config.use_wandb:  # before anything is built or written
+            check_wandb_ready()
         latest = self._resume_checkpoint(experiment_dir, resume) if resume else None
         # Read the whole checkpoint before building anything, so a damaged file fails fast.
         resume_state = ckpt.load_checkpoint(latest) if latest is not None else None
