@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import imageio.v3 as iio
 import pytest
 import torch
 
@@ -38,6 +39,9 @@ def test_trains_writes_checkpoints_and_evaluates(tiny_config):
     for name in ("metrics.jsonl", "learning_curve.png", "eval_episode.gif", "config.yaml"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "checkpoint_latest" / "policy_state_dict.pt").is_file()
+    # people see rollout.media_size frames; the policy saw 32x32 (tiny config)
+    assert tiny_config.rollout.image_size == 32 and tiny_config.rollout.media_size == 256
+    assert iio.imread(run_dir / "eval_episode.gif").shape[1:3] == (256, 256)
     records = load_metrics(run_dir)
     evals = [r for r in records if "eval_success" in r]
     assert [r["update"] for r in evals] == [0, 1, 2]
@@ -78,6 +82,11 @@ def test_a_second_run_gets_its_own_folder_and_the_links_follow(tiny_config):
     for name in ("checkpoint_best", "checkpoint_latest"):  # the seed's paths: the latest run
         assert (experiment / name).resolve() == (second / name).resolve()
     assert len(load_metrics(first)) == len(load_metrics(second))  # nothing mixed or overwritten
+    # the seed's evaluation path: the latest run, its videos beside that run's checkpoint
+    result = evaluate_checkpoint(experiment / "checkpoint_latest", num_episodes=1, render=True)
+    (video,) = result.videos
+    assert Path(video).parent == (second / "videos").resolve()
+    assert iio.imread(video, index=0).shape[:2] == (256, 256)
 
 
 def test_resume_path_continues_that_checkpoint_and_refuses_an_older_one(tiny_config):
