@@ -232,8 +232,7 @@ def test_find_checkpoint_in_an_experiment_folder_means_its_latest_run(tmp_path: 
         (run / "checkpoint_latest").mkdir()
         (run / "checkpoint_latest" / "trainer_state.json").write_text("{}")
     assert find_checkpoint(tmp_path).resolve() == newer / "checkpoint_latest"
-    (tmp_path / "latest").unlink()  # no links (a file system without them): by folder name
-    for name in ("checkpoint_best", "checkpoint_latest"):
+    for name in ("checkpoint_best", "checkpoint_latest"):  # no links: by folder name
         (tmp_path / name).unlink()
     assert find_checkpoint(tmp_path) == newer / "checkpoint_latest"
 

@@ -15,7 +15,8 @@ def test_same_second_runs_get_suffixes_in_order(tmp_path: Path) -> None:
     assert made[1].name == made[0].name + "-2" and made[10].name == made[0].name + "-11"
     assert runs.run_folders(exp) == made  # -11 sorts after -2
     assert runs.latest_run(exp) == made[-1]
-    assert (exp / "latest").resolve() == made[-1].resolve()
+    assert not (exp / "latest").exists()  # TensorBoard would show a linked run twice
+    assert (exp / "checkpoint_best").readlink() == Path(made[-1].name) / "checkpoint_best"
 
 
 def test_seed_paths_follow_latest_but_never_replace_a_real_folder(tmp_path: Path) -> None:

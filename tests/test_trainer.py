@@ -13,7 +13,7 @@ import torch
 from vla_rl_lib.config import apply_overrides
 from vla_rl_lib.metrics import load_metrics
 from vla_rl_lib.training.evaluate import evaluate_checkpoint
-from vla_rl_lib.training.runs import run_folders
+from vla_rl_lib.training.runs import latest_run, run_folders
 from vla_rl_lib.training.trainer import PreflightError, Trainer, TrainingError
 
 VOLATILE = ("perf/", "time_s")  # wall-clock figures differ between any two runs
@@ -65,7 +65,7 @@ def test_resume_continues_the_exact_curve(tiny_config, tmp_path):
     part_cfg = apply_overrides(full_cfg, {"experiment_name": "part", "num_updates": 1})
     _train(part_cfg)
     # Extra records written after the checkpoint (a crash later on) must be dropped.
-    with open(tmp_path / "outputs" / "part" / "latest" / "metrics.jsonl", "a") as f:
+    with open(latest_run(tmp_path / "outputs" / "part") / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"update": 2, "train/success_rate": 0.123}) + "\n")
     _, part_dir = _train(apply_overrides(part_cfg, {"num_updates": 3}), resume=True)
     assert _curve(part_dir) == _curve(full_dir)
@@ -78,7 +78,7 @@ def test_a_second_run_gets_its_own_folder_and_the_links_follow(tiny_config):
     experiment = Path(cfg.output_dir) / cfg.experiment_name
     assert first != second and first.parent == second.parent == experiment
     assert [p.name for p in run_folders(experiment)] == [first.name, second.name]
-    assert (experiment / "latest").resolve() == second.resolve()
+    assert latest_run(experiment) == second
     for name in ("checkpoint_best", "checkpoint_latest"):  # the seed's paths: the latest run
         assert (experiment / name).resolve() == (second / name).resolve()
     assert len(load_metrics(first)) == len(load_metrics(second))  # nothing mixed or overwritten

@@ -3,15 +3,16 @@
 Layout under ``<output_dir>/<experiment_name>/``::
 
     20261130-114502/                    one run, named by its local start time
-    20261130-114502-2/                  a second run started in the same second
-    latest -> 20261130-114502-2         the run started last
-    checkpoint_best -> latest/checkpoint_best       the seed's documented paths,
-    checkpoint_latest -> latest/checkpoint_latest   for the latest run
+    20261130-114502-2/                  a second run started in the same second: the latest
+    checkpoint_best -> 20261130-114502-2/checkpoint_best       the seed's documented paths,
+    checkpoint_latest -> 20261130-114502-2/checkpoint_latest   for the latest run
     sft/                                written by ``python -m vla_rl_lib sft`` and 01_setup;
                                         ``train`` starts from it when it exists
 
-Links are a convenience: every lookup here also works from the folder names alone (on a
-file system without symbolic links they are skipped).
+There is deliberately no ``latest -> <run>`` folder link: TensorBoard follows links, so
+``tensorboard --logdir outputs/<experiment>`` would show the latest run twice. The
+checkpoint links hold no event files. Links are a convenience: every lookup here works
+from the folder names alone (on a file system without symbolic links they are skipped).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from pathlib import Path
 from vla_rl_lib.training import checkpoint as ckpt
 
 RUN_NAME = re.compile(r"^(\d{8}-\d{6})(?:-(\d+))?$")
-LATEST_LINK = "latest"
 CHECKPOINT_LINKS = ("checkpoint_best", "checkpoint_latest")
 SHARED_SFT_DIRNAME = "sft"
 
@@ -67,7 +67,7 @@ def create_run_dir(
             break
         except FileExistsError:
             suffix += 1
-    link_latest(root, run_dir)
+    link_checkpoints(root, run_dir)
     return run_dir
 
 
@@ -79,25 +79,21 @@ def _symlink(target: str, link: Path) -> None:
     os.replace(tmp, link)
 
 
-def link_latest(experiment_dir: Path, run_dir: Path) -> None:
-    """``latest -> <run>``, and the seed's checkpoint paths through it (never over a real folder)."""
-    try:
-        _symlink(run_dir.name, experiment_dir / LATEST_LINK)
-        for name in CHECKPOINT_LINKS:
-            link = experiment_dir / name
-            if not link.exists() and not link.is_symlink():
-                _symlink(f"{LATEST_LINK}/{name}", link)
-    except OSError:
-        pass  # no symbolic links here (some Windows/FAT setups): lookups go by folder names
+def link_checkpoints(experiment_dir: Path, run_dir: Path) -> None:
+    """Point the seed's checkpoint paths at ``run_dir``'s (never over a real folder)."""
+    for name in CHECKPOINT_LINKS:
+        link = experiment_dir / name
+        if link.exists() and not link.is_symlink():
+            continue  # an experiment folder from before run folders: leave its checkpoint be
+        try:
+            _symlink(f"{run_dir.name}/{name}", link)
+        except OSError:
+            return  # no symbolic links here (some Windows/FAT setups): lookups go by name
 
 
 def latest_run(experiment_dir: str | os.PathLike[str]) -> Path | None:
-    """The run started last: where ``latest`` points, else the newest run folder."""
-    root = Path(experiment_dir)
-    link = root / LATEST_LINK
-    if link.is_symlink() and link.resolve().is_dir():
-        return root / os.readlink(link)
-    runs = run_folders(root)
+    """The run started last (the newest run folder), or None."""
+    runs = run_folders(experiment_dir)
     return runs[-1] if runs else None
 
 
