@@ -245,6 +245,8 @@ def compare_runs(
 TRAIN_SUCCESS_KEY = "train/success_rate"
 EVAL_KEY, EVAL_COUNT_KEY = "eval_success", "eval_episodes"
 X_KEY = "env_steps"
+DIAGNOSTIC_TITLES = {"approx_kl": "approx KL", "clip_fraction": "clip fraction",
+                     "explained_variance": "explained variance", "entropy": "entropy"}  # fmt: skip
 
 
 def rolling_mean(values: Sequence[float], window: int) -> list[float]:
@@ -313,9 +315,10 @@ def draw_training(fig: Figure, records: Records, window: int = 10) -> None:
     diagnostics = {name: find_key(records, name) for name in DIAGNOSTIC_NAMES}
     shown = [name for name, key in diagnostics.items() if key is not None]
     grid = fig.add_gridspec(2 if shown else 1, 4, height_ratios=[1.6, 1] if shown else [1])
+    first = fig.add_subplot(grid[0, 0:2])  # every panel shares its env-step axis
     panels = (
-        (fig.add_subplot(grid[0, 0:2]), draw_train_success, f"train success (mean of {window})"),
-        (fig.add_subplot(grid[0, 2:4]), draw_heldout_success, "held-out success"),
+        (first, draw_train_success, f"train success (mean of {window})"),
+        (fig.add_subplot(grid[0, 2:4], sharex=first), draw_heldout_success, "held-out success"),
     )
     for ax, draw, title in panels:
         args = (records, window) if draw is draw_train_success else (records,)
@@ -324,12 +327,12 @@ def draw_training(fig: Figure, records: Records, window: int = 10) -> None:
         _success_axes(ax, title)
         _updates_axis(ax, records)
     for col, name in enumerate(shown):
-        ax = fig.add_subplot(grid[1, col])
+        ax = fig.add_subplot(grid[1, col], sharex=first)
         xs, ys = series(records, X_KEY, diagnostics[name])
         ax.plot(xs, ys, color="0.3", linewidth=0.9)
         if name == "explained_variance":
             ax.axhline(0.0, color="0.6", linewidth=0.8, linestyle="--")
-        ax.set_title(name.replace("_", " "), fontsize=9)
+        ax.set_title(DIAGNOSTIC_TITLES[name], fontsize=9)
         ax.tick_params(labelsize=7)
         ax.xaxis.get_offset_text().set_fontsize(7)
         ax.grid(alpha=0.3)
@@ -393,7 +396,8 @@ def plot_seed_groups(
                     continue
                 ys = rolling_mean(ys, window) if smooth else ys
                 curves.append((xs, ys))
-                ax.plot(xs, ys, color=c, alpha=0.35, linewidth=0.8)
+                alone = len(runs) == 1  # a group of one is drawn as its own mean
+                ax.plot(xs, ys, color=c, alpha=1.0 if alone else 0.35, linewidth=1.5 if alone else 0.8)
             band = _seed_band(curves) if len(curves) > 1 else None
             if band is not None:
                 grid, mean, std = band
