@@ -149,7 +149,7 @@ def configure_progress(interactive: bool) -> None:
 
 def run_dir(cfg: VLARLConfig) -> Path:
     """``<output_dir>/<experiment_name>``: the experiment folder. Each training run gets a
-    new folder inside it, and ``latest`` points at the newest (``vla_rl_lib.training.runs``)."""
+    new folder inside it (``vla_rl_lib.training.runs``)."""
     return Path(cfg.output_dir) / cfg.experiment_name
 
 
@@ -428,7 +428,7 @@ def run_files(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def find_checkpoint(directory: str | os.PathLike[str]) -> Path:
     """A run's best checkpoint, else its latest; a checkpoint directory is returned as is.
 
-    An experiment folder means its latest run (the ``latest`` link, else the newest run folder).
+    An experiment folder means its newest run folder (from before run folders: itself).
     """
     from vla_rl_lib.training.runs import latest_run
 
@@ -499,7 +499,7 @@ def discover_runs(output_dir: str | os.PathLike[str]) -> dict[str, Path]:
 def name_runs(
     paths: list[str | os.PathLike[str]], output_dir: str | os.PathLike[str] = "outputs"
 ) -> dict[str, Path]:
-    """Given run folders (links such as ``outputs/x/latest`` resolved), named by their path
+    """Given run folders (links resolved), named by their path
     relative to ``output_dir`` (``<experiment>/<run>``), else by the path as given."""
     root = Path(output_dir).resolve()
     named: dict[str, Path] = {}

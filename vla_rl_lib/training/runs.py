@@ -51,7 +51,7 @@ def run_folders(experiment_dir: str | os.PathLike[str]) -> list[Path]:
 def create_run_dir(
     experiment_dir: str | os.PathLike[str], clock: Callable[[], float] = time.time
 ) -> Path:
-    """Make a new, empty run folder named by the start time and point ``latest`` at it.
+    """Make a new, empty run folder named by the start time; link the seed's paths to it.
 
     Two runs started in the same second get ``-2``, ``-3``, ...: ``mkdir`` without
     ``exist_ok`` decides, so concurrent processes never share a folder.
