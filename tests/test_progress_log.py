@@ -57,18 +57,23 @@ def test_cli_training_with_stderr_in_a_pipe_prints_the_periodic_line(tmp_path):
     cfg = apply_overrides(
         load_template("fast"),
         {**TINY_OVERRIDES, "num_updates": 4, "log_interval": 2, "eval_interval": 2,
-         "output_dir": str(tmp_path / "outputs"), "experiment_name": "piped"},
+         "output_dir": str(tmp_path / "outputs"), "experiment_name": "piped",
+         # a warm start too: it saves and reloads a model, which transformers draws bars for
+         "rollout": {**TINY_OVERRIDES["rollout"], "max_steps": 60},  # the expert needs ~42
+         "sft": {"num_demos": 2, "epochs": 1, "dataset_dir": str(tmp_path / "demos")}},
     )  # fmt: skip
     save_config(cfg, tmp_path / "piped.yaml")
     result = subprocess.run(
         [sys.executable, "-m", "vla_rl_lib", "train", "--config", str(tmp_path / "piped.yaml")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, timeout=600,  # bytes: text mode would turn \r into \n
         env={**os.environ, "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("[vla-rl]")]
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("[vla-rl]")]
     assert [LINE.match(line).group(1, 2) for line in lines] == [("2", "4"), ("4", "4")], lines
     assert "held-out" in lines[1] and "@4" in lines[1]
-    assert "\r" not in result.stderr  # no progress bar redrawing itself into the log
-    (folder,) = [line for line in result.stderr.splitlines() if line.startswith("run folder: ")]
+    # no progress bar redrawing itself into the log
+    assert "\r" not in stderr, stderr[:2000]
+    (folder,) = [line for line in stderr.splitlines() if line.startswith("run folder: ")]
     assert Path(folder.removeprefix("run folder: ")).parent == tmp_path / "outputs" / "piped"

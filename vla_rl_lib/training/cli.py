@@ -157,6 +157,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         args, base=resume_config_path(args.resume) if isinstance(args.resume, str) else None
     )
     terminal = sys.stderr.isatty()
+    if not terminal:  # transformers' own bars would write \r-redrawn fragments into the log
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
     trainer = Trainer(
         cfg, resume=args.resume, progress=terminal, render=args.render,
         progress_lines=None if terminal else sys.stderr,
