@@ -2,7 +2,9 @@
 
 A progress bar redraws one line with carriage returns: in a log file that is either nothing
 (tqdm stays silent without a terminal) or thousands of fragments. Instead, one line every
-``log_interval`` updates, and on the last one::
+``log_interval`` updates, and on the last one (env steps/s counts since the previous line,
+rollouts, updates and evaluations included; ETA = updates left at the mean pace so far,
+capped by ``max_minutes``)::
 
     [vla-rl] update 20/100 | env steps 4812 | train success 0.45 (mean of 10) | held-out 0.50 [0.30, 0.70] @20 | approx KL 0.0123 | 312 env steps/s | elapsed 1m05s | ETA 4m20s
 """
