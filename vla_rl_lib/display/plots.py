@@ -292,7 +292,7 @@ def draw_train_success(ax: Axes, records: Records, window: int = 10) -> bool:
         return False
     ax.plot(xs, ys, color="C0", alpha=0.25, linewidth=0.8, label="per update")
     ax.plot(xs, rolling_mean(ys, window), color="C0", linewidth=2, label=f"mean of {window}")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     return True
 
 
@@ -305,7 +305,7 @@ def draw_heldout_success(ax: Axes, records: Records) -> bool:
     if bx:
         ax.fill_between(bx, lows, highs, color="C2", alpha=0.2, linewidth=0, label="95% Wilson")
     ax.plot(xs, ys, color="C2", marker="o", markersize=3, linewidth=1.5, label="greedy")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     return True
 
 
@@ -408,5 +408,5 @@ def plot_seed_groups(
     for ax, title in ((left, f"train success (mean of {window} updates)"), (right, "held-out success")):
         _success_axes(ax, title)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="best")
     return _finish(fig, path)
