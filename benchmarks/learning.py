@@ -2,7 +2,7 @@
 
     python benchmarks/learning.py                       # params/default.yaml, about an hour
     python benchmarks/learning.py --experiment-name grpo --set ppo.algorithm=grpo
-    python benchmarks/learning.py --sft-checkpoint outputs/headline/sft --set rollout.temperature=1.6
+    python benchmarks/learning.py --sft-checkpoint outputs/headline/<run>/sft --set rollout.temperature=1.6
 
 It runs exactly what ``python -m vla_rl_lib train --config params/default.yaml``
 runs (warm start included, unless --sft-checkpoint reuses one) and reads the

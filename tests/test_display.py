@@ -22,6 +22,7 @@ from vla_rl_lib.display import (
     media,
     plot_diagnostics,
     plot_learning_curves,
+    plots,
     progress,
     save_gif,
     save_video,
@@ -377,3 +378,48 @@ def test_eval_records_borrow_the_last_env_steps():
     ]
     assert series(records, "env_steps", "eval_success") == ([512.0, 1024.0], [0.2, 0.4])
     assert series(records, "update", "train/success_rate") == ([0.0], [0.1])
+
+
+# -- the training figure (issue 17) --------------------------------------------------------
+
+
+def test_rolling_mean_matches_a_slow_reference():
+    values = list(np.random.default_rng(1).random(25))
+    for window in (1, 3, 10, 40):
+        slow = [float(np.mean(values[max(0, i - window + 1) : i + 1])) for i in range(len(values))]
+        assert plots.rolling_mean(values, window) == pytest.approx(slow)
+    with pytest.raises(ValueError, match="window"):
+        plots.rolling_mean(values, 0)
+
+
+def test_training_figure_has_no_duplicate_panels_and_draws_against_env_steps(tmp_path):
+    from matplotlib.figure import Figure
+
+    records = _records()
+    fig = Figure()
+    plots.draw_training(fig, records, window=4)
+    main = [ax for ax in fig.axes if ax.get_xlabel() == "env steps"]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == len(set(titles)) == 6  # 2 success panels + 4 diagnostics, each once
+    train_ax, heldout_ax = main
+    raw, smooth = train_ax.get_lines()
+    xs, ys = plots.series(records, "env_steps", "train/success_rate")
+    assert list(raw.get_xdata()) == xs and raw.get_alpha() < 0.5  # faint raw values behind
+    assert list(smooth.get_ydata()) == pytest.approx(plots.rolling_mean(ys, 4))
+    assert heldout_ax.collections  # the Wilson band
+    for ax in main:  # updates on a secondary axis on top
+        assert [child.get_xlabel() for child in ax.child_axes] == ["update"]
+    png = plots.plot_training(records, path=tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes() == png and _png(png).width >= 900
+    with pytest.raises(ValueError, match="neither"):
+        plots.plot_training([{"update": 0, "loss": 1.0}])
+
+
+def test_seed_groups_overlay_draws_the_mean_across_seeds():
+    a = [{"update": u, "env_steps": 100 * u, "train/success_rate": 0.0} for u in range(1, 11)]
+    b = [{"update": u, "env_steps": 110 * u, "train/success_rate": 1.0} for u in range(1, 11)]
+    png = plots.plot_seed_groups({"ppo": {"s1": a, "s2": b}, "grpo": {"g1": a}}, window=1)
+    _png(png)
+    grid, mean, std = plots._seed_band([([100.0, 1000.0], [0.0, 0.0]), ([110.0, 1100.0], [1.0, 1.0])])
+    assert grid[0] == 110 and grid[-1] == 1000  # the env steps every seed reached
+    assert mean == pytest.approx(np.full(len(grid), 0.5)) and std == pytest.approx(np.full(len(grid), 0.5))

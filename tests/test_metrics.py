@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,6 +202,7 @@ def test_wandb_run_is_resumed_by_id(tmp_path, monkeypatch):
         init=init, util=types.SimpleNamespace(generate_id=lambda: "abc123")
     )
     monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no key needed
 
     with MetricsWriter(tmp_path, tensorboard=False, use_wandb=True, wandb_project="p") as w:
         w.log({"update": 0, "x": np.float32(1.0)})
@@ -240,11 +243,98 @@ def test_wilson_interval_rejects_bad_counts():
         wilson_interval(11, 10)
 
 
+def _wandb_offline_history(run_dir: Path) -> list[dict]:
+    """The history rows of an offline W&B run, read from its ``.wandb`` file.
+
+    The file is W&B's record log (a LevelDB-style log: a 7-byte header, 32 KiB blocks of
+    records with a 7-byte header each, split records in FIRST/MIDDLE/LAST pieces) holding
+    ``wandb_internal_pb2.Record`` protobufs; this is what ``wandb sync`` uploads.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, rows = path.read_bytes(), []
+    assert data[:4] == b":W&B", data[:7]
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # FULL, LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending + chunk if kind == 4 else chunk)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                             for i in record.history.item})  # fmt: skip
+        elif kind == 2:  # FIRST
+            pending = chunk
+        elif kind == 3:  # MIDDLE
+            pending += chunk
+    return rows
+
+
+def _tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def test_wandb_offline_for_real(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    """W&B is a dev dependency: this runs in CI. The offline run holds TensorBoard's scalars."""
+    import wandb  # noqa: F401  (never skipped: pip install -e .[dev] installs it)
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    with MetricsWriter(tmp_path, tensorboard=False, use_wandb=True, wandb_project="t") as w:
-        w.log({"update": 0, "train/success_rate": 0.5, "kl": float("nan")})
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
-    assert load_metrics(tmp_path) == [{"update": 0, "train/success_rate": 0.5, "kl": None}]
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    records = [
+        {"update": 1, "env_steps": 240, "train/success_rate": 0.25, "ppo/approx_kl": 0.0125},
+        {"update": 1, "env_steps": 240, "eval_success": 0.5, "eval_episodes": 4},
+        {"update": 2, "env_steps": 470, "train/success_rate": 0.75, "ppo/approx_kl": float("nan")},
+    ]
+    with MetricsWriter(tmp_path, use_wandb=True, wandb_project="t") as w:
+        for record in records:
+            w.log(record)
+    wandb_rows = _wandb_offline_history(tmp_path)
+    assert [row["update"] for row in wandb_rows] == [1, 1, 2]
+    from_wandb: dict[str, list[tuple[int, float]]] = {}
+    for row in wandb_rows:
+        for key, value in row.items():
+            if not key.startswith("_") and key != "update" and value is not None:
+                from_wandb.setdefault(key, []).append((row["update"], value))
+    tensorboard = _tensorboard_scalars(tmp_path)
+    nan_kl = tensorboard.pop("ppo/approx_kl")  # TensorBoard keeps the NaN; JSON and W&B hold null
+    assert nan_kl[0] == (1, pytest.approx(0.0125)) and math.isnan(nan_kl[1][1])
+    assert from_wandb.pop("ppo/approx_kl") == [(1, 0.0125)]
+    assert sorted(from_wandb) == sorted(tensorboard)
+    for key, points in tensorboard.items():  # TensorBoard stores float32
+        assert from_wandb[key] == [(step, pytest.approx(value)) for step, value in points], key
+    assert load_metrics(tmp_path)[2] == {**records[2], "ppo/approx_kl": None}
+
+
+def test_wandb_online_without_a_key_fails_in_one_line_before_anything_runs(
+    tiny_config, tmp_path, monkeypatch, capsys
+):
+    from vla_rl_lib.config import apply_overrides, save_config
+    from vla_rl_lib.training.cli import main
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "VLA_RL_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no ~/.config/wandb
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    monkeypatch.chdir(tmp_path)  # no ./wandb/settings
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the W&B check must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    config = tmp_path / "cfg.yaml"
+    save_config(apply_overrides(tiny_config, {"use_wandb": True}), config)
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "wandb login" in err and "WANDB_MODE=offline" in err, err
+    assert not Path(tiny_config.output_dir).exists()  # nothing built, nothing written

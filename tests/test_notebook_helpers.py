@@ -22,10 +22,12 @@ from vla_rl_lib.notebook import (
     labelled_row,
     notebook_parameters,
     parameter_names,
+    seed_groups,
     success_and_failure,
     top_level_keys,
 )
 from vla_rl_lib.training.cli import build_parser, resolve_config
+from vla_rl_lib.training.runs import create_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -224,6 +226,30 @@ def test_find_checkpoint_prefers_best_then_latest(tmp_path: Path) -> None:
     assert find_checkpoint(tmp_path / "checkpoint_latest") == tmp_path / "checkpoint_latest"
 
 
+def test_find_checkpoint_in_an_experiment_folder_means_its_latest_run(tmp_path: Path) -> None:
+    older, newer = (create_run_dir(tmp_path, clock=lambda t=t: t) for t in (1.7e9, 1.8e9))
+    for run in (older, newer):
+        (run / "checkpoint_latest").mkdir()
+        (run / "checkpoint_latest" / "trainer_state.json").write_text("{}")
+    assert find_checkpoint(tmp_path).resolve() == newer / "checkpoint_latest"
+    for name in ("checkpoint_best", "checkpoint_latest"):  # no links: by folder name
+        (tmp_path / name).unlink()
+    assert find_checkpoint(tmp_path) == newer / "checkpoint_latest"
+
+
+def test_seed_groups_gather_runs_that_differ_only_in_seed(tmp_path: Path) -> None:
+    from vla_rl_lib.config import apply_overrides, load_template, save_config
+
+    base = load_template("fast")
+    settings = {"s1": {"seed": 1, "experiment_name": "ppo"}, "s2": {"seed": 2, "experiment_name": "ppo"},
+                "g1": {"seed": 1, "experiment_name": "grpo", "ppo.algorithm": "grpo"}}  # fmt: skip
+    for name, overrides in settings.items():
+        (tmp_path / name).mkdir()
+        save_config(apply_overrides(base, overrides), tmp_path / name / "config.yaml")
+    groups = seed_groups({name: tmp_path / name for name in settings})
+    assert groups == {"ppo": ["s1", "s2"], "grpo": ["g1"]}
+
+
 def test_success_and_failure_pick_the_first_of_each() -> None:
     from vla_rl_lib.rollout.collector import Episode
 
@@ -244,7 +270,12 @@ def test_discover_runs_and_final_rows(tmp_path: Path) -> None:
             '"eval_success_high": 0.9, "eval_episodes": 2}\n'
             '{"update": 1, "env_steps": 12, "train/success_rate": 0.25}\n'
         )
-    assert [p.name for p in discover_runs(tmp_path)] == ["a_run", "b_run"]
+    assert list(discover_runs(tmp_path)) == ["a_run", "b_run"]  # from before run folders
+    # run folders: <experiment>/<run>, the `latest` link not counted twice
+    run = create_run_dir(tmp_path / "exp")
+    (run / "metrics.jsonl").write_text((tmp_path / "a_run" / "metrics.jsonl").read_text())
+    assert discover_runs(tmp_path) == {"a_run": tmp_path / "a_run", "b_run": tmp_path / "b_run",
+                                       f"exp/{run.name}": run}  # fmt: skip
     (row,) = final_rows({"a": [json.loads(line) for line in
                               (tmp_path / "a_run" / "metrics.jsonl").read_text().splitlines()]})  # fmt: skip
     assert row == {"run": "a", "updates": 1, "env_steps": 12, "train/success_rate": 0.25,

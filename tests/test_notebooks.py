@@ -11,6 +11,7 @@ Slow (a kernel each, 15-80 s): everything except the bad-parameter and OpenVLA t
 from __future__ import annotations
 
 import base64
+import io
 import os
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
+
+from vla_rl_lib.training.runs import latest_run
 
 papermill = pytest.importorskip("papermill")
 nbformat = pytest.importorskip("nbformat")
@@ -92,13 +96,13 @@ def train_parameters(outputs: Path, **extra: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def ppo_run(outputs: Path) -> tuple[Any, Path]:
     params = train_parameters(outputs, experiment_name="nb_ppo")
-    return execute("02_train.ipynb", outputs, params), outputs / "nb_ppo"
+    return execute("02_train.ipynb", outputs, params), latest_run(outputs / "nb_ppo")
 
 
 @pytest.fixture(scope="module")
 def grpo_interactive_run(outputs: Path) -> tuple[Any, Path]:
     params = train_parameters(outputs, experiment_name="nb_grpo", algorithm="grpo", interactive=True)
-    return execute("02_train.ipynb", outputs, params), outputs / "nb_grpo"
+    return execute("02_train.ipynb", outputs, params), latest_run(outputs / "nb_grpo")
 
 
 # ---------------------------------------------------------------- 02_train
@@ -123,6 +127,10 @@ def test_train_notebook_keeps_plot_frames_and_summary(ppo_run: tuple[Any, Path],
     for name in ("metrics.jsonl", "config.yaml", "learning_curve.png", "eval_episode.gif"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "checkpoint_latest" / "trainer_state.json").is_file()
+    printed = "".join(o.get("text", "") for o in cell_with(nb, "train_with_live_plot(").outputs)
+    assert f"run folder: {run_dir.resolve()}" in printed
+    (filmstrip,) = outputs_of(frames, "image/png")
+    assert Image.open(io.BytesIO(base64.b64decode(filmstrip.data["image/png"]))).height >= 256
 
 
 @pytest.mark.slow
@@ -202,6 +210,8 @@ def test_evaluate_notebook_reports_interval_episodes_and_videos(
     videos = cell_with(nb, "success_and_failure(")
     assert outputs_of(videos, "image/gif")  # a success or a failure, filmed
     assert len(list((run_dir / "videos").iterdir())) == 3
+    (gif,) = outputs_of(videos, "image/gif")[:1]
+    assert Image.open(io.BytesIO(base64.b64decode(gif.data["image/gif"]))).size == (256, 256)
 
 
 @pytest.mark.slow
@@ -209,13 +219,51 @@ def test_analyze_notebook_compares_runs(
     ppo_run: tuple[Any, Path], grpo_interactive_run: tuple[Any, Path], outputs: Path
 ) -> None:
     runs = [str(ppo_run[1]), str(grpo_interactive_run[1])]
-    nb = execute("04_analyze.ipynb", outputs, {"runs": runs})
+    nb = execute("04_analyze.ipynb", outputs, {"runs": runs, "output_dir": str(outputs)})
     assert_no_errors(nb)
     (table,) = outputs_of(cell_with(nb, "final_rows(records)"), "text/plain")
-    assert "nb_ppo" in table.data["text/plain"] and "nb_grpo" in table.data["text/plain"]
-    assert len(outputs_of(cell_with(nb, "plot_learning_curves("), "image/png")) == 2
-    assert len(outputs_of(cell_with(nb, "plot_diagnostics("), "image/png")) == 2
-    assert len(outputs_of(cell_with(nb, "compare_runs("), "image/png")) == 4
+    assert "nb_ppo/" in table.data["text/plain"] and "nb_grpo/" in table.data["text/plain"]
+    assert len(outputs_of(cell_with(nb, "plot_training("), "image/png")) == 2  # one per run
+    overlay = cell_with(nb, "plot_seed_groups(")
+    assert len(outputs_of(overlay, "image/png")) == 1  # PPO and GRPO differ: two groups
+    assert "nb_grpo" in outputs_of(overlay, "text/plain")[0].data["text/plain"]
+
+
+@pytest.mark.slow
+def test_cli_run_then_the_design_card_papermill_command_twice(tmp_path: Path) -> None:
+    """Issue 17: the README's papermill command re-run after a CLI run of the same experiment
+    (same output folder): all three succeed, into three different run folders."""
+    from vla_rl_lib.config import apply_overrides, load_template, save_config
+
+    tiny = {k: v for k, v in TINY.items() if k not in ("template", "plot_every_s")}
+    cfg = apply_overrides(load_template("fast"), {**tiny, "output_dir": str(tmp_path / "outputs")})
+    save_config(cfg, tmp_path / "tiny.yaml")
+    env = {**os.environ, "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cli = subprocess.run(
+        [sys.executable, "-m", "vla_rl_lib", "train", "--config", str(tmp_path / "tiny.yaml")],
+        cwd=ROOT, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    folders = [line.removeprefix("run folder: ") for line in cli.stderr.splitlines()
+               if line.startswith("run folder: ")]  # fmt: skip
+    for _ in range(2):  # `papermill notebooks/02_train.ipynb out.ipynb -f <params> -p num_updates 3`
+        out = tmp_path / "out.ipynb"
+        run = subprocess.run(
+            [str(PAPERMILL), str(NOTEBOOKS / "02_train.ipynb"), str(out), "-f", str(tmp_path / "tiny.yaml"),
+             "-p", "num_updates", "3", "-p", "plot_every_s", "0"],
+            cwd=ROOT, capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        printed = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells
+                          if c.cell_type == "code" for o in c.outputs)  # fmt: skip
+        folders += [line.removeprefix("run folder: ") for line in printed.splitlines()
+                    if line.startswith("run folder: ")]  # fmt: skip
+    experiment = tmp_path / "outputs" / cfg.experiment_name
+    assert len(set(folders)) == 3 and {Path(f).parent for f in folders} == {experiment}
+    for folder in map(Path, folders):
+        assert (folder / "checkpoint_latest" / "trainer_state.json").is_file()
+    assert latest_run(experiment) == Path(folders[-1])
+    assert (experiment / "checkpoint_latest").resolve() == Path(folders[-1]) / "checkpoint_latest"
 
 
 # ---------------------------------------------------------------- nbval

@@ -27,6 +27,7 @@ from vla_rl_lib.config import apply_overrides, load_template, save_config
 from vla_rl_lib.metrics import load_metrics
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training.cli import main
+from vla_rl_lib.training.runs import latest_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,10 +86,9 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("where", ["writing", "swapping"])
-def test_kill_9_during_checkpoint_write_then_resume(tmp_path, where, capsys):
+@pytest.mark.parametrize(("where", "resume"), [("writing", "PATH"), ("swapping", "bare")])
+def test_kill_9_during_checkpoint_write_then_resume(tmp_path, where, resume, capsys):
     config = _write_config(tmp_path, num_updates=3, num_eval_episodes=1)
-    run_dir = tmp_path / "outputs" / "tiny"
     marker = tmp_path / "stopped_inside_save"
     child = subprocess.Popen(
         [sys.executable, "-c", CRASHING_CHILD, str(marker), where, "train", "--config", str(config)],
@@ -111,6 +111,7 @@ def test_kill_9_during_checkpoint_write_then_resume(tmp_path, where, capsys):
         child.stderr.close()
     assert child.returncode == -signal.SIGKILL
 
+    run_dir = latest_run(tmp_path / "outputs" / "tiny")
     latest = run_dir / "checkpoint_latest"
     if where == "writing":  # the half-written new checkpoint sits beside the intact old one
         assert list(run_dir.glob(".checkpoint_latest.tmp-*"))
@@ -120,8 +121,12 @@ def test_kill_9_during_checkpoint_write_then_resume(tmp_path, where, capsys):
         assert ckpt.recover_checkpoint(latest) == latest
         assert ckpt.load_checkpoint(latest)["trainer_state"]["update"] == 1
 
-    assert main(["train", "--config", str(config), "--resume"]) == 0
-    capsys.readouterr()
+    if resume == "PATH":  # the checkpoint directory alone: its own config.yaml is the base
+        argv = ["train", "--resume", str(latest)]
+    else:
+        argv = ["train", "--config", str(config), "--resume"]
+    assert main(argv) == 0
+    assert f"run folder: {run_dir.resolve()}" in capsys.readouterr().err
     assert ckpt.load_checkpoint(latest)["trainer_state"]["update"] == 3
     leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".checkpoint_latest")]
     assert leftovers == []
@@ -184,10 +189,10 @@ DAMAGE = [
 @pytest.fixture(params=DAMAGE, ids=[f"{name}-{how.__name__[1:]}" for name, how in DAMAGE])
 def damaged_run(request, trained_run, tmp_path):
     name, damage = request.param
-    shutil.copytree(trained_run, tmp_path, dirs_exist_ok=True)
+    shutil.copytree(trained_run, tmp_path, dirs_exist_ok=True, symlinks=True)
     config = tmp_path / "tiny.yaml"
     config.write_text(config.read_text().replace(str(trained_run), str(tmp_path)))
-    run_dir = tmp_path / "outputs" / "tiny"
+    run_dir = latest_run(tmp_path / "outputs" / "tiny")
     damage(run_dir / "checkpoint_latest" / name)
     return config, run_dir, name
 
@@ -228,7 +233,7 @@ def test_interval_zero_saves_only_at_the_end_and_never_evaluates(tmp_path, capsy
     )
     assert main(["train", "--config", str(config)]) == 0
     capsys.readouterr()
-    run_dir = tmp_path / "outputs" / "tiny"
+    run_dir = latest_run(tmp_path / "outputs" / "tiny")
     assert ckpt.load_checkpoint(run_dir / "checkpoint_latest")["trainer_state"]["update"] == 2
     records = load_metrics(run_dir)
     assert not [r for r in records if "eval_success" in r]

@@ -27,6 +27,7 @@ from vla_rl_lib.metrics import load_metrics
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training import trainer as trainer_module
 from vla_rl_lib.training.cli import main
+from vla_rl_lib.training.runs import latest_run
 from vla_rl_lib.training.trainer import MIN_FREE_BYTES, PreflightError, Trainer, TrainingError
 
 
@@ -201,6 +202,6 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(tiny_config, monkeypat
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "No space left on device" in err and "checkpoint_latest" in err, err
-    run_dir = Path(cfg.output_dir) / cfg.experiment_name
+    run_dir = latest_run(Path(cfg.output_dir) / cfg.experiment_name)
     assert ckpt.load_checkpoint(run_dir / "checkpoint_latest")["trainer_state"]["update"] == 1
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".checkpoint_latest")]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
+import imageio.v3 as iio
 import pytest
 import torch
 
@@ -13,6 +16,7 @@ from vla_rl_lib.notebook import summary_rows
 from vla_rl_lib.policy.hf_policy import HFVLAPolicy
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training.evaluate import evaluate_checkpoint
+from vla_rl_lib.training.runs import latest_run, run_folders
 from vla_rl_lib.training.trainer import NO_EVALUATION, PreflightError, Trainer, TrainingError
 
 VOLATILE = ("perf/", "time_s")  # wall-clock figures differ between any two runs
@@ -38,6 +42,9 @@ def test_trains_writes_checkpoints_and_evaluates(tiny_config):
     for name in ("metrics.jsonl", "learning_curve.png", "eval_episode.gif", "config.yaml"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "checkpoint_latest" / "policy_state_dict.pt").is_file()
+    # people see rollout.media_size frames; the policy saw 32x32 (tiny config)
+    assert tiny_config.rollout.image_size == 32 and tiny_config.rollout.media_size == 256
+    assert iio.imread(run_dir / "eval_episode.gif").shape[1:3] == (256, 256)
     records = load_metrics(run_dir)
     evals = [r for r in records if "eval_success" in r]
     assert [r["update"] for r in evals] == [0, 1, 2]
@@ -66,21 +73,47 @@ def test_resume_continues_the_exact_curve(tiny_config, tmp_path):
     part_cfg = apply_overrides(full_cfg, {"experiment_name": "part", "num_updates": 1})
     _train(part_cfg)
     # Extra records written after the checkpoint (a crash later on) must be dropped.
-    with open(tmp_path / "outputs" / "part" / "metrics.jsonl", "a") as f:
+    with open(latest_run(tmp_path / "outputs" / "part") / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"update": 2, "train/success_rate": 0.123}) + "\n")
     _, part_dir = _train(apply_overrides(part_cfg, {"num_updates": 3}), resume=True)
     assert _curve(part_dir) == _curve(full_dir)
 
 
-def test_refuses_to_mix_runs(tiny_config):
-    _train(apply_overrides(tiny_config, {"num_updates": 1}))
-    with pytest.raises(TrainingError, match="--resume"):
-        Trainer(tiny_config, progress=False)
+def test_a_second_run_gets_its_own_folder_and_the_links_follow(tiny_config):
+    cfg = apply_overrides(tiny_config, {"num_updates": 1})
+    _, first = _train(cfg)
+    _, second = _train(cfg)
+    experiment = Path(cfg.output_dir) / cfg.experiment_name
+    assert first != second and first.parent == second.parent == experiment
+    assert [p.name for p in run_folders(experiment)] == [first.name, second.name]
+    assert latest_run(experiment) == second
+    for name in ("checkpoint_best", "checkpoint_latest"):  # the seed's paths: the latest run
+        assert (experiment / name).resolve() == (second / name).resolve()
+    assert len(load_metrics(first)) == len(load_metrics(second))  # nothing mixed or overwritten
+    # the seed's evaluation path: the latest run, its videos beside that run's checkpoint
+    result = evaluate_checkpoint(experiment / "checkpoint_latest", num_episodes=1, render=True)
+    (video,) = result.videos
+    assert Path(video).parent == (second / "videos").resolve()
+    assert iio.imread(video, index=0).shape[:2] == (256, 256)
+
+
+def test_resume_path_continues_that_checkpoint_and_refuses_an_older_one(tiny_config):
+    _, run_dir = _train(apply_overrides(tiny_config, {"num_updates": 1}))
+    shutil.copytree(run_dir / "checkpoint_latest", run_dir / "checkpoint_update1")
+    link = Path(tiny_config.output_dir) / tiny_config.experiment_name / "checkpoint_latest"
+    summary, resumed = _train(tiny_config, resume=str(link))
+    assert resumed == run_dir and summary["updates"] == 2
+    assert [r["update"] for r in load_metrics(run_dir) if "train/success_rate" in r] == [1, 2]
+    # the run went on past the copy: resuming the copy would overwrite updates 2.. of the run
+    with pytest.raises(TrainingError, match="went on to update 2"):
+        Trainer(tiny_config, resume=run_dir / "checkpoint_update1", progress=False)
 
 
 def test_resume_without_checkpoint(tiny_config):
     with pytest.raises(TrainingError, match="drop --resume"):
         Trainer(tiny_config, resume=True, progress=False)
+    with pytest.raises(TrainingError, match="not a checkpoint directory"):
+        Trainer(tiny_config, resume=Path(tiny_config.output_dir), progress=False)
 
 
 def test_preflight_catches_frozen_weights(tiny_config):

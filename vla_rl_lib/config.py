@@ -76,6 +76,7 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature of the action tokens
     camera: str = field(default="third_person", metadata=_choices(*CAMERAS))
     image_size: int = 64  # square renders, pixels per side
+    media_size: int = 256  # evaluation videos, GIFs and filmstrips (pixels per side); the policy sees image_size
     control_mode: str = field(default="pd_joint_delta_pos", metadata=_choices(*CONTROL_MODES))
     executor: str = field(default="local", metadata=_choices("local", "ray"))
     ray_address: str | None = None  # None: start a local Ray; "auto" or "host:port": join one
@@ -446,6 +447,7 @@ def validate_config(cfg: VLARLConfig) -> None:
         "must be > 0 (logits are divided by it)",
     )
     _check(r.image_size >= 8, "rollout.image_size", r.image_size, "must be >= 8 pixels")
+    _check(r.media_size >= 16, "rollout.media_size", r.media_size, "must be >= 16 pixels (256 for people)")
     _check(r.num_workers >= 1, "rollout.num_workers", r.num_workers, "must be >= 1")
     _check(r.worker_num_cpus > 0, "rollout.worker_num_cpus", r.worker_num_cpus, "must be > 0")
     _check(r.worker_num_gpus >= 0, "rollout.worker_num_gpus", r.worker_num_gpus, "must be >= 0")

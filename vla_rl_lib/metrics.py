@@ -300,6 +300,9 @@ class MetricsWriter:
                 "use_wandb=True needs the wandb package: pip install -e .[wandb] "
                 "(or set use_wandb=False: metrics.jsonl and TensorBoard do not need it)"
             ) from exc
+        from vla_rl_lib.wandb_setup import FIX, WandbSetupError, check_wandb_ready
+
+        check_wandb_ready()
         id_file = self.run_dir / WANDB_RUN_ID_FILENAME
         run_id = (
             id_file.read_text().strip()
@@ -309,14 +312,18 @@ class MetricsWriter:
         if run_id is None:
             run_id = uuid.uuid4().hex[:12]
             write_text_atomic(id_file, run_id + "\n")
-        run = wandb.init(
-            project=project,
-            name=name or self.run_dir.name,
-            id=run_id,
-            resume="allow",
-            dir=str(self.run_dir),
-            config=dict(config) if config is not None else None,
-        )
+        try:
+            run = wandb.init(
+                project=project,
+                name=name or self.run_dir.name,
+                id=run_id,
+                resume="allow",
+                dir=str(self.run_dir),
+                config=dict(config) if config is not None else None,
+            )
+        except wandb.errors.UsageError as exc:  # a key W&B rejects, or no key it could find
+            message = " ".join(str(exc).split())
+            raise WandbSetupError(f"W&B could not start a run ({message}); {FIX}") from exc
         # W&B's own step only grows; plotting against "update" keeps resumed curves aligned.
         run.define_metric(UPDATE_KEY)
         run.define_metric("*", step_metric=UPDATE_KEY)

@@ -148,7 +148,8 @@ def configure_progress(interactive: bool) -> None:
 
 
 def run_dir(cfg: VLARLConfig) -> Path:
-    """``<output_dir>/<experiment_name>``: where a run's checkpoints and metrics go."""
+    """``<output_dir>/<experiment_name>``: the experiment folder. Each training run gets a
+    new folder inside it (``vla_rl_lib.training.runs``)."""
     return Path(cfg.output_dir) / cfg.experiment_name
 
 
@@ -157,7 +158,7 @@ def config_rows(cfg: VLARLConfig) -> list[dict[str, Any]]:
     r, p, m = cfg.rollout, cfg.ppo, cfg.model
     settings = {
         "experiment_name": cfg.experiment_name,
-        "run folder": str(run_dir(cfg)),
+        "experiment folder": f"{run_dir(cfg)}/ (a new run folder inside it per run)",
         "model": m.name,
         "start from": cfg.sft_checkpoint
         or cfg.pretrained_checkpoint
@@ -249,8 +250,9 @@ def environment_report() -> list[dict[str, str]]:
 # ---------------------------------------------------------------- simulator and model
 
 
-def camera_views(cfg: VLARLConfig, size: int = 192) -> dict[str, np.ndarray]:
-    """One frame per camera of a freshly reset episode of the configured simulator."""
+def camera_views(cfg: VLARLConfig, size: int | None = None) -> dict[str, np.ndarray]:
+    """One frame per camera of a freshly reset episode, at ``rollout.media_size`` by default."""
+    size = size or cfg.rollout.media_size
     from lift import make_env
     from lift.types import CAMERAS
 
@@ -364,17 +366,24 @@ class NotebookRun:
 
 
 def train_with_live_plot(
-    cfg: VLARLConfig, *, resume: bool = False, interactive: bool = False, throttle_s: float = 2.0
+    cfg: VLARLConfig,
+    *,
+    resume: bool | str = False,
+    interactive: bool = False,
+    throttle_s: float = 2.0,
 ) -> NotebookRun:
-    """Train with a live plot of success and return updated in place (see ``LivePlot``).
+    """Train with a live plot (``plots.draw_training``) updated in place (see ``LivePlot``).
 
-    The plot redraws at most every ``throttle_s`` seconds and once at the end, so a saved
-    notebook holds its final state as one PNG. ``interactive`` turns on widget progress bars.
+    Each call writes a new run folder (printed first); ``resume`` is True for the newest
+    run of the experiment or a checkpoint directory. The plot redraws at most every
+    ``throttle_s`` seconds and once at the end, so a saved notebook holds its final state as
+    one PNG. ``interactive`` turns on widget progress bars.
     """
     from vla_rl_lib.display import LivePlot
+    from vla_rl_lib.display.plots import draw_training
     from vla_rl_lib.training.trainer import Trainer
 
-    live = LivePlot(throttle_s=throttle_s, ci_counts={"eval_success": "eval_episodes"})
+    live = LivePlot(throttle_s=throttle_s, draw=draw_training)
     evals: list[Any] = []
     trainer: Trainer | None = None
 
@@ -386,6 +395,7 @@ def train_with_live_plot(
         trainer = Trainer(
             cfg, resume=resume, progress=interactive, on_update=live.update, on_eval=on_eval
         )
+        print(f"run folder: {trainer.run_dir}", flush=True)
         summary = trainer.train()
     finally:
         if trainer is not None:
@@ -423,13 +433,20 @@ def run_files(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def find_checkpoint(directory: str | os.PathLike[str]) -> Path:
-    """A run's best checkpoint, else its latest; a checkpoint directory is returned as is."""
+    """A run's best checkpoint, else its latest; a checkpoint directory is returned as is.
+
+    An experiment folder means its newest run folder (from before run folders: itself).
+    """
+    from vla_rl_lib.training.runs import latest_run
+
     directory = Path(directory)
     if (directory / "trainer_state.json").is_file():
         return directory
-    for name in ("checkpoint_best", "checkpoint_latest"):
-        if (directory / name / "trainer_state.json").is_file():
-            return directory / name
+    latest = latest_run(directory)
+    for run in (directory, *([latest] if latest is not None else [])):
+        for name in ("checkpoint_best", "checkpoint_latest"):
+            if (run / name / "trainer_state.json").is_file():
+                return run / name
     raise FileNotFoundError(
         f"no checkpoint in {directory}: expected checkpoint_best/ or checkpoint_latest/ with a "
         "trainer_state.json; train first (notebooks/02_train.ipynb or python -m vla_rl_lib train) "
@@ -445,6 +462,18 @@ def success_and_failure(episodes: list[Any]) -> dict[str, Any]:
     return picked
 
 
+def evaluate_each(
+    checkpoint: str | os.PathLike[str], env_ids: list[str] | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """``evaluate_checkpoint`` once per environment id (a task's splits), keyed by id;
+    ``None``/empty: the checkpoint's own environment, keyed ``"checkpoint env"``."""
+    from vla_rl_lib.training.evaluate import evaluate_checkpoint
+
+    if not env_ids:
+        return {"checkpoint env": evaluate_checkpoint(checkpoint, **kwargs)}
+    return {env_id: evaluate_checkpoint(checkpoint, env_id=env_id, **kwargs) for env_id in env_ids}
+
+
 def eval_rows(result: Any) -> list[dict[str, Any]]:
     low, high = result.interval
     return [{
@@ -453,18 +482,65 @@ def eval_rows(result: Any) -> list[dict[str, Any]]:
     }]  # fmt: skip
 
 
-def discover_runs(output_dir: str | os.PathLike[str]) -> list[Path]:
-    """Run folders directly under ``output_dir`` that hold a metrics.jsonl, sorted by name."""
+def discover_runs(output_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Run folders under ``output_dir`` holding a metrics.jsonl, named ``<experiment>/<run>``
+    (``<experiment>`` for a folder from before run folders), sorted by name; links skipped."""
     root = Path(output_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"output folder {root} does not exist; train a run first")
-    runs = sorted(p.parent for p in root.glob("*/metrics.jsonl"))
+    found = [*root.glob("*/metrics.jsonl"), *root.glob("*/*/metrics.jsonl")]
+    runs = {
+        str(p.parent.relative_to(root)): p.parent
+        for p in found
+        if not p.parent.is_symlink()
+    }
+    runs = dict(sorted(runs.items()))
     if not runs:
         raise FileNotFoundError(
             f"no run under {root} holds a metrics.jsonl; train one (notebooks/02_train.ipynb) "
             "or pass runs=[<run folder>, ...]"
         )
     return runs
+
+
+def name_runs(
+    paths: list[str | os.PathLike[str]], output_dir: str | os.PathLike[str] = "outputs"
+) -> dict[str, Path]:
+    """Given run folders (links resolved), named by their path
+    relative to ``output_dir`` (``<experiment>/<run>``), else by the path as given."""
+    root = Path(output_dir).resolve()
+    named: dict[str, Path] = {}
+    for given in paths:
+        folder = Path(given).resolve()
+        name = str(folder.relative_to(root)) if folder.is_relative_to(root) else str(given)
+        named[name] = folder
+    return named
+
+
+def seed_groups(runs: Mapping[str, str | os.PathLike[str]]) -> dict[str, list[str]]:
+    """Runs that differ only in their seed (and name), grouped: ``{label: [run names]}``.
+
+    Each run folder's ``config.yaml`` is compared with ``seed``, ``experiment_name``,
+    ``output_dir`` and the logging keys left out; the label is the experiments' names.
+    """
+    import yaml
+
+    ignored = {"seed", "experiment_name", "output_dir", "use_wandb", "wandb_project", "log_interval"}
+    groups: dict[str, list[str]] = {}
+    names: dict[str, set[str]] = {}
+    for name, folder in runs.items():
+        path = Path(folder) / "config.yaml"
+        settings = yaml.safe_load(path.read_text()) if path.is_file() else {"run": name}
+        key = repr(sorted((k, repr(v)) for k, v in settings.items() if k not in ignored))
+        groups.setdefault(key, []).append(name)
+        names.setdefault(key, set()).add(str(settings.get("experiment_name", name)))
+    labels: dict[str, list[str]] = {}
+    for key, members in groups.items():
+        label = "+".join(sorted(names[key]))
+        while label in labels:
+            label += "'"
+        labels[label] = members
+    return labels
 
 
 def final_rows(runs: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

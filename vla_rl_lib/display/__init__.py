@@ -15,7 +15,13 @@ from vla_rl_lib.display.media import (
     save_video,
     show_frames,
 )
-from vla_rl_lib.display.plots import compare_runs, plot_diagnostics, plot_learning_curves
+from vla_rl_lib.display.plots import (
+    compare_runs,
+    plot_diagnostics,
+    plot_learning_curves,
+    plot_seed_groups,
+    plot_training,
+)
 from vla_rl_lib.display.progress_bars import HandleProgress, progress
 from vla_rl_lib.display.tables import show_table, summary_table
 from vla_rl_lib.display.widgets import frame_browser
@@ -30,6 +36,8 @@ __all__ = [
     "in_notebook",
     "plot_diagnostics",
     "plot_learning_curves",
+    "plot_seed_groups",
+    "plot_training",
     "progress",
     "save_gif",
     "save_video",

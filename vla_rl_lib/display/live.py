@@ -62,6 +62,7 @@ class LivePlot:
         image_fn: Callable[[bytes], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         stream: TextIO | None = None,
+        draw: Callable[[Figure, list[dict[str, Any]]], None] | None = None,
     ) -> None:
         if not keys:
             raise ValueError("LivePlot needs at least one metric key to plot")
@@ -76,6 +77,7 @@ class LivePlot:
         self._image_fn = image_fn or png_image
         self._clock = clock
         self._stream = stream
+        self._draw = draw  # e.g. plots.draw_training; None: `keys` against each of `x_keys`
         self._records: list[dict[str, Any]] = []
         self._handle: DisplayHandle | None = None
         self._last_shown: float | None = None
@@ -134,6 +136,10 @@ class LivePlot:
 
     def png(self) -> bytes:
         """The current plot as PNG bytes."""
+        if self._draw is not None:
+            fig = Figure(figsize=(10, 5.6), layout="constrained")
+            self._draw(fig, self._records)
+            return figure_to_png(fig)
         xs = [x for x in self.x_keys if any(x in r for r in self._records)] or self.x_keys[:1]
         fig = Figure(figsize=(4.2 * len(xs), 2.4 * len(self.keys)), layout="constrained")
         draw_curves(fig, self._records, xs, self.keys, self.ci_counts)

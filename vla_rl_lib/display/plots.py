@@ -238,3 +238,175 @@ def compare_runs(
     ax.set_ylabel(key)
     ax.grid(alpha=0.3)
     return _finish(fig, path)
+
+
+# ---------------------------------------------------------------- the figure for a talk
+
+TRAIN_SUCCESS_KEY = "train/success_rate"
+EVAL_KEY, EVAL_COUNT_KEY = "eval_success", "eval_episodes"
+X_KEY = "env_steps"
+DIAGNOSTIC_TITLES = {"approx_kl": "approx KL", "clip_fraction": "clip fraction",
+                     "explained_variance": "explained variance", "entropy": "entropy"}  # fmt: skip
+
+
+def rolling_mean(values: Sequence[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at each point (fewer at the start)."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1 update, got {window}")
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _updates_axis(ax: Axes, records: Records) -> None:
+    """A secondary x axis on top giving the update for an env-step position."""
+    import numpy as np
+
+    steps, updates = series(records, X_KEY, "update")
+    pairs = sorted(set(zip(steps, updates, strict=True)))
+    if len(pairs) < 2:
+        return
+    s, u = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    top = ax.secondary_xaxis(
+        "top", functions=(lambda x: np.interp(x, s, u), lambda x: np.interp(x, u, s))
+    )
+    top.set_xlabel("update", fontsize=8)
+    top.tick_params(labelsize=7)
+
+
+def _success_axes(ax: Axes, title: str) -> None:
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("env steps")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def draw_train_success(ax: Axes, records: Records, window: int = 10) -> bool:
+    """Raw per-update train success, faint, under its rolling mean; False when none is logged."""
+    xs, ys = series(records, X_KEY, TRAIN_SUCCESS_KEY)
+    if not xs:
+        return False
+    ax.plot(xs, ys, color="C0", alpha=0.25, linewidth=0.8, label="per update")
+    ax.plot(xs, rolling_mean(ys, window), color="C0", linewidth=2, label=f"mean of {window}")
+    ax.legend(fontsize=7, loc="best")
+    return True
+
+
+def draw_heldout_success(ax: Axes, records: Records) -> bool:
+    """Held-out success with its 95% Wilson band; False when nothing was evaluated."""
+    xs, ys = series(records, X_KEY, EVAL_KEY)
+    if not xs:
+        return False
+    bx, lows, highs = _wilson_band(records, X_KEY, EVAL_KEY, EVAL_COUNT_KEY)
+    if bx:
+        ax.fill_between(bx, lows, highs, color="C2", alpha=0.2, linewidth=0, label="95% Wilson")
+    ax.plot(xs, ys, color="C2", marker="o", markersize=3, linewidth=1.5, label="greedy")
+    ax.legend(fontsize=7, loc="best")
+    return True
+
+
+def draw_training(fig: Figure, records: Records, window: int = 10) -> None:
+    """Train success (rolling mean over faint raw values) and held-out success (Wilson band)
+    against env steps, updates on the top axis; below, one compact row of PPO diagnostics."""
+    diagnostics = {name: find_key(records, name) for name in DIAGNOSTIC_NAMES}
+    shown = [name for name, key in diagnostics.items() if key is not None]
+    grid = fig.add_gridspec(2 if shown else 1, 4, height_ratios=[1.6, 1] if shown else [1])
+    first = fig.add_subplot(grid[0, 0:2])  # every panel shares its env-step axis
+    panels = (
+        (first, draw_train_success, f"train success (mean of {window})"),
+        (fig.add_subplot(grid[0, 2:4], sharex=first), draw_heldout_success, "held-out success"),
+    )
+    for ax, draw, title in panels:
+        args = (records, window) if draw is draw_train_success else (records,)
+        if not draw(ax, *args):
+            _empty_panel(ax, "no data yet")
+        _success_axes(ax, title)
+        _updates_axis(ax, records)
+    for col, name in enumerate(shown):
+        ax = fig.add_subplot(grid[1, col], sharex=first)
+        xs, ys = series(records, X_KEY, diagnostics[name])
+        ax.plot(xs, ys, color="0.3", linewidth=0.9)
+        if name == "explained_variance":
+            ax.axhline(0.0, color="0.6", linewidth=0.8, linestyle="--")
+        ax.set_title(DIAGNOSTIC_TITLES[name], fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.get_offset_text().set_fontsize(7)
+        ax.grid(alpha=0.3)
+
+
+def plot_training(
+    records: Records, path: str | os.PathLike[str] | None = None, *, window: int = 10
+) -> bytes:
+    """PNG of ``draw_training``: the learning-curve figure of one run."""
+    if not any(_number(r.get(k)) is not None for r in records for k in (TRAIN_SUCCESS_KEY, EVAL_KEY)):
+        raise ValueError(
+            f"the records hold neither {TRAIN_SUCCESS_KEY!r} nor {EVAL_KEY!r}; pass a run's "
+            "metrics (vla_rl_lib.metrics.load_metrics(<run folder>))"
+        )
+    fig = Figure(figsize=(10, 5.6), layout="constrained")
+    draw_training(fig, records, window)
+    return _finish(fig, path)
+
+
+def _seed_band(
+    curves: Sequence[tuple[list[float], list[float]]], points: int = 100
+) -> tuple[Any, Any, Any] | None:
+    """Mean and ±1 std across seeds, each curve interpolated onto a shared env-step grid
+    (seeds' episodes differ in length, so their env steps never line up)."""
+    import numpy as np
+
+    curves = [(x, y) for x, y in curves if len(x) >= 2]
+    if not curves:
+        return None
+    end = min(x[-1] for x, _ in curves)
+    start = max(x[0] for x, _ in curves)
+    if end <= start:
+        return None
+    grid = np.linspace(start, end, points)
+    stacked = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, stacked.mean(axis=0), stacked.std(axis=0)
+
+
+def plot_seed_groups(
+    groups: Mapping[str, Mapping[str, Records]],
+    path: str | os.PathLike[str] | None = None,
+    *,
+    window: int = 10,
+) -> bytes:
+    """Runs overlaid, grouped by setting: ``{group: {run: records}}``.
+
+    Each run is a thin line; each group with two or more runs adds its mean across runs
+    (seeds) and a ±1 std band. Left: train success (rolling mean); right: held-out success.
+    """
+    if not groups:
+        raise ValueError("plot_seed_groups needs at least one group of runs")
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for color, (label, runs) in enumerate(groups.items()):
+        c = f"C{color % 10}"
+        for ax, key, smooth in ((left, TRAIN_SUCCESS_KEY, True), (right, EVAL_KEY, False)):
+            curves = []
+            for records in runs.values():
+                xs, ys = series(records, X_KEY, key)
+                if not xs:
+                    continue
+                ys = rolling_mean(ys, window) if smooth else ys
+                curves.append((xs, ys))
+                alone = len(runs) == 1  # a group of one is drawn as its own mean
+                ax.plot(xs, ys, color=c, alpha=1.0 if alone else 0.35, linewidth=1.5 if alone else 0.8)
+            band = _seed_band(curves) if len(curves) > 1 else None
+            if band is not None:
+                grid, mean, std = band
+                ax.fill_between(grid, mean - std, mean + std, color=c, alpha=0.15, linewidth=0)
+                ax.plot(grid, mean, color=c, linewidth=2, label=f"{label} (mean of {len(curves)})")
+            elif curves:
+                ax.plot([], [], color=c, label=f"{label} ({len(curves)} run)")
+    for ax, title in ((left, f"train success (mean of {window} updates)"), (right, "held-out success")):
+        _success_axes(ax, title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    return _finish(fig, path)

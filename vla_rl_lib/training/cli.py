@@ -102,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--executor", default=S, help="local | ray")
     train.add_argument("--ray-address", default=S)
     train.add_argument("--num-workers", type=int, default=S)
-    train.add_argument("--resume", action="store_true", help="continue from checkpoint_latest")
+    train.add_argument(
+        "--resume", nargs="?", const=True, default=False, metavar="PATH",
+        help="continue a run: bare, the newest run of the experiment; PATH, that checkpoint "
+        "directory (without --config/--template its own config.yaml is the base)",
+    )  # fmt: skip
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on held-out seeds")
     ev.add_argument("--checkpoint", required=True, help="a checkpoint directory")
@@ -124,11 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace):
-    """Template or YAML file, then only the flags the user passed."""
+def resolve_config(args: argparse.Namespace, base: str | Path | None = None):
+    """Template or YAML file (else ``base``), then only the flags the user passed."""
     if getattr(args, "config", None) and getattr(args, "template", None):
         raise UsageError("give --config or --template, not both")
-    if getattr(args, "config", None):
+    if base is not None and not (getattr(args, "config", None) or getattr(args, "template", None)):
+        cfg = load_config(base)
+    elif getattr(args, "config", None):
         cfg = load_config(args.config)
     else:
         cfg = load_template(getattr(args, "template", None) or "default")
@@ -151,8 +157,22 @@ def resolve_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from vla_rl_lib.training.trainer import Trainer
 
-    cfg = resolve_config(args)
-    trainer = Trainer(cfg, resume=args.resume, progress=sys.stderr.isatty(), render=args.render)
+    # --resume PATH without --config/--template: the checkpoint's own settings are the base
+    cfg = resolve_config(
+        args, base=resume_config_path(args.resume) if isinstance(args.resume, str) else None
+    )
+    terminal = sys.stderr.isatty()
+    if not terminal:  # transformers' own bars would write \r-redrawn fragments into the log
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+    trainer = Trainer(
+        cfg, resume=args.resume, progress=terminal, render=args.render,
+        progress_lines=None if terminal else sys.stderr,
+    )  # fmt: skip
+    print(f"run folder: {trainer.run_dir}", file=sys.stderr, flush=True)
     try:
         summary = trainer.train()
     finally:
@@ -195,6 +215,19 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
     output_dir = getattr(args, "output_dir", None)
     if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise UsageError(f"--output-dir {output_dir} is a file; give a folder for the videos")
+
+
+def resume_config_path(resume: str) -> Path:
+    """``config.yaml`` of the checkpoint ``--resume PATH`` names (through links, after a crash)."""
+    from vla_rl_lib.training.checkpoint import CONFIG_FILE, recover_checkpoint
+
+    path = recover_checkpoint(os.path.realpath(resume))
+    if path is None or not (path / CONFIG_FILE).is_file():
+        raise UsageError(
+            f"--resume {resume}: no checkpoint directory there (it needs a {CONFIG_FILE}); pass "
+            "<run folder>/checkpoint_latest, or bare --resume for the newest run"
+        )
+    return path / CONFIG_FILE
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -269,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint_latest is intact (resume with --resume)", file=sys.stderr)
+        print("interrupted; the last checkpoint_latest is intact (continue with --resume)", file=sys.stderr)
         return 130
 
 

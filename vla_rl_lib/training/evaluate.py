@@ -6,6 +6,7 @@ Used by the trainer every ``eval_interval`` updates and by
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ def evaluate_checkpoint(
     from vla_rl_lib.rollout.executor import make_rollout_env
     from vla_rl_lib.training.policy_factory import load_any_checkpoint
 
-    checkpoint = Path(checkpoint)
+    checkpoint = Path(os.path.realpath(checkpoint))  # outputs/<experiment>/checkpoint_best -> its run
     if num_episodes is not None and num_episodes < 1:  # before the (slow) model load
         raise ValueError(f"num_episodes={num_episodes} is invalid: need at least 1 episode")
     policy, cfg = load_any_checkpoint(checkpoint, config)
@@ -117,7 +118,7 @@ def evaluate_checkpoint(
         collector = RolloutCollector(env, policy, cfg.language_instruction, r.use_binary_reward)
         result = evaluate_policy(
             collector, seeds, temperature=r.temperature, record_frames=num_videos if render else 0,
-            frame_size=256,
+            frame_size=r.media_size,
         )
     finally:
         env.close()

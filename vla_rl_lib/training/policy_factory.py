@@ -285,7 +285,7 @@ def policy_from_run_checkpoint(path: Path) -> tuple[HFVLAPolicy, VLARLConfig, di
             f"{path / ckpt.TRAINER_STATE_FILE} does not record the base model ('base'); "
             "it was not written by this version of vla_rl_lib"
         )
-    run_dir = path.parent
+    run_dir = path.resolve().parent  # a base path is relative to the run folder, not a link's
     policy = _load_base(cfg, base["kind"], _resolve(run_dir, base["path"]))
     try:
         policy.load_trainable_state_dict(state["policy_state"])

@@ -9,6 +9,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -16,14 +17,14 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 import yaml
 
 from vla_rl_lib.algorithms.ppo import ppo_update
-from vla_rl_lib.config import VLARLConfig, config_to_dict
+from vla_rl_lib.config import VLARLConfig, apply_overrides, config_to_dict
 from vla_rl_lib.metrics import MetricsWriter
 from vla_rl_lib.rollout.batch import rollout_to_batch
 from vla_rl_lib.rollout.collector import (
@@ -34,9 +35,13 @@ from vla_rl_lib.rollout.collector import (
 )
 from vla_rl_lib.rollout.executor import make_executor, make_rollout_env
 from vla_rl_lib.training import checkpoint as ckpt
+from vla_rl_lib.training import runs
 from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
 from vla_rl_lib.training.policy_factory import build_training_policy
+from vla_rl_lib.training.progress_log import ProgressLog
+from vla_rl_lib.wandb_setup import check_wandb_ready
 
+log = logging.getLogger(__name__)
 MIN_FREE_BYTES = 200 * 1024**2
 # Shown where a summary is printed in place of best_eval_success = None.
 NO_EVALUATION = "no evaluation ran"
@@ -87,18 +92,34 @@ class Trainer:
         self,
         config: VLARLConfig,
         *,
-        resume: bool = False,
+        resume: bool | str | os.PathLike[str] = False,
         progress: bool = True,
+        progress_lines: TextIO | None = None,
         on_update: Callable[[dict[str, Any]], None] | None = None,
         on_eval: Callable[[EvalResult], None] | None = None,
         render: bool = False,
     ) -> None:
-        self.config = config
-        self.run_dir = Path(config.output_dir) / config.experiment_name
+        """``resume``: False starts a new run folder (see ``runs``); True continues the newest
+        run of the experiment; a path continues from that checkpoint directory, in its run
+        folder. ``progress_lines``: a stream that gets one plain line every ``log_interval``
+        updates (the CLI passes stderr when it is not a terminal)."""
+        experiment_dir = Path(config.output_dir) / config.experiment_name
+        if config.use_wandb:  # before anything is built or written
+            check_wandb_ready()
+        latest = self._resume_checkpoint(experiment_dir, resume) if resume else None
+        # Read the whole checkpoint before building anything, so a damaged file fails fast.
+        resume_state = ckpt.load_checkpoint(latest) if latest is not None else None
+        self.config = config = with_shared_sft(config, experiment_dir, resume_state)
         self.progress = progress
+        self.progress_lines = progress_lines
         self.on_update = on_update
         self.on_eval = on_eval
         self.render = render
+        if latest is not None:
+            self.run_dir = latest.parent
+        else:
+            check_output_dir(experiment_dir)
+            self.run_dir = runs.create_run_dir(experiment_dir)
         check_output_dir(self.run_dir)
         seed_everything(config.seed)
         self.device = torch.device(resolve_device(config.device))
@@ -114,19 +135,7 @@ class Trainer:
         self.train_started: float | None = None
         self.stopped_by = "num_updates"
         self.final_update = config.num_updates
-        latest = ckpt.recover_checkpoint(self.run_dir / "checkpoint_latest")
-        if resume and latest is None:
-            raise TrainingError(
-                f"--resume was given but {self.run_dir / 'checkpoint_latest'} does not exist; "
-                "drop --resume to start a new run"
-            )
-        if not resume and latest is not None:
-            raise TrainingError(
-                f"{self.run_dir} already holds a checkpoint; pass --resume to continue it, "
-                "or choose another --experiment-name"
-            )
-        # Read the whole checkpoint before building the model, so a damaged file fails fast.
-        resume_state = ckpt.load_checkpoint(latest) if resume else None
+        self._progress_log: ProgressLog | None = None
 
         self.policy, self.base_info = build_training_policy(config, self.run_dir, progress=progress)
         self.policy.to(self.device)
@@ -150,9 +159,41 @@ class Trainer:
             use_wandb=config.use_wandb,
             wandb_project=config.wandb_project,
             wandb_config=config_to_dict(config),
-            wandb_run_name=config.experiment_name,
+            wandb_run_name=f"{config.experiment_name}/{self.run_dir.name}",
         )
         (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
+
+    @staticmethod
+    def _resume_checkpoint(experiment_dir: Path, resume: bool | str | os.PathLike[str]) -> Path:
+        """The checkpoint directory a resumed run continues from (see ``__init__``)."""
+        if resume is True:
+            found = runs.newest_resumable(experiment_dir)
+            if found is None:
+                raise TrainingError(
+                    f"--resume was given but no run under {experiment_dir} holds a "
+                    "checkpoint_latest; drop --resume to start a new run, or pass --resume PATH "
+                    "with a checkpoint directory"
+                )
+            return found
+        # Through the links (outputs/<experiment>/checkpoint_latest) to the run folder itself.
+        path = Path(os.path.realpath(resume))
+        found = ckpt.recover_checkpoint(path)
+        if found is None or not (found / ckpt.TRAINER_STATE_FILE).is_file():
+            raise TrainingError(
+                f"--resume {resume}: {path} is not a checkpoint directory (it needs a "
+                f"{ckpt.TRAINER_STATE_FILE}); pass <run folder>/checkpoint_latest, or bare "
+                "--resume for the newest run of the experiment"
+            )
+        newest = ckpt.recover_checkpoint(path.parent / "checkpoint_latest")
+        update, later = runs.checkpoint_update(found), newest and runs.checkpoint_update(newest)
+        if newest is not None and update is not None and later is not None and later > update:
+            raise TrainingError(
+                f"--resume {resume}: that checkpoint is at update {update} but its run "
+                f"{path.parent} went on to update {later}; continuing from it would overwrite "
+                f"that run's later checkpoints and metrics. Resume {newest} instead, or copy "
+                "the run folder and resume the copy"
+            )
+        return found
 
     # ------------------------------------------------------------------ checkpoints
     def _trainer_state(self, update: int) -> dict[str, Any]:
@@ -257,10 +298,13 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, update: int, record_frames: bool = True) -> EvalResult:
         result = evaluate_policy(
-            self.collector, self.eval_seeds, update, self.config.rollout.temperature, record_frames
+            self.collector, self.eval_seeds, update, self.config.rollout.temperature, record_frames,
+            frame_size=self.config.rollout.media_size,
         )
         record = {"update": update, "env_steps": self.env_steps, **result.record()}
         self.metrics.log(record)
+        if self._progress_log is not None:
+            self._progress_log.evaluated(record)
         if self.render and result.frames:
             from vla_rl_lib.display import save_gif
 
@@ -278,6 +322,12 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         cfg, r, p = self.config, self.config.rollout, self.config.ppo
         self.train_started = time.perf_counter()
+        if self.progress_lines is not None:
+            self._progress_log = ProgressLog(
+                self.progress_lines, cfg.num_updates, cfg.log_interval,
+                first_update=self.start_update, first_env_steps=self.env_steps,
+                max_minutes=cfg.max_minutes, elapsed_before_s=self.wall_before_s,
+            )  # fmt: skip
         preflight = self.preflight()
         group_size = p.group_size if p.algorithm == "grpo" else 1
         last_eval: EvalResult | None = None
@@ -321,6 +371,8 @@ class Trainer:
                     self.save("checkpoint_best", update + 1)
             if done or (cfg.save_interval > 0 and (update + 1) % cfg.save_interval == 0):
                 self.save("checkpoint_latest", update + 1)
+            if self._progress_log is not None:
+                self._progress_log.update(record, last=done)
             if done:
                 self.stopped_by = "max_minutes" if out_of_time else "num_updates"
                 self.final_update = update + 1
@@ -366,14 +418,11 @@ class Trainer:
         }
 
     def _finish(self, last_eval: EvalResult | None) -> dict[str, Any]:
-        from vla_rl_lib.display import plot_learning_curves, save_gif
+        from vla_rl_lib.display import save_gif
+        from vla_rl_lib.display.plots import plot_training
         from vla_rl_lib.metrics import load_metrics
 
-        records = load_metrics(self.run_dir)
-        plot_learning_curves(
-            records, x=("update", "env_steps"), path=self.run_dir / "learning_curve.png",
-            ci_counts={"eval_success": "eval_episodes"},
-        )
+        plot_training(load_metrics(self.run_dir), path=self.run_dir / "learning_curve.png")
         summary: dict[str, Any] = {
             "experiment": self.config.experiment_name,
             "run_dir": str(self.run_dir),
@@ -400,6 +449,28 @@ def _grad_norm(params: list[torch.nn.Parameter]) -> float:
     """L2 norm of the gradients of ``params`` (0.0 when none has a gradient)."""
     grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
     return float(torch.norm(torch.stack(grads))) if grads else 0.0
+
+
+def with_shared_sft(
+    config: VLARLConfig, experiment_dir: Path, resume_state: dict[str, Any] | None
+) -> VLARLConfig:
+    """Start from the experiment's SFT result (``sft`` command, 01_setup) when the config asks
+    for a warm start and one is there; a resumed run keeps the base its checkpoint records."""
+    if config.sft_checkpoint or config.pretrained_checkpoint or config.sft.num_demos == 0:
+        return config
+    if resume_state is not None:
+        base = resume_state["trainer_state"].get("base") or {}
+        if base.get("kind") != "sft":
+            return config
+        return apply_overrides(config, {"sft_checkpoint": base["path"]})
+    shared = runs.shared_sft_dir(experiment_dir)
+    if shared is None:
+        return config
+    differs = runs.sft_recipe_difference(shared, config)
+    if differs is not None:  # trained for other settings: this run makes its own warm start
+        log.warning("not reusing %s: %s; this run makes its own warm start", shared, differs)
+        return config
+    return apply_overrides(config, {"sft_checkpoint": str(shared.absolute())})
 
 
 def configure_cpu_threads(device: torch.device) -> None:
