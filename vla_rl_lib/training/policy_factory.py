@@ -113,7 +113,10 @@ def build_training_policy(
             )
             fresh.save_pretrained(str(base_dir))
         base = {"kind": "tiny", "path": "base_model"}
-    return _load_base(cfg, base["kind"], _resolve(run_dir, base["path"])), base
+    policy = _load_base(cfg, base["kind"], _resolve(run_dir, base["path"]))
+    if cfg.model.gradient_checkpointing:
+        policy.enable_gradient_checkpointing()
+    return policy, base
 
 
 def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
