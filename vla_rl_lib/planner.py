@@ -45,6 +45,14 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 FP32 = 4
 USABLE_FRACTION = 0.9  # of device memory: CUDA context, allocator fragmentation, kernels' workspace
 CLEARLY_TOO_BIG = 1.25  # preflight refuses only when the estimate exceeds the device by this much
+# Memory a process holds beyond its tensors, measured by benchmarks/planner_memory.py here:
+# on CPU, the kernels paged in by the first forward/backward (peak RSS at micro-batch 1 minus the
+# tensors), and glibc malloc keeping freed activation memory between micro-batches (the slope of
+# peak RSS over micro-batch size is 1.7x the bytes autograd saves). On a GPU, the CUDA context
+# and cuBLAS workspaces (typically 0.5-1 GB; PyTorch's CUDA caching allocator docs), assumed 1 GB.
+CPU_RUNTIME_BYTES = 40e6
+CPU_ALLOCATOR_FACTOR = 1.7
+GPU_RUNTIME_BYTES = 1e9
 # MuJoCo CRANE-X7 scene with an EGL/OSMesa renderer: resident memory per environment, measured
 # by benchmarks/planner_memory.py on this machine (RSS after building 8 envs, minus before, / 8).
 SIMULATOR_BYTES_PER_ENV = 30e6
@@ -367,6 +375,15 @@ def _learner_terms(plan: Plan) -> None:
         f"activations (micro-batch {micro}{', checkpointed' if checkpointing else ''})", act,
         f"{micro} x [sum over towers of {per_layer}] x {dtype} B + 8 x vocab {m.vocab} logits; {towers}",
     ))
+    if plan.device_kind == "cpu":
+        plan.learner.append(Term(
+            "runtime + malloc reserve", CPU_RUNTIME_BYTES + (CPU_ALLOCATOR_FACTOR - 1) * act,
+            f"{CPU_RUNTIME_BYTES / 1e6:.0f} MB kernels paged in + {CPU_ALLOCATOR_FACTOR - 1:.1f} x activations "
+            "(freed memory malloc keeps between micro-batches; measured here)",
+        ))
+    else:
+        plan.learner.append(Term("runtime (CUDA context, workspaces)", GPU_RUNTIME_BYTES,
+                                 f"{GPU_RUNTIME_BYTES / GB:.0f} GB, assumed"))
 
 
 def gradient_checkpointing(config: VLARLConfig) -> bool:
@@ -543,7 +560,7 @@ def render(plan: Plan, verbose: bool = False, source: str = "") -> str:
         lines.append(f"  {term.name:<40}{gb(term.bytes)}")
         if verbose:
             lines.append(f"      = {term.formula}")
-    act_now = plan.learner[-1].bytes
+    act_now = next(t.bytes for t in plan.learner if t.name.startswith("activations"))
     if gradient_checkpointing(cfg):
         lines.append(f"  (without gradient checkpointing the activations would be "
                      f"{activation_bytes(cfg, m, _micro(plan), False) / GB:.3f} GB)")
@@ -583,19 +600,23 @@ def _micro(plan: Plan) -> int:
     return min(cfg.ppo.micro_batch_size, max(1, cfg.ppo.minibatch_size // plan.gpus))
 
 
-def check_fits_device(config: VLARLConfig, device_type: str) -> str | None:
-    """For the trainer's preflight: a one-line refusal when the run clearly cannot fit, else None."""
+def check_fits_device(config: VLARLConfig, device_type: str, gpus: int = 1) -> str | None:
+    """For the trainer's preflight: a one-line refusal when the run clearly cannot fit, else None.
+
+    "Clearly": the estimate exceeds the whole device by ``CLEARLY_TOO_BIG``; closer calls go
+    ahead (the estimate is a model, and ``plan`` shows it in full).
+    """
     if device_type == "cuda":
         import torch
 
-        kind, count, memory = "gpu", 1, float(torch.cuda.get_device_properties(0).total_memory)
+        kind, memory = "gpu", float(torch.cuda.get_device_properties(0).total_memory)
     else:
-        kind, count, memory = "cpu", 1, host_memory_bytes()
-    plan = build_plan_quiet(config, count, memory / GB, config_strategy(config), kind)
+        kind, memory = "cpu", host_memory_bytes()
+    plan = build_plan_quiet(config, gpus, memory / GB, config_strategy(config), kind)
     if plan.needed_on_device <= CLEARLY_TOO_BIG * memory:
         return None
     return (
         f"the planner estimates {plan.needed_on_device / GB:.1f} GB on this {kind.upper()} "
         f"({memory / GB:.1f} GB): this run cannot fit; {cheapest_fix(plan)} "
-        f"(see `python -m vla_rl_lib plan --config ... --verbose`)"
+        f"(details: python -m vla_rl_lib plan --config <your config> --verbose)"
     )

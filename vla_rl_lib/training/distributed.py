@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vla_rl_lib.algorithms.ppo import DataShard, indivisible_message
+from vla_rl_lib.algorithms.ppo import DataShard, PPOBatch, indivisible_message
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -103,6 +103,42 @@ def broadcast_object(value: Any, launch: Launch) -> Any:
     box = [value if launch.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def destroy_process_group(launch: Launch) -> None:
+    if launch.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def trim_batch(batch: PPOBatch, world_size: int) -> tuple[PPOBatch, int]:
+    """Drop the last ``len % world_size`` samples so every rank's slice is equal; (batch, dropped).
+
+    Episodes end at different steps, so a batch's length is not fixed; at most
+    ``world_size - 1`` samples (of the last episode's tail) are left out of the update.
+    """
+    keep = len(batch) - len(batch) % world_size
+    if keep == len(batch):
+        return batch, 0
+    if keep == 0:
+        raise DistributedError(
+            f"the batch holds {len(batch)} samples, fewer than the {world_size} ranks; "
+            "collect more (rollout.num_rollouts_per_update) or launch fewer processes"
+        )
+    return PPOBatch(
+        batch.images[:keep], batch.instructions[:keep], batch.token_ids[:keep],
+        batch.old_log_probs[:keep], batch.old_values[:keep], batch.advantages[:keep],
+        batch.returns[:keep],
+    ), len(batch) - keep
+
+
+class NoMetrics:
+    """The metrics writer of a rank that does not write (rank 0 writes the run's logs)."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        del record
+
+    def close(self) -> None:
+        pass
 
 
 class _Evaluate(nn.Module):
