@@ -188,3 +188,61 @@ def test_update_refuses_a_batch_that_does_not_split_over_the_ranks():
     shard = DataShard(rank=0, world_size=3)
     with pytest.raises(ValueError, match=r"the batch \(8\) does not split evenly over world size 3"):
         ppo_update(policy, make_optimizer(policy), batch, dataclasses.replace(SETTINGS), shard=shard)
+
+
+# ---------------------------------------------------------------- the trainer under torchrun
+
+VOLATILE = ("perf/", "time_s", "ppo/dropped_samples")
+
+
+def _curve(run_dir: Path) -> list[dict]:
+    from vla_rl_lib.metrics import load_metrics
+
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in load_metrics(run_dir)]
+
+
+def _train_cli(config_path: Path, ranks: int, *flags: str) -> None:
+    import subprocess
+    import sys
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={ranks}", "-m"] if ranks > 1 else [sys.executable, "-m"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(
+        [*launcher, "vla_rl_lib", "train", "--config", str(config_path), *flags],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_torchrun_checkpoints_resume_in_one_process_and_back(tiny_config, tmp_path):
+    from vla_rl_lib.config import apply_overrides, save_config
+
+    # Episodes of the tiny config run to max_steps: 2 x 6 = 12 samples split evenly over 2 ranks.
+    cfg = apply_overrides(tiny_config, {"num_updates": 2, "device": "cpu"})
+    paths = {}
+    for name in ("single", "dist_then_single", "single_then_dist"):
+        paths[name] = tmp_path / f"{name}.yaml"
+        save_config(apply_overrides(cfg, {"experiment_name": name}), paths[name])
+    _train_cli(paths["single"], 1)
+    _train_cli(paths["dist_then_single"], 2, "--num-updates", "1")
+    _train_cli(paths["dist_then_single"], 1, "--resume")
+    _train_cli(paths["single_then_dist"], 1, "--num-updates", "1")
+    _train_cli(paths["single_then_dist"], 2, "--resume")
+
+    outputs = Path(cfg.output_dir)
+    reference = _curve(outputs / "single")
+    assert [r["update"] for r in reference if "train/success_rate" in r] == [1, 2]
+    for name in ("dist_then_single", "single_then_dist"):
+        assert_same_curve(_curve(outputs / name), reference, name)
+
+
+def assert_same_curve(curve: list[dict], reference: list[dict], what: str) -> None:
+    assert [r.keys() for r in curve] == [r.keys() for r in reference], what
+    for got, want in zip(curve, reference, strict=True):
+        for key, value in want.items():
+            if isinstance(value, float) and not isinstance(value, bool):
+                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), (what, key)
+            else:
+                assert got[key] == value, (what, key)

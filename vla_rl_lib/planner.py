@@ -500,38 +500,53 @@ def _with(config: VLARLConfig, **sections: dict) -> VLARLConfig:
 
 
 def cheapest_fix(plan: Plan) -> str:
-    """The first change, cheapest first, under which the plan fits; or why none does."""
+    """The cheapest change under which the plan fits, each tried with the largest micro-batch
+    that then fits: micro-batch alone, LoRA rank, LoRA instead of full fine-tuning, gradient
+    checkpointing, FSDP on the same GPUs, more GPUs."""
     cfg, n = plan.config, plan.gpus
+    current = cfg.ppo.micro_batch_size
+    micros = [current]
+    while micros[-1] > 1:
+        micros.append(micros[-1] // 2)
 
-    def fits(config: VLARLConfig, gpus: int = n, strategy: str = plan.strategy) -> bool:
-        return build_plan_quiet(config, gpus, plan.device_bytes / GB, strategy, plan.device_kind).fits
+    def first_fit(config: VLARLConfig, gpus: int = n, strategy: str = plan.strategy) -> str | None:
+        for micro in micros:
+            candidate = _with(config, ppo={"micro_batch_size": micro})
+            quiet = build_plan_quiet(candidate, gpus, plan.device_bytes / GB, strategy, plan.device_kind)
+            if quiet.fits:
+                return "" if micro == current else f"ppo.micro_batch_size: {micro} (was {current})"
+        return None
 
-    micro = cfg.ppo.micro_batch_size
-    while micro > 1:
-        micro //= 2
-        if fits(_with(cfg, ppo={"micro_batch_size": micro})):
-            return f"set ppo.micro_batch_size: {micro} (was {cfg.ppo.micro_batch_size})"
+    changes: list[tuple[str, VLARLConfig, int, str]] = []
     if cfg.lora.enabled:
-        rank = cfg.lora.rank
-        while rank > 1:
-            rank //= 2
-            if fits(_with(cfg, lora={"rank": rank}, top={"lora_rank": rank})):
-                return f"set lora.rank: {rank} (was {cfg.lora.rank})"
-    elif fits(_with(cfg, lora={"enabled": True})):
-        return f"set lora.enabled: true (rank {cfg.lora.rank}) instead of full fine-tuning"
-    if not gradient_checkpointing(cfg):
-        for micro in (cfg.ppo.micro_batch_size, 1):
-            if fits(_with(cfg, model={"gradient_checkpointing": True}, ppo={"micro_batch_size": micro})):
-                extra = "" if micro == cfg.ppo.micro_batch_size else f" and ppo.micro_batch_size: {micro}"
-                return f"set model.gradient_checkpointing: true{extra} (about a third more learner compute)"
+        for rank in (cfg.lora.rank // 4, cfg.lora.rank // 16):
+            if 1 <= rank < cfg.lora.rank:
+                changes.append((f"set lora.rank: {rank} (was {cfg.lora.rank})",
+                                _with(cfg, lora={"rank": rank}, top={"lora_rank": rank}), n, plan.strategy))
+    else:
+        changes.append((f"set lora.enabled: true (rank {cfg.lora.rank}) instead of full fine-tuning",
+                        _with(cfg, lora={"enabled": True}), n, plan.strategy))
+    if not cfg.model.gradient_checkpointing:
+        changes.append(("set model.gradient_checkpointing: true (about a third more learner compute)",
+                        _with(cfg, model={"gradient_checkpointing": True}), n, plan.strategy))
     if plan.device_kind == "gpu":
-        if plan.strategy != "fsdp" and n > 1 and fits(cfg, n, "fsdp"):
-            return f"shard with FSDP on the same {n} GPUs (distributed_strategy: fsdp)"
+        if plan.strategy != "fsdp" and n > 1:
+            changes.append((f"set distributed_strategy: fsdp on the same {n} GPUs", cfg, n, "fsdp"))
         for more in (2, 4, 8, 16, 32, 64):
             if more > n:
                 for strategy in ("ddp", "fsdp"):
-                    if fits(cfg, more, strategy):
-                        return f"use {more} GPUs with {strategy.upper()} (torchrun --nproc-per-node {min(more, 8)})"
+                    changes.append((
+                        f"use {more} GPUs with distributed_strategy: {strategy} "
+                        f"(torchrun --nproc-per-node {min(more, 8)}{' per node' if more > 8 else ''})",
+                        _with(cfg, top={"distributed_strategy": strategy}), more, strategy,
+                    ))
+    micro_only = first_fit(cfg)
+    if micro_only:
+        return f"set {micro_only}"
+    for text, config, gpus, strategy in changes:
+        micro = first_fit(config, gpus, strategy)
+        if micro is not None:
+            return text + (f" and {micro}" if micro else "")
     return "no single change fits: combine LoRA, gradient checkpointing and micro-batch 1 with more memory"
 
 
