@@ -246,3 +246,21 @@ def assert_same_curve(curve: list[dict], reference: list[dict], what: str) -> No
                 assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), (what, key)
             else:
                 assert got[key] == value, (what, key)
+
+
+def test_train_under_a_world_size_that_does_not_divide_the_minibatch_fails_in_one_line(
+    tiny_config, tmp_path, monkeypatch, capsys
+):
+    from vla_rl_lib.config import save_config
+    from vla_rl_lib.training.cli import main
+
+    path = tmp_path / "tiny.yaml"
+    save_config(tiny_config, path)  # ppo.minibatch_size 6
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "ppo.minibatch_size (6) does not split evenly over world size 4" in err
+    assert "use 3 or 6 processes, or make it 4 or 8" in err
+    assert not (Path(tiny_config.output_dir) / "tiny").exists()  # refused before anything ran

@@ -568,7 +568,7 @@ def render(plan: Plan, verbose: bool = False, source: str = "") -> str:
     device = (f"{plan.gpus} x GPU of {plan.device_bytes / GB:.0f} GB, {plan.strategy.upper()}"
               if plan.device_kind == "gpu" else f"CPU, host memory {plan.device_bytes / GB:.1f} GB")
     lines = [f"plan {source}: {m.description}".strip(), f"devices: {device}"]
-    parts = ", ".join(f"{k} {v / 1e9:.3f}B" for k, v in m.components.items())
+    parts = ", ".join(f"{k} {_count(v)}" for k, v in m.components.items())
     lines.append(f"parameters: {m.total:,} ({parts}); trainable {trainable:,}")
     lines.append("learner memory per device:")
     for term in plan.learner:
@@ -608,6 +608,10 @@ def render(plan: Plan, verbose: bool = False, source: str = "") -> str:
     lines.append(f"learner_gb_per_device={plan.learner_bytes / GB:.3f} "
                  f"rollout_gb={plan.rollout_bytes / GB:.3f} fits={str(plan.fits).lower()}")
     return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.3f}B" if n >= 1e8 else f"{n / 1e6:.3f}M"
 
 
 def _micro(plan: Plan) -> int:

@@ -36,7 +36,7 @@ from vla_rl_lib.algorithms.ppo import DataShard, PPOBatch, indivisible_message
 STRATEGIES = ("ddp", "fsdp")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(ValueError):
     """A distributed launch cannot go on; the message says why and what to do."""
 
 
@@ -71,6 +71,16 @@ def check_world_size(world_size: int, minibatch_size: int) -> None:
     """Before anything loads: every minibatch must split evenly over the ranks."""
     if minibatch_size % world_size:
         raise DistributedError(indivisible_message("ppo.minibatch_size", minibatch_size, world_size))
+
+
+def check_launch(world_size: int, minibatch_size: int, strategy: str, executor: str) -> None:
+    """Everything a distributed launch needs from the config, checked before anything loads."""
+    check_world_size(world_size, minibatch_size)
+    if strategy == "fsdp" and executor == "ray":
+        raise DistributedError(
+            "distributed_strategy 'fsdp' runs the rollouts on every rank in lockstep and cannot "
+            "feed Ray workers yet; use rollout.executor: local, or distributed_strategy: ddp"
+        )
 
 
 def backend_for(device: torch.device) -> str:

@@ -101,7 +101,8 @@ class Trainer:
         # Under torchrun: rank 0 collects, writes and evaluates; every rank updates (distributed.py).
         self.launch = distributed.Launch.from_environment()
         if self.launch.world_size > 1:
-            distributed.check_world_size(self.launch.world_size, config.ppo.minibatch_size)
+            distributed.check_launch(self.launch.world_size, config.ppo.minibatch_size,
+                                     config.distributed_strategy, config.rollout.executor)
         if self.launch.is_main:
             check_output_dir(self.run_dir)
         seed_everything(config.seed)
