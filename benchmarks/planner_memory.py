@@ -12,6 +12,8 @@ one micro-batch) should match peak minus baseline.
         --set model.intermediate_size=688 --set model.num_layers=6 --set lora.enabled=false
 
 Last line: ``measured_mb=... planned_mb=... ratio=...`` (ratio = planned / measured).
+``--simulator`` instead measures the resident memory one MuJoCo environment adds
+(the planner's ``SIMULATOR_BYTES_PER_ENV``): ``sim_mb_per_env=...``.
 """
 
 from __future__ import annotations
@@ -84,6 +86,25 @@ def measure(config_path: str, overrides: dict) -> dict[str, float]:
     }
 
 
+def measure_simulator(config_path: str) -> dict[str, float]:
+    """In this process: RSS added by building and stepping the config's rollout envs, per env."""
+    import numpy as np
+
+    from vla_rl_lib.config import load_config
+    from vla_rl_lib.rollout.executor import make_rollout_env
+
+    cfg = load_config(config_path)
+    before_kb = _status_kb("VmRSS")
+    env = make_rollout_env(cfg)
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(np.zeros((env.num_envs, 8), dtype=np.float32))
+    after_kb = _status_kb("VmHWM")
+    env.close()
+    return {"sim_mb_per_env": (after_kb - before_kb) * 1024 / 1e6 / cfg.rollout.num_parallel_envs,
+            "envs": cfg.rollout.num_parallel_envs}
+
+
 def measure_in_subprocess(config_path: str, overrides: dict) -> dict[str, float]:
     """``measure`` in a fresh interpreter, so nothing earlier inflates the peak."""
     code = (
@@ -102,6 +123,8 @@ def measure_in_subprocess(config_path: str, overrides: dict) -> dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="params/default.yaml")
+    parser.add_argument("--simulator", action="store_true",
+                        help="measure the memory per simulator environment instead")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, YAML value (repeatable)")
     args = parser.parse_args()
@@ -109,6 +132,11 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
+    if args.simulator:
+        result = measure_simulator(args.config)
+        print(f"{result['envs']} environments of {args.config}")
+        print(f"sim_mb_per_env={result['sim_mb_per_env']:.1f}")
+        return
     result = measure_in_subprocess(args.config, overrides)
     print(f"tiny model, {result['params']:,} parameters, config {args.config} {overrides or ''}")
     print(f"measured_mb={result['measured_mb']:.1f} planned_mb={result['planned_mb']:.1f} "

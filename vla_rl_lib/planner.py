@@ -53,9 +53,12 @@ CLEARLY_TOO_BIG = 1.25  # preflight refuses only when the estimate exceeds the d
 CPU_RUNTIME_BYTES = 40e6
 CPU_ALLOCATOR_FACTOR = 1.7
 GPU_RUNTIME_BYTES = 1e9
-# MuJoCo CRANE-X7 scene with an EGL/OSMesa renderer: resident memory per environment, measured
-# by benchmarks/planner_memory.py on this machine (RSS after building 8 envs, minus before, / 8).
-SIMULATOR_BYTES_PER_ENV = 30e6
+# MuJoCo CRANE-X7 scenes with their EGL renderer, measured by
+# `benchmarks/planner_memory.py --simulator` here: 126.8 MB for 4 envs at 64 px
+# (params/default.yaml), 130.4 MB for 8 envs at 224 px (params/full.yaml): a fixed
+# cost per rollout process (libraries, GL context) and about 1 MB per environment.
+SIMULATOR_BYTES_PER_PROCESS = 123e6
+SIMULATOR_BYTES_PER_ENV = 1e6
 PROMPT_TOKENS_PER_WORD = 1.5  # Llama/BPE tokens per English word, rounded up
 PROMPT_TEMPLATE_TOKENS = 16  # "In: What action should the robot take to ...?\nOut:" and BOS
 
@@ -408,9 +411,11 @@ def _rollout_terms(plan: Plan) -> None:
         "KV cache while acting", kv,
         f"{envs} envs x 2 (K, V) x {decoder.layers} layers x {decoder.tokens} tokens x {decoder.hidden} x {dtype} B",
     ))
+    processes = max(1, workers)
     plan.rollout.append(Term(
-        "simulators", envs * SIMULATOR_BYTES_PER_ENV,
-        f"{envs} envs x {SIMULATOR_BYTES_PER_ENV / 1e6:.0f} MB (MuJoCo + renderer, measured here)",
+        "simulators", processes * SIMULATOR_BYTES_PER_PROCESS + envs * SIMULATOR_BYTES_PER_ENV,
+        f"{processes} process(es) x {SIMULATOR_BYTES_PER_PROCESS / 1e6:.0f} MB + {envs} envs x "
+        f"{SIMULATOR_BYTES_PER_ENV / 1e6:.0f} MB (MuJoCo + EGL renderer, measured here)",
     ))
     steps = cfg.max_batch_steps()
     image = r.image_size * r.image_size * 3
