@@ -124,3 +124,37 @@ def test_trainer_preflight_refuses_a_run_that_cannot_fit(tiny_config, monkeypatc
         Trainer(tiny_config, progress=False)
     # Refused before anything was built.
     assert not (Path(tiny_config.output_dir) / "tiny" / "base_model").exists()
+
+
+def test_gradient_checkpointing_the_planner_suggests_keeps_the_gradients():
+    import numpy as np
+    import torch
+
+    from vla_rl_lib.policy.hf_policy import LoRASettings, build_policy
+    from vla_rl_lib.training.policy_factory import tiny_vla_config
+
+    sizes = tiny_vla_config(load_template("default"))
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 64, 64, 3), dtype=np.uint8)
+    instructions = ["pick up the blue cube"] * 3
+    grads, saved_bytes = [], []
+    for checkpointing in (False, True):
+        policy = build_policy(sizes, lora=LoRASettings(rank=4, alpha=8), seed=0)
+        if checkpointing:
+            assert policy.enable_gradient_checkpointing() == sizes.text_layers + sizes.vision_layers
+        torch.manual_seed(0)
+        tokens = policy.act(images, instructions, 1.0, False).token_ids
+        storages: dict[int, int] = {}
+
+        def keep(t: torch.Tensor, storages: dict[int, int] = storages) -> torch.Tensor:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            out = policy.evaluate(images, instructions, tokens, 1.0)
+        saved_bytes.append(sum(storages.values()))
+        (out.log_probs.sum() + out.values.sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
+    assert saved_bytes[1] < 0.6 * saved_bytes[0]  # the blocks' activations were not kept
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)

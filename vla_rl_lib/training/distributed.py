@@ -145,7 +145,7 @@ class NoMetrics:
     """The metrics writer of a rank that does not write (rank 0 writes the run's logs)."""
 
     def log(self, record: dict[str, Any]) -> None:
-        del record
+        """Nothing: the record is rank 0's to write."""
 
     def close(self) -> None:
         pass
