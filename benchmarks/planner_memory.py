@@ -13,7 +13,7 @@ one micro-batch) should match peak minus baseline.
 
 Last line: ``measured_mb=... planned_mb=... ratio=...`` (ratio = planned / measured).
 ``--simulator`` instead measures the resident memory one MuJoCo environment adds
-(the planner's ``SIMULATOR_BYTES_PER_ENV``): ``sim_mb_per_env=...``.
+(the planner's ``SIMULATOR_BYTES_*``): ``sim_mb_total=... sim_mb_per_env=...``.
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def main() -> None:
     if args.simulator:
         result = measure_simulator(args.config)
         print(f"{result['envs']} environments of {args.config}")
-        print(f"sim_mb_per_env={result['sim_mb_per_env']:.1f}")
+        total = result["sim_mb_per_env"] * result["envs"]
+        print(f"sim_mb_total={total:.1f} sim_mb_per_env={result['sim_mb_per_env']:.1f}")
         return
     result = measure_in_subprocess(args.config, overrides)
     print(f"tiny model, {result['params']:,} parameters, config {args.config} {overrides or ''}")

@@ -320,14 +320,10 @@ def activation_bytes(config: VLARLConfig, model: ModelCount, micro: int, checkpo
 
 def build_plan(config: VLARLConfig, gpus: int | None = None, gpu_memory_gb: float | None = None,
                strategy: str | None = None) -> Plan:
-    """Every memory and time term for ``config`` on ``gpus`` devices of ``gpu_memory_gb``."""
-    model = count_parameters(config)
+    """Every memory and time term for ``config`` on ``gpus`` devices of ``gpu_memory_gb``
+    (detected when not given), and the cheapest change when it does not fit."""
     kind, count, device_bytes = detect_devices(config, gpus, gpu_memory_gb)
-    strategy = strategy or config_strategy(config)
-    plan = Plan(config, model, count, device_bytes, kind, strategy,
-                hardware=GPU_ASSUMED if kind == "gpu" else CPU_ASSUMED)
-    _learner_terms(plan)
-    _rollout_terms(plan)
+    plan = plan_for_devices(config, count, device_bytes / GB, strategy or config_strategy(config), kind)
     _time_terms(plan)
     if not plan.fits:
         plan.suggestion = cheapest_fix(plan)
@@ -517,7 +513,7 @@ def cheapest_fix(plan: Plan) -> str:
     def first_fit(config: VLARLConfig, gpus: int = n, strategy: str = plan.strategy) -> str | None:
         for micro in micros:
             candidate = _with(config, ppo={"micro_batch_size": micro})
-            quiet = build_plan_quiet(candidate, gpus, plan.device_bytes / GB, strategy, plan.device_kind)
+            quiet = plan_for_devices(candidate, gpus, plan.device_bytes / GB, strategy, plan.device_kind)
             if quiet.fits:
                 return "" if micro == current else f"ppo.micro_batch_size: {micro} (was {current})"
         return None
@@ -555,9 +551,9 @@ def cheapest_fix(plan: Plan) -> str:
     return "no single change fits: combine LoRA, gradient checkpointing and micro-batch 1 with more memory"
 
 
-def build_plan_quiet(config: VLARLConfig, gpus: int, gpu_memory_gb: float, strategy: str,
+def plan_for_devices(config: VLARLConfig, gpus: int, gpu_memory_gb: float, strategy: str,
                      kind: str) -> Plan:
-    """A plan for a hypothetical device set (no detection, no suggestion)."""
+    """The memory terms for a given device set (no detection, no time, no suggestion)."""
     plan = Plan(config, count_parameters(config), gpus, gpu_memory_gb * GB, kind, strategy,
                 hardware=GPU_ASSUMED if kind == "gpu" else CPU_ASSUMED)
     _learner_terms(plan)
@@ -636,7 +632,7 @@ def check_fits_device(config: VLARLConfig, device_type: str, gpus: int = 1) -> s
         kind, memory = "gpu", float(torch.cuda.get_device_properties(0).total_memory)
     else:
         kind, memory = "cpu", host_memory_bytes()
-    plan = build_plan_quiet(config, gpus, memory / GB, config_strategy(config), kind)
+    plan = plan_for_devices(config, gpus, memory / GB, config_strategy(config), kind)
     if plan.needed_on_device <= CLEARLY_TOO_BIG * memory:
         return None
     return (
