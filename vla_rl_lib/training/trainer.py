@@ -242,7 +242,8 @@ class Trainer:
     # ------------------------------------------------------------------ preflight
     def preflight(self) -> dict[str, float]:
         """Log-probs finite, PPO ratio ~1, non-zero gradient on the trainable weights."""
-        if not self.collects or self.config.distributed_strategy == "fsdp" and self.launch.world_size > 1:
+        sharded = self.config.distributed_strategy == "fsdp" and self.launch.world_size > 1
+        if not self.collects or sharded:
             return {}  # rank 0 checks the (identical) DDP model; FSDP's checks are the update's own
         r = self.config.rollout
         n = self.env.num_envs
