@@ -10,15 +10,26 @@ gradient is not finite is skipped and counted; an approximate KL above
 The policy is anything with ``evaluate(images, instructions, token_ids,
 temperature) -> EvaluateOutput`` (``vla_rl_lib.policy.base.VLAPolicy``); it
 runs in whatever train/eval mode the caller left it in.
+
+Data parallel (``shard``): every rank holds the whole batch and draws the same
+minibatch order; each takes an equal slice of every minibatch, and the
+wrapper (DDP or FSDP, ``vla_rl_lib.training.distributed``) averages the
+gradients over ranks, so the step equals the one-process step on the whole
+minibatch. Logged statistics and the early-stop decision are averaged over
+ranks too, so all ranks take the same branch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from vla_rl_lib.config import PPOConfig
@@ -56,6 +67,62 @@ class PPOBatch:
 
     def __len__(self) -> int:
         return len(self.instructions)
+
+
+@dataclass(frozen=True)
+class DataShard:
+    """This process's share of every minibatch in a data-parallel update.
+
+    ``no_sync`` returns a context in which backward does not all-reduce the
+    gradients (DDP's ``no_sync``); the update enters it for every micro-batch
+    but a minibatch's last, so the gradients travel once per optimizer step.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    no_sync: Callable[[], AbstractContextManager] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+
+    def check_divides(self, size: int, minibatch_size: int) -> None:
+        """Every minibatch must split into equal slices, one per rank."""
+        for name, value in (("the batch", size), ("ppo.minibatch_size", minibatch_size)):
+            if value % self.world_size:
+                raise ValueError(indivisible_message(name, value, self.world_size))
+
+    def slice(self, index: torch.Tensor) -> torch.Tensor:
+        return index.chunk(self.world_size)[self.rank] if self.world_size > 1 else index
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Average over ranks (equal slices: the mean over the whole minibatch)."""
+        if self.world_size == 1:
+            return values
+        packed = torch.tensor(list(values.values()), dtype=torch.float64)
+        dist.all_reduce(packed)
+        return dict(zip(values, (packed / self.world_size).tolist(), strict=True))
+
+    def all_true(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return flag
+        packed = torch.tensor([int(flag)])
+        dist.all_reduce(packed, op=dist.ReduceOp.MIN)
+        return bool(packed.item())
+
+
+def indivisible_message(name: str, value: int, world_size: int) -> str:
+    """One line naming the nearest world sizes and the nearest sizes that work."""
+    divisors = [d for d in range(1, value + 1) if value % d == 0]
+    below = max((d for d in divisors if d < world_size), default=1)
+    above = min((d for d in divisors if d > world_size), default=None)
+    sizes = f"{below}" + (f" or {above}" if above is not None else "")
+    lower = value - value % world_size
+    multiples = f"{lower} or {lower + world_size}" if lower else f"{world_size}"
+    return (
+        f"{name} ({value}) does not split evenly over world size {world_size}; "
+        f"use {sizes} processes, or make it {multiples}"
+    )
 
 
 def _value_error_loss(error: torch.Tensor, kind: str) -> torch.Tensor:
@@ -133,6 +200,12 @@ def _take(images: np.ndarray | torch.Tensor, index: torch.Tensor) -> np.ndarray 
     )
 
 
+def _full_float(value: torch.Tensor) -> float:
+    """A float from a tensor that may be an FSDP-sharded DTensor (its norm is already global)."""
+    full = getattr(value, "full_tensor", None)
+    return float(full() if full is not None else value)
+
+
 def ppo_update(
     policy: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -140,20 +213,24 @@ def ppo_update(
     settings: PPOConfig,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    shard: DataShard | None = None,
 ) -> dict[str, float | int | bool]:
     """Run one PPO/GRPO update on ``batch``; return the logged statistics.
 
     Statistics are means over the optimizer steps taken (``grad_norm`` is the
     norm before clipping). ``explained_variance`` compares the rollout values
-    with the returns (nan for GRPO, which has no critic).
+    with the returns (nan for GRPO, which has no critic). With ``shard``,
+    every rank passes the same batch and generator state (see the module notes).
     """
     size = len(batch)
     if size == 0:
         raise ValueError("PPOBatch is empty: collect at least one step before updating")
+    shard = shard or DataShard()
     advantages = batch.advantages.detach().float()
     if settings.normalize_advantages and size > 1:
         advantages = (advantages - advantages.mean()) / (advantages.std() + ADVANTAGE_NORM_EPS)
     minibatch_size = min(settings.minibatch_size, size)
+    shard.check_divides(size, minibatch_size)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
 
     totals = dict.fromkeys(
@@ -164,42 +241,47 @@ def ppo_update(
     for _epoch in range(settings.num_epochs):
         order = torch.randperm(size, generator=generator)
         for start in range(0, size, minibatch_size):
-            index = order[start : start + minibatch_size]
+            index = shard.slice(order[start : start + minibatch_size])
             optimizer.zero_grad(set_to_none=True)
             minibatch_stats = dict.fromkeys(
                 ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), 0.0
             )
             loss_is_finite = True
-            for micro in index.split(settings.micro_batch_size):
-                out = policy.evaluate(
-                    _take(batch.images, micro),
-                    [batch.instructions[i] for i in micro.tolist()],
-                    batch.token_ids[micro],
-                    temperature,
-                )
-                device = out.log_probs.device
-                loss, stats = ppo_loss(
-                    out.log_probs,
-                    batch.old_log_probs[micro].to(device),
-                    advantages[micro].to(device),
-                    out.entropy,
-                    out.values,
-                    batch.old_values[micro].to(device),
-                    batch.returns[micro].to(device),
-                    settings,
-                )
-                weight = len(micro) / len(index)  # the accumulated gradient is the minibatch mean's
-                (loss * weight).backward()
-                loss_is_finite &= bool(torch.isfinite(loss))
-                for key, value in stats.items():
-                    minibatch_stats[key] += weight * float(value)
+            micros = index.split(settings.micro_batch_size)
+            for position, micro in enumerate(micros):
+                defer_sync = shard.no_sync is not None and position < len(micros) - 1
+                with shard.no_sync() if defer_sync else contextlib.nullcontext():
+                    out = policy.evaluate(
+                        _take(batch.images, micro),
+                        [batch.instructions[i] for i in micro.tolist()],
+                        batch.token_ids[micro],
+                        temperature,
+                    )
+                    device = out.log_probs.device
+                    loss, stats = ppo_loss(
+                        out.log_probs,
+                        batch.old_log_probs[micro].to(device),
+                        advantages[micro].to(device),
+                        out.entropy,
+                        out.values,
+                        batch.old_values[micro].to(device),
+                        batch.returns[micro].to(device),
+                        settings,
+                    )
+                    weight = len(micro) / len(index)  # the accumulated gradient is the minibatch mean's
+                    (loss * weight).backward()
+                    loss_is_finite &= bool(torch.isfinite(loss))
+                    for key, value in stats.items():
+                        minibatch_stats[key] += weight * float(value)
 
+            minibatch_stats = shard.mean(minibatch_stats)
+            loss_is_finite = shard.all_true(loss_is_finite)
             # Past target_kl the policy has moved far enough from the one that collected the data.
             if settings.target_kl is not None and minibatch_stats["approx_kl"] > settings.target_kl:
                 early_stopped = True
                 optimizer.zero_grad(set_to_none=True)
                 break
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
+            grad_norm = _full_float(torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm))
             if not (loss_is_finite and math.isfinite(grad_norm)):
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)

@@ -525,6 +525,23 @@ class HFVLAPolicy(VLAPolicy):
             },
         ]
 
+    def enable_gradient_checkpointing(self) -> int:
+        """Recompute each transformer block's activations in backward; returns the blocks affected.
+
+        transformers checkpoints a block only while that block is in training mode, and the
+        policy runs in eval mode (no dropout, so act() and evaluate() agree): the flag is set on
+        the blocks themselves, not on their children, so dropout stays off.
+        """
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        self._hf_model().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+        blocks = [m for m in self.modules() if isinstance(m, GradientCheckpointingLayer)]
+        for block in blocks:
+            block.training = True
+        return len(blocks)
+
     def merge_lora(self) -> None:
         """Fold the LoRA adapter into the base weights (faster inference; saves as a merged model)."""
         if not self.use_lora:

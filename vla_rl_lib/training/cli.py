@@ -1,4 +1,4 @@
-"""Command line: ``python -m vla_rl_lib train|evaluate|config|sft``.
+"""Command line: ``python -m vla_rl_lib train|evaluate|config|sft|plan``.
 
 Flags override the YAML only when the user actually passes them (argparse
 defaults are suppressed), so ``--config params/fast.yaml --seed 3`` changes the
@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     sft = sub.add_parser("sft", help="collect scripted demos and behaviour-clone the VLA")
     _add_common(sft)
     sft.add_argument("--learning-rate", type=float, default=S, dest="sft_learning_rate")
+
+    plan = sub.add_parser("plan", help="memory and time a config needs, before anything loads")
+    plan.add_argument("--config", help="YAML config (e.g. params/full.yaml)")
+    plan.add_argument("--template", choices=TEMPLATES, help="start from params/<template>.yaml")
+    plan.add_argument("--gpus", type=int, help="learner GPUs (default: those visible, or the CPU)")
+    plan.add_argument("--gpu-memory-gb", type=float, help="memory per GPU (default: detected)")
+    plan.add_argument("--verbose", action="store_true", help="show the formula of every term")
     return parser
 
 
@@ -279,7 +286,17 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "config": cmd_config, "sft": cmd_sft}
+def cmd_plan(args: argparse.Namespace) -> int:
+    from vla_rl_lib.planner import build_plan, render
+
+    cfg = resolve_config(args)
+    plan = build_plan(cfg, gpus=args.gpus, gpu_memory_gb=args.gpu_memory_gb)
+    print(render(plan, verbose=args.verbose, source=args.config or args.template or "default"))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "config": cmd_config, "sft": cmd_sft,
+            "plan": cmd_plan}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

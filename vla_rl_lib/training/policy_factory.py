@@ -124,7 +124,10 @@ def build_training_policy(
             )
             fresh.save_pretrained(str(base_dir))
         base = {"kind": "tiny", "path": "base_model"}
-    return _load_base(cfg, base["kind"], _resolve(run_dir, base["path"])), base
+    policy = _load_base(cfg, base["kind"], _resolve(run_dir, base["path"]))
+    if cfg.model.gradient_checkpointing:
+        policy.enable_gradient_checkpointing()
+    return policy, base
 
 
 def check_model_source(cfg: VLARLConfig) -> None:

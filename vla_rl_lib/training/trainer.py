@@ -35,7 +35,7 @@ from vla_rl_lib.rollout.collector import (
 )
 from vla_rl_lib.rollout.executor import make_executor, make_rollout_env
 from vla_rl_lib.training import checkpoint as ckpt
-from vla_rl_lib.training import runs
+from vla_rl_lib.training import distributed, runs
 from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
 from vla_rl_lib.training.policy_factory import build_training_policy
 from vla_rl_lib.training.progress_log import ProgressLog
@@ -115,15 +115,31 @@ class Trainer:
         self.on_update = on_update
         self.on_eval = on_eval
         self.render = render
+        # Under torchrun: rank 0 collects, writes and evaluates; every rank updates (distributed.py).
+        self.launch = distributed.Launch.from_environment()
+        if self.launch.world_size > 1:
+            distributed.check_launch(self.launch.world_size, config.ppo.minibatch_size,
+                                     config.distributed_strategy, config.rollout.executor)
+        seed_everything(config.seed)
+        self.device = torch.device(resolve_device(config.device, self.launch.local_rank))
+        configure_cpu_threads(self.device)
+        from vla_rl_lib.planner import check_fits_device
+
+        refusal = check_fits_device(config, self.device.type, self.launch.world_size)
+        if refusal is not None:
+            raise PreflightError(f"preflight: {refusal}")
+        distributed.init_process_group(self.launch, self.device)
+        # One run folder for all ranks: rank 0 makes it (or finds the resumed one), the rest follow.
         if latest is not None:
             self.run_dir = latest.parent
         else:
-            check_output_dir(experiment_dir)
-            self.run_dir = runs.create_run_dir(experiment_dir)
-        check_output_dir(self.run_dir)
-        seed_everything(config.seed)
-        self.device = torch.device(resolve_device(config.device))
-        configure_cpu_threads(self.device)
+            if self.launch.is_main:
+                check_output_dir(experiment_dir)
+            self.run_dir = distributed.broadcast_object(
+                runs.create_run_dir(experiment_dir) if self.launch.is_main else None, self.launch
+            )
+        if self.launch.is_main:
+            check_output_dir(self.run_dir)
 
         self.start_update = 0
         self.env_steps = 0
@@ -137,8 +153,14 @@ class Trainer:
         self.final_update = config.num_updates
         self._progress_log: ProgressLog | None = None
 
-        self.policy, self.base_info = build_training_policy(config, self.run_dir, progress=progress)
+        with distributed.main_rank_first(self.launch):  # a warm start or base model is written once
+            self.policy, self.base_info = build_training_policy(config, self.run_dir, progress=progress)
         self.policy.to(self.device)
+        if resume_state is not None:  # before FSDP shards the weights
+            self._restore_policy(latest, resume_state)
+        self.learner = distributed.wrap_policy(
+            self.policy, self.launch, config.distributed_strategy, self.device
+        )
         self.optimizer = torch.optim.AdamW(
             self.policy.optimizer_param_groups(
                 config.ppo.learning_rate, config.ppo.value_learning_rate
@@ -149,9 +171,15 @@ class Trainer:
         if resume_state is not None:
             self._restore(latest, resume_state)
 
-        self.env = make_rollout_env(config)
+        # DDP: rank 0 collects and broadcasts the batch. FSDP: the sharded policy can only act
+        # with every rank taking part, so every rank plays the same (seeded) episodes.
+        self.collects = self.launch.is_main or config.distributed_strategy == "fsdp"
+        self.env = make_rollout_env(config) if self.collects else None
         # rollout.executor: local (this process) or ray (workers); both play the same episodes.
-        self.collector = make_executor(config, self.env, self.policy, self.base_info, self.run_dir)
+        self.collector = (
+            make_executor(config, self.env, self.policy, self.base_info, self.run_dir)
+            if self.collects else None
+        )
         self.eval_seeds = evaluation_seeds(config.eval_seed, config.num_eval_episodes)
         self.metrics = MetricsWriter(
             self.run_dir,
@@ -160,8 +188,9 @@ class Trainer:
             wandb_project=config.wandb_project,
             wandb_config=config_to_dict(config),
             wandb_run_name=f"{config.experiment_name}/{self.run_dir.name}",
-        )
-        (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
+        ) if self.launch.is_main else distributed.NoMetrics()
+        if self.launch.is_main:
+            (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
 
     @staticmethod
     def _resume_checkpoint(experiment_dir: Path, resume: bool | str | os.PathLike[str]) -> Path:
@@ -211,15 +240,21 @@ class Trainer:
         }
 
     def save(self, name: str, update: int) -> Path:
-        return ckpt.save_checkpoint(
-            self.run_dir / name,
-            config_yaml=config_to_yaml(self.config),
-            policy_state=self.policy.trainable_state_dict(),
-            optimizer_state=self.optimizer.state_dict(),
-            trainer_state=self._trainer_state(update),
-        )
+        # The one-process format on every world size: FSDP shards are gathered (on all ranks).
+        policy_state = self.learner.full_trainable_state()
+        optimizer_state = distributed.full_optimizer_state(self.optimizer)
+        path = self.run_dir / name
+        if self.launch.is_main:
+            ckpt.save_checkpoint(
+                path,
+                config_yaml=config_to_yaml(self.config),
+                policy_state=policy_state,
+                optimizer_state=optimizer_state,
+                trainer_state=self._trainer_state(update),
+            )
+        return path
 
-    def _restore(self, path: Path, state: dict[str, Any]) -> None:
+    def _restore_policy(self, path: Path, state: dict[str, Any]) -> None:
         try:
             self.policy.load_trainable_state_dict(state["policy_state"])
         except (KeyError, RuntimeError, ValueError) as exc:
@@ -227,8 +262,10 @@ class Trainer:
                 f"{path / ckpt.POLICY_FILE} does not fit this model ({exc}); "
                 "was the config changed since the checkpoint was written?"
             ) from exc
+
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
         try:
-            self.optimizer.load_state_dict(state["optimizer_state"])
+            distributed.load_full_optimizer_state(self.optimizer, state["optimizer_state"])
         except (ValueError, KeyError) as exc:
             raise ckpt.CheckpointError(
                 f"{path / ckpt.OPTIMIZER_FILE} does not match this model's parameters ({exc}); "
@@ -252,6 +289,9 @@ class Trainer:
     # ------------------------------------------------------------------ preflight
     def preflight(self) -> dict[str, float]:
         """Log-probs finite, PPO ratio ~1, non-zero gradient on the trainable weights."""
+        sharded = self.config.distributed_strategy == "fsdp" and self.launch.world_size > 1
+        if not self.collects or sharded:
+            return {}  # rank 0 checks the (identical) DDP model; FSDP's checks are the update's own
         r = self.config.rollout
         n = self.env.num_envs
         obs = reset_episodes(self.env, range(n), evaluation_seeds(0, n))
@@ -332,25 +372,40 @@ class Trainer:
         group_size = p.group_size if p.algorithm == "grpo" else 1
         last_eval: EvalResult | None = None
         evaluating = cfg.eval_interval > 0  # 0 means never (num_eval_episodes may then be 0)
-        if self.start_update == 0 and evaluating:
+        if self.start_update == 0 and evaluating and self.collects:
             last_eval = self.evaluate(0)
             self.best_eval = last_eval.success_rate
         from vla_rl_lib.display import progress as progress_bar
 
         updates = range(self.start_update, cfg.num_updates)
-        if self.progress:
+        if self.progress and self.launch.is_main:
             updates = progress_bar(updates, total=len(updates), desc="updates", interactive=True)
         for update in updates:
             t0 = time.perf_counter()
             torch.manual_seed(derive_seed(cfg.seed, update, 1))
             seeds = training_episode_seeds(cfg.seed, update, r.num_rollouts_per_update, group_size)
-            rollout = self.collector.collect(seeds, temperature=r.temperature)
-            batch = rollout_to_batch(rollout, p.algorithm, p.gamma, p.gae_lambda, group_size)
+            rollout = batch = None
+            if self.collects:
+                rollout = self.collector.collect(seeds, temperature=r.temperature)
+                batch = rollout_to_batch(rollout, p.algorithm, p.gamma, p.gae_lambda, group_size)
+            if cfg.distributed_strategy == "ddp":
+                batch = distributed.broadcast_object(batch, self.launch)
+            batch, dropped = distributed.trim_batch(batch, self.launch.world_size)
             generator = torch.Generator().manual_seed(derive_seed(cfg.seed, update, 2))
             t_update = time.perf_counter()
-            stats = ppo_update(self.policy, self.optimizer, batch, p, r.temperature, generator)
+            stats = ppo_update(
+                self.learner.trainer_view, self.optimizer, batch, p, r.temperature, generator,
+                shard=self.learner.shard,
+            )
             update_s = time.perf_counter() - t_update
             self._count_skips(stats, update)
+            if rollout is None:  # a DDP rank > 0: it only learns
+                if distributed.broadcast_object(None, self.launch):
+                    self.final_update = update + 1
+                    break
+                continue
+            if self.launch.world_size > 1:
+                stats["dropped_samples"] = dropped
             self.env_steps += rollout.env_steps
             step_s = time.perf_counter() - t0
             self.elapsed_s += step_s
@@ -363,6 +418,7 @@ class Trainer:
                 self.on_update(record)
 
             out_of_time = cfg.max_minutes is not None and self.wall_s() > 60 * cfg.max_minutes
+            out_of_time = distributed.broadcast_object(out_of_time, self.launch)
             done = update + 1 == cfg.num_updates or out_of_time
             if evaluating and ((update + 1) % cfg.eval_interval == 0 or done):
                 last_eval = self.evaluate(update + 1)
@@ -418,6 +474,8 @@ class Trainer:
         }
 
     def _finish(self, last_eval: EvalResult | None) -> dict[str, Any]:
+        if not self.launch.is_main:
+            return {"rank": self.launch.rank, "updates": self.final_update}
         from vla_rl_lib.display import save_gif
         from vla_rl_lib.display.plots import plot_training
         from vla_rl_lib.metrics import load_metrics
@@ -440,9 +498,11 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        self.collector.close()
-        self.env.close()
+        if self.collector is not None:
+            self.collector.close()
+            self.env.close()
         self.metrics.close()
+        distributed.destroy_process_group(self.launch)
 
 
 def _grad_norm(params: list[torch.nn.Parameter]) -> float:
@@ -484,12 +544,13 @@ def configure_cpu_threads(device: torch.device) -> None:
         torch.set_num_threads(1)
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, local_rank: int = 0) -> str:
+    """The device name; under torchrun, process ``local_rank`` takes GPU ``local_rank``."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError("device 'cuda' was requested but no CUDA GPU is visible; use device: cpu")
-    return device
+    return f"cuda:{local_rank}" if device == "cuda" and local_rank else device
 
 
 def config_to_yaml(config: VLARLConfig) -> str:
