@@ -58,7 +58,7 @@ class RolloutConfig:
     simulator: str = field(
         default="mujoco", metadata=_choices("mujoco", "maniskill", "genesis", "isaacsim")
     )
-    env_id: str = "PickPlace-CRANE-X7"
+    env_id: str = "Lift-CRANE-X7"
     backend: str = field(default="cpu", metadata=_choices("cpu", "gpu"))
     render_mode: str = field(default="rgb_array", metadata=_choices("rgb_array"))
     num_parallel_envs: int = 4

@@ -255,7 +255,7 @@ def collect_demonstrations(
     out_dir: str | os.PathLike,
     *,
     simulator: str = "mujoco",
-    env_id: str = "PickPlace-CRANE-X7",
+    env_id: str = "Lift-CRANE-X7",
     num_envs: int = 4,
     image_size: int | tuple[int, int] = 64,
     camera: str = "third_person",
