@@ -92,7 +92,8 @@ class MujocoPickPlace(Simulator):
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         self.state_dim = PICKPLACE_STATE_DIM if self.pickplace else None
         self.named_cube_body = np.full(n, self._cube_bodies[0])
-        self.named_plate_body = np.full(n, -1)
+        # Until its first reset an env shows the MJCF's placeholder scene with no instruction.
+        self.named_plate_body = np.full(n, self._plate_bodies[0] if self.pickplace else -1)
         self.episodes: list[pickplace.PickPlaceEpisode | None] = [None] * n
         self._geom_rgba = np.tile(self.model.geom_rgba, (n, 1, 1))  # per env: colours differ
         if self.pickplace:
@@ -240,8 +241,8 @@ class MujocoPickPlace(Simulator):
             "gripper_to_cube_dist": dist,
             "cube_to_target_dist": to_target,
             "finger_opening": opening,
-            "named_cube": np.array([e.named_cube for e in self.episodes]),
-            "named_plate": np.array([e.named_plate for e in self.episodes]),
+            "named_cube": np.array([e.named_cube if e else -1 for e in self.episodes]),
+            "named_plate": np.array([e.named_plate if e else -1 for e in self.episodes]),
             "cube_pos": np.array([d.xpos[self._cube_bodies] for d in self.data], dtype=np.float32),
             "plate_pos": np.array([d.xpos[self._plate_bodies] for d in self.data], dtype=np.float32),
             "gripper_pos": gripper.astype(np.float32),
@@ -265,7 +266,7 @@ class MujocoPickPlace(Simulator):
             image,
             qpos,
             qvel,
-            instructions=[self.episodes[i].instruction for i in ids],
+            instructions=[e.instruction if e else "" for e in (self.episodes[i] for i in ids)],
             state=np.stack([self._state_vector(i) for i in ids]),
         )
 
@@ -276,8 +277,9 @@ class MujocoPickPlace(Simulator):
         mujoco.mju_mat2Quat(gripper_quat, d.xmat[self.gripper_body])
         cubes = [np.concatenate([d.xpos[b], d.xquat[b]]) for b in self._cube_bodies]
         named = np.zeros(pickplace.NUM_CUBES + pickplace.NUM_PLATES)
-        named[episode.named_cube] = 1.0
-        named[pickplace.NUM_CUBES + episode.named_plate] = 1.0
+        if episode is not None:
+            named[episode.named_cube] = 1.0
+            named[pickplace.NUM_CUBES + episode.named_plate] = 1.0
         parts = [d.xpos[self.gripper_body], gripper_quat, *cubes, d.xpos[self._plate_bodies].ravel(), named]
         return np.concatenate(parts).astype(np.float32)
 

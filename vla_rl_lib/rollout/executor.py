@@ -177,7 +177,7 @@ def merge_shards(
     episodes.sort(key=lambda e: e.index)
     return Rollout(
         images=side_by_side("images", 0),
-        instructions=[text for _, r in shards for text in r.instructions],
+        instructions=side_by_side("instructions", ""),
         token_ids=side_by_side("token_ids", 0),
         log_probs=side_by_side("log_probs", 0.0),
         values=side_by_side("values", 0.0),

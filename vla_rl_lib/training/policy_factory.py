@@ -123,7 +123,9 @@ def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> di
 
     s, r = cfg.sft, cfg.rollout
     t0 = time.perf_counter()
-    dataset_dir = Path(s.dataset_dir) / f"demos_{s.num_demos}_seed{s.demo_seed}_{r.camera}_{r.image_size}px"
+    dataset_dir = (
+        Path(s.dataset_dir) / f"demos_{r.env_id}_{s.num_demos}_seed{s.demo_seed}_{r.camera}_{r.image_size}px"
+    )
     if not dataset_dir.exists():
         collect_demonstrations(
             s.num_demos,
