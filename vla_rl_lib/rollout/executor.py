@@ -48,12 +48,14 @@ class RolloutExecutor(Protocol):
     def close(self) -> None: ...
 
 
-def make_rollout_env(config: VLARLConfig) -> Simulator:
-    """The batched simulator of a run, built from its rollout settings."""
+def make_rollout_env(config: VLARLConfig, split: str = "train") -> Simulator:
+    """The batched simulator of a run, built from its rollout settings, playing ``split``
+    (``lift.list_splits(env_id)``)."""
     r = config.rollout
     return make_env(
         r.simulator,
         r.env_id,
+        split=split,
         num_envs=r.num_parallel_envs,
         backend=r.backend,
         camera=r.camera,
