@@ -162,8 +162,6 @@ class PickPlaceSplit:
                     f"split {self.name!r}: pair ({cube!r}, {plate!r}) must be two different "
                     f"colours of the palette {sorted(PALETTE)}"
                 )
-        if len(PALETTE) < NUM_CUBES + NUM_PLATES:
-            raise ValueError(f"the palette needs at least {NUM_CUBES + NUM_PLATES} colours")
 
 
 @dataclass(frozen=True)

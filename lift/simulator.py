@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from lift import pickplace, task
-from lift.splits import get_split
+from lift.splits import SPLITS, get_split
 from lift.task import ACTION_DIM
 from lift.types import Observation, SimulatorConfig, StepResult
 
@@ -33,7 +33,8 @@ class Simulator(ABC):
         distribution of episode starts (:func:`lift.list_splits`)."""
         self.config = config
         self.instruction = instruction
-        self.split = get_split(config.env_id, config.split)
+        # A task without named splits (a simulator registered for its own env id) has one stream.
+        self.split = get_split(config.env_id, config.split) if config.env_id in SPLITS else None
         self._base_seed = config.seed
         self._seed_stream = 0
         self._episode_counter = 0
@@ -88,8 +89,9 @@ class Simulator(ABC):
         return episodes
 
     def _next_episode_rng(self) -> np.random.Generator:
+        split_stream = 0 if self.split is None else self.split.stream
         rng = task.episode_rng(
-            self._base_seed, self._seed_stream, self._episode_counter, self.split.stream
+            self._base_seed, self._seed_stream, self._episode_counter, split_stream
         )
         self._episode_counter += 1
         return rng
