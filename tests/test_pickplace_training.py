@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 import lift
-
 from vla_rl_lib.config import ConfigError, apply_overrides
 from vla_rl_lib.metrics import load_metrics
 from vla_rl_lib.sft.demos import load_demonstrations
