@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+import lift
 from vla_rl_lib.algorithms.ppo import PPOBatch, ppo_update
 from vla_rl_lib.config import VLARLConfig, load_template
 from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings
@@ -39,7 +40,7 @@ def full_batch(policy: HFVLAPolicy, cfg: VLARLConfig, rng: np.random.Generator) 
     """As many samples as the template's largest batch, collected ``num_parallel_envs`` at a time."""
     size, chunk, side = cfg.max_batch_steps(), cfg.rollout.num_parallel_envs, cfg.rollout.image_size
     images = rng.integers(0, 256, size=(size, side, side, 3), dtype=np.uint8)
-    instructions = [cfg.language_instruction] * size
+    instructions = [cfg.language_instruction or lift.INSTRUCTION] * size
     outputs = [
         policy.act(images[i : i + chunk], instructions[i : i + chunk], cfg.rollout.temperature)
         for i in range(0, size, chunk)

@@ -1,13 +1,16 @@
-"""lift: batched robot-arm simulators for the CRANE-X7 pick task.
+"""lift: batched robot-arm simulators for CRANE-X7 tasks.
 
-Usage::
+Tasks: ``Lift-CRANE-X7`` (pick up one blue cube and raise it; the quick smoke task)
+and ``PickPlace-CRANE-X7`` (put the named coloured cube on the named plate; see
+:mod:`lift.pickplace`). Usage::
 
     import lift
     env = lift.make_env("mujoco", "PickPlace-CRANE-X7", num_envs=8)
     obs = env.reset(seed=0)  # training starts: seed_stream 0
+    obs.instructions  # one instruction per env, e.g. "put the red cube on the green plate"
     result = env.step(actions)  # actions (8, 8) in [-1, 1]
-    held_out = lift.make_env("mujoco", "PickPlace-CRANE-X7", num_envs=8)
-    held_out.reset(seed=0, seed_stream=1)  # evaluation starts, disjoint from training
+    held_out = lift.make_env("mujoco", "PickPlace-CRANE-X7", num_envs=8, split="test")
+    lift.list_splits("PickPlace-CRANE-X7")  # train, val, test, ood_position, ...
 
 Actions are (num_envs, 8); values outside [-1, 1] are clipped, NaN/inf or a wrong
 shape raise ValueError. Dims 0-6 drive the arm joints: ``pd_joint_delta_pos``
@@ -32,43 +35,59 @@ from lift.registry import (  # noqa: E402
     register_simulator,
 )
 from lift.simulator import Simulator  # noqa: E402
-from lift.task import ENV_ID, INSTRUCTION  # noqa: E402
+from lift.splits import list_splits  # noqa: E402
+from lift.task import ENV_ID, ENV_IDS, INSTRUCTION, LIFT_ENV_ID, PICKPLACE_ENV_ID  # noqa: E402
 from lift.types import Observation, SimulatorConfig, StepResult  # noqa: E402
 
 register_simulator("mujoco", "lift.backends.mujoco_env:MujocoPickPlace", requires=("mujoco",))
+# ManiSkill3 and Genesis do not build the PickPlace scene yet: make_env refuses it there.
 register_simulator(
     "maniskill",
     "lift.backends.maniskill:ManiSkillPickPlace",
     extra="maniskill",
+    env_ids=(LIFT_ENV_ID,),
     requires=("mani_skill", "sapien"),
 )
 register_simulator(
-    "genesis", "lift.backends.genesis:GenesisPickPlace", extra="genesis", requires=("genesis",)
+    "genesis",
+    "lift.backends.genesis:GenesisPickPlace",
+    extra="genesis",
+    env_ids=(LIFT_ENV_ID,),
+    requires=("genesis",),
 )
 register_simulator("isaacsim", isaacsim_unavailable)
 
-GYM_ID = "lift/PickPlace-CRANE-X7-v0"
+GYM_ID = "lift/Lift-CRANE-X7-v0"
+PICKPLACE_GYM_ID = "lift/PickPlace-CRANE-X7-v0"
 
 
 def _register_gymnasium() -> None:
     import gymnasium
 
-    if GYM_ID not in gymnasium.registry:
-        gymnasium.register(id=GYM_ID, entry_point="lift.gym_env:PickPlaceGymEnv")
+    for gym_id, env_id in ((GYM_ID, LIFT_ENV_ID), (PICKPLACE_GYM_ID, PICKPLACE_ENV_ID)):
+        if gym_id not in gymnasium.registry:
+            gymnasium.register(
+                id=gym_id, entry_point="lift.gym_env:PickPlaceGymEnv", kwargs={"env_id": env_id}
+            )
 
 
 _register_gymnasium()
 
 __all__ = [
     "ENV_ID",
+    "ENV_IDS",
     "GYM_ID",
     "INSTRUCTION",
+    "LIFT_ENV_ID",
+    "PICKPLACE_ENV_ID",
+    "PICKPLACE_GYM_ID",
     "Observation",
     "Simulator",
     "SimulatorConfig",
     "StepResult",
     "create_simulator",
     "list_simulators",
+    "list_splits",
     "make_env",
     "register_simulator",
 ]

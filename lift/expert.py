@@ -1,4 +1,4 @@
-"""Scripted pick-and-lift expert for the MuJoCo PickPlace-CRANE-X7 env.
+"""Scripted expert for the MuJoCo Lift-CRANE-X7 and PickPlace-CRANE-X7 envs.
 
 It reads the simulator's state (privileged), plans a gripper-base waypoint a
 little further along the current phase each control step, solves damped
@@ -6,8 +6,11 @@ least-squares IK on MuJoCo's body Jacobian *in joint-target space* (starting
 from the PD targets now in force, so PD lag does not compound), and returns the
 action in the env's own action space (``pd_joint_delta_pos`` or ``pd_joint_pos``).
 
-Phases, per env: approach (above the cube, gripper open) -> descend -> close ->
-lift. A dropped cube sends the env back to approach.
+Phases, per env: approach (above the named cube, gripper open) -> descend ->
+close -> lift. Lift-CRANE-X7 ends there. PickPlace-CRANE-X7 goes on: carry (over
+the named plate) -> lower (until the cube rests on it) -> release (open) ->
+retreat (straight up until the gripper is clear). A dropped cube sends the env
+back to approach.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from lift import task
+from lift import pickplace, task
 from lift.backends.mujoco_env import MujocoPickPlace
 
-APPROACH, DESCEND, CLOSE, LIFT = range(4)
-PHASE_NAMES = ("approach", "descend", "close", "lift")
+APPROACH, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
+PHASE_NAMES = ("approach", "descend", "close", "lift", "carry", "lower", "release", "retreat")
 
 # Cube centre sits this far below the gripper base origin when the fingers start to
 # close: the pads (34..62 mm below the base) cover the cube's side and the palm clears
@@ -45,6 +48,19 @@ CLOSE_RISE_SPEED = 0.0015  # m/step
 APPROACH_TOLERANCE = 0.006  # m, actual gripper base to hover point
 ORIENTATION_TOLERANCE = 0.05  # rad
 DESCEND_TOLERANCE = 0.004  # m
+
+# PickPlace: carry the cube with its bottom 5 cm above the table (clear of the other cube),
+# lower it until it rests on the plate, open for RELEASE_STEPS, then rise past the
+# success rule's clearance.
+CARRY_CUBE_HEIGHT = pickplace.CUBE_HALF_SIZE + 0.05
+CARRY_SPEED = 0.015
+CARRY_TOLERANCE = 0.006  # m, cube centre to its point above the plate (horizontal)
+LOWER_SPEED = 0.008
+PLACE_CUBE_HEIGHT = pickplace.REST_HEIGHT + 0.004  # aim the cube just above resting
+RELEASE_STEPS = 3
+RETREAT_SPEED = 0.015
+RETREAT_HEIGHT = pickplace.GRIPPER_CLEARANCE + 0.03  # gripper base above the released cube
+DROP_GAP = 0.075  # gripper base this far above the cube while carrying: it was dropped
 
 IK_ITERATIONS = 3
 IK_DAMPING = 0.02
@@ -97,14 +113,19 @@ def move_toward(current: np.ndarray, goal: np.ndarray, max_step: float) -> np.nd
 
 
 class ScriptedExpert:
-    """Batched pick-and-lift controller: ``ScriptedExpert(env).act()`` -> (N, 8) actions."""
+    """Batched controller: ``ScriptedExpert(env).act()`` -> (N, 8) actions.
 
-    def __init__(self, env: MujocoPickPlace) -> None:
+    ``place=False`` stops PickPlace episodes after the lift (grasp and raise, never
+    place): what a lift-only policy does, which must score 0 there.
+    """
+
+    def __init__(self, env: MujocoPickPlace, place: bool = True) -> None:
         if not isinstance(env, MujocoPickPlace):
             raise TypeError(
                 f"ScriptedExpert needs the MuJoCo simulator (lift.make_env('mujoco', ...)); got {type(env).__name__}"
             )
         self.env = env
+        self.place = place and env.pickplace
         self._scratch = mujoco.MjData(env.model)
         n = env.num_envs
         self.phase = np.full(n, APPROACH)
@@ -113,6 +134,8 @@ class ScriptedExpert:
         self._goal_rotation = np.zeros((n, 3, 3))
         self._close_steps = np.zeros(n, dtype=np.int64)
         self._lift_xy = np.zeros((n, 2))
+        self._hold = np.zeros((n, 3))  # where the gripper waits while releasing
+        self._release_steps = np.zeros(n, dtype=np.int64)
         arm_dofs = [env.model.joint(name).dofadr[0] for name in task.ARM_JOINT_NAMES]
         self._arm_dofs = np.array(arm_dofs)
         self._arm_qpos = np.array([env.model.joint(n).qposadr[0] for n in task.ARM_JOINT_NAMES])
@@ -145,7 +168,7 @@ class ScriptedExpert:
         env, d = self.env, self.env.data[i]
         gripper_pos = d.xpos[env.gripper_body]
         gripper_rot = d.xmat[env.gripper_body].reshape(3, 3)
-        cube = d.xpos[env.cube_body]
+        cube = d.xpos[env.named_cube_body[i]]
         goal_rot = self._goal_rotation[i]
         grasp_point = cube + np.array([0.0, 0.0, GRASP_DEPTH])
         hover_point = grasp_point + np.array([0.0, 0.0, HOVER_CLEARANCE])
@@ -167,6 +190,24 @@ class ScriptedExpert:
             if dropped:
                 self.phase[i] = APPROACH
                 self._close_steps[i] = 0
+            elif self.place and cube[2] >= CARRY_CUBE_HEIGHT - 0.01:
+                self.phase[i] = CARRY
+        elif self.phase[i] in (CARRY, LOWER):
+            if gripper_pos[2] - cube[2] > DROP_GAP:
+                self.phase[i] = APPROACH
+                self._close_steps[i] = 0
+            elif self.phase[i] == CARRY:
+                plate = d.xpos[env.named_plate_body[i]]
+                if np.linalg.norm(cube[:2] - plate[:2]) < CARRY_TOLERANCE:
+                    self.phase[i] = LOWER
+            elif cube[2] <= PLACE_CUBE_HEIGHT + 0.002:
+                self.phase[i] = RELEASE
+                self._hold[i] = self._waypoint[i]
+                self._release_steps[i] = 0
+        elif self.phase[i] == RELEASE:
+            self._release_steps[i] += 1
+            if self._release_steps[i] > RELEASE_STEPS:
+                self.phase[i] = RETREAT
 
         phase = self.phase[i]
         if phase == APPROACH:
@@ -176,9 +217,21 @@ class ScriptedExpert:
         elif phase == CLOSE:
             goal = np.array([*self._lift_xy[i], LIFT_CUBE_HEIGHT + GRASP_DEPTH])
             speed, command = CLOSE_RISE_SPEED, 1.0
-        else:
-            lift_z = LIFT_CUBE_HEIGHT + GRASP_DEPTH
+        elif phase == LIFT:
+            lift_z = (CARRY_CUBE_HEIGHT if self.place else LIFT_CUBE_HEIGHT) + GRASP_DEPTH
             goal, speed, command = np.array([*self._lift_xy[i], lift_z]), LIFT_SPEED, 1.0
+        elif phase in (CARRY, LOWER):
+            # Move the gripper so that the cube (wherever it sits in the grasp) is over the plate.
+            plate = d.xpos[env.named_plate_body[i]]
+            xy = plate[:2] + (gripper_pos[:2] - cube[:2])
+            cube_z = CARRY_CUBE_HEIGHT if phase == CARRY else PLACE_CUBE_HEIGHT
+            goal = np.array([*xy, cube_z + (gripper_pos[2] - cube[2])])
+            speed, command = (CARRY_SPEED if phase == CARRY else LOWER_SPEED), 1.0
+        elif phase == RELEASE:
+            goal, speed, command = self._hold[i], LOWER_SPEED, -1.0
+        else:
+            goal = self._hold[i] + np.array([0.0, 0.0, RETREAT_HEIGHT])
+            speed, command = RETREAT_SPEED, -1.0
         self._waypoint[i] = move_toward(self._waypoint[i], goal, speed)
         self._orientation[i] = limit_rotation(goal_rot, self._orientation[i], TURN_SPEED)
         return self._solve_ik(i, self._waypoint[i], self._orientation[i]), command

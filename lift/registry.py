@@ -32,7 +32,7 @@ def register_simulator(
     name: str,
     factory: FactorySpec,
     extra: str | None = None,
-    env_ids: tuple[str, ...] = ("PickPlace-CRANE-X7",),
+    env_ids: tuple[str, ...] = ("Lift-CRANE-X7", "PickPlace-CRANE-X7"),
     requires: tuple[str, ...] = (),
 ) -> None:
     """Register ``factory`` (a callable or ``"module:attr"``) under ``name``.
@@ -82,7 +82,8 @@ def create_simulator(name: str, config: SimulatorConfig) -> Simulator:
     entry = _entry(name)
     if config.env_id not in entry.env_ids:
         raise ValueError(
-            f"simulator {name!r} has no env {config.env_id!r}; available: {list(entry.env_ids)}"
+            f"simulator {name!r} has no env {config.env_id!r} (not supported there yet); "
+            f"available: {list(entry.env_ids)}"
         )
     return _resolve(entry)(config)
 
@@ -92,7 +93,8 @@ def make_env(simulator: str, env_id: str, **overrides: object) -> Simulator:
     entry = _entry(simulator)
     if env_id not in entry.env_ids:
         raise ValueError(
-            f"simulator {simulator!r} has no env {env_id!r}; available: {list(entry.env_ids)}"
+            f"simulator {simulator!r} has no env {env_id!r} (not supported there yet); "
+            f"available: {list(entry.env_ids)}"
         )
     valid = [f.name for f in fields(SimulatorConfig) if f.name != "env_id"]
     unknown = sorted(set(overrides) - set(valid))

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from lift import task
+from lift import pickplace, task
+from lift.splits import SPLITS, get_split
 from lift.task import ACTION_DIM
 from lift.types import Observation, SimulatorConfig, StepResult
 
@@ -24,10 +25,16 @@ class Simulator(ABC):
     """
 
     action_dim: int = ACTION_DIM
+    state_dim: int | None = None  # length of Observation.state where the task defines one
 
-    def __init__(self, config: SimulatorConfig, instruction: str) -> None:
+    def __init__(self, config: SimulatorConfig, instruction: str | None) -> None:
+        """``instruction``: the task's one instruction, or None when each episode has its own
+        (then ``Observation.instructions`` carries them). ``config.split`` picks the
+        distribution of episode starts (:func:`lift.list_splits`)."""
         self.config = config
         self.instruction = instruction
+        # A task without named splits (a simulator registered for its own env id) has one stream.
+        self.split = get_split(config.env_id, config.split) if config.env_id in SPLITS else None
         self._base_seed = config.seed
         self._seed_stream = 0
         self._episode_counter = 0
@@ -68,13 +75,31 @@ class Simulator(ABC):
         """
         arms, cubes = np.zeros((len(ids), 7)), np.zeros((len(ids), 2))
         for k, i in enumerate(ids):
-            rng = task.episode_rng(self._base_seed, self._seed_stream, self._episode_counter)
-            self._episode_counter += 1
-            arms[k], cubes[k] = task.sample_initial_state(rng)
-            self.joint_targets[i, :7] = arms[k]
-            self.joint_targets[i, 7] = task.REST_FINGER_QPOS
-            self.elapsed_steps[i] = 0
+            arms[k], cubes[k] = task.sample_initial_state(self._next_episode_rng())
+            self._start_targets(i, arms[k])
         return arms, cubes
+
+    def _draw_pickplace_starts(self, ids: np.ndarray) -> list[pickplace.PickPlaceEpisode]:
+        """Like :meth:`_draw_starts`, for PickPlace-CRANE-X7: each env's whole episode start."""
+        episodes = []
+        for i in ids:
+            episode = pickplace.sample_episode(self._next_episode_rng(), self.split)
+            self._start_targets(i, episode.arm_qpos)
+            episodes.append(episode)
+        return episodes
+
+    def _next_episode_rng(self) -> np.random.Generator:
+        split_stream = 0 if self.split is None else self.split.stream
+        rng = task.episode_rng(
+            self._base_seed, self._seed_stream, self._episode_counter, split_stream
+        )
+        self._episode_counter += 1
+        return rng
+
+    def _start_targets(self, i: int, arm: np.ndarray) -> None:
+        self.joint_targets[i, :7] = arm
+        self.joint_targets[i, 7] = task.REST_FINGER_QPOS
+        self.elapsed_steps[i] = 0
 
     @abstractmethod
     def _start_episodes(self, ids: np.ndarray) -> None:
@@ -97,6 +122,15 @@ class Simulator(ABC):
         success = info["success"]
         if self.config.reward_mode == "binary":
             reward = task.binary_success_reward(success)
+        elif self.config.env_id == task.PICKPLACE_ENV_ID:
+            reward = pickplace.dense_reward(
+                info["gripper_to_cube_dist"],
+                info["cube_to_target_dist"],
+                info["cube_height"],
+                info["is_grasped"],
+                info["finger_opening"],
+                success,
+            )
         else:
             reward = task.dense_reward(
                 info["gripper_to_cube_dist"], info["cube_height"], info["is_grasped"], success

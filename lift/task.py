@@ -1,4 +1,4 @@
-"""The PickPlace-CRANE-X7 task, independent of any physics engine.
+"""The Lift-CRANE-X7 task and the robot numbers every task shares, independent of any physics engine.
 
 Numbers come from ``shared/crane_x7_facts.md`` (see ``lift/assets/crane_x7/README.md``).
 Backends use these functions so that every simulator samples, scores and maps
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-ENV_ID = "PickPlace-CRANE-X7"
+LIFT_ENV_ID = "Lift-CRANE-X7"  # pick up the cube and raise it 12 cm (the quick smoke task)
+PICKPLACE_ENV_ID = "PickPlace-CRANE-X7"  # see lift/pickplace.py
+ENV_ID = LIFT_ENV_ID  # the default task
+ENV_IDS = (LIFT_ENV_ID, PICKPLACE_ENV_ID)
 INSTRUCTION = "pick up the blue cube"
 
 ARM_JOINT_NAMES = (
@@ -51,9 +54,17 @@ LIFT_HEIGHT = SUCCESS_HEIGHT - CUBE_HALF_SIZE  # 0.12 m of lift for full progres
 DENSE_SUCCESS_REWARD = 5.0
 
 
-def episode_rng(base_seed: int, seed_stream: int, episode_index: int) -> np.random.Generator:
-    """The generator for one episode start: reproducible, distinct per episode and stream."""
-    return np.random.default_rng([base_seed, seed_stream, episode_index])
+def episode_rng(
+    base_seed: int, seed_stream: int, episode_index: int, split_stream: int = 0
+) -> np.random.Generator:
+    """The generator for one episode start: reproducible, distinct per episode, stream and split.
+
+    ``split_stream`` 0 (every task's ``train`` split) keeps the generator it had before
+    splits existed; any other value gives an independent sequence from the same seeds.
+    """
+    if split_stream == 0:
+        return np.random.default_rng([base_seed, seed_stream, episode_index])
+    return np.random.default_rng([base_seed, seed_stream, episode_index, split_stream])
 
 
 def sample_initial_state(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

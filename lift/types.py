@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from lift.splits import SPLITS, get_split
+
 CONTROL_MODES = ("pd_joint_delta_pos", "pd_joint_pos")
 CAMERAS = ("third_person", "hand_camera")
 REWARD_MODES = ("binary", "dense")
@@ -20,7 +22,7 @@ OBS_MODES = ("rgb", "state")
 class SimulatorConfig:
     """What a backend needs to build a batched task environment."""
 
-    env_id: str = "PickPlace-CRANE-X7"
+    env_id: str = "Lift-CRANE-X7"
     num_envs: int = 1
     control_mode: str = "pd_joint_delta_pos"
     camera: str = "third_person"
@@ -32,6 +34,7 @@ class SimulatorConfig:
     backend: str = "cpu"  # "cpu" | "gpu" (backends that have one)
     auto_reset: bool = True  # finished envs reset inside step()
     seed: int = 0
+    split: str = "train"  # lift.list_splits(env_id) names the env's splits
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -61,6 +64,8 @@ class SimulatorConfig:
             raise bad("max_episode_steps", self.max_episode_steps, "must be >= 1")
         if self.control_freq < 1:
             raise bad("control_freq", self.control_freq, "must be >= 1 Hz")
+        if self.env_id in SPLITS:
+            get_split(self.env_id, self.split)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -69,18 +74,47 @@ class SimulatorConfig:
 
 @dataclass
 class Observation:
-    """A batched observation. ``image`` is None when ``obs_mode == "state"``."""
+    """A batched observation. ``image`` is None when ``obs_mode == "state"``.
+
+    ``instructions`` holds each env's instruction for its current episode (None from a
+    backend that does not give one: then it is the simulator's ``instruction``).
+    ``state`` is the task's privileged state vector where the task defines one
+    (PickPlace-CRANE-X7: object, plate and gripper poses and the named pair).
+    """
 
     image: np.ndarray | None  # (N, H, W, 3) uint8
     qpos: np.ndarray  # (N, 9) float32: 7 arm joints, 2 finger joints
     qvel: np.ndarray  # (N, 9) float32
+    instructions: list[str] | None = None  # (N,)
+    state: np.ndarray | None = None  # (N, S) float32
 
     def select(self, env_ids: np.ndarray) -> Observation:
+        ids = np.asarray(env_ids).reshape(-1)
         return Observation(
             image=None if self.image is None else self.image[env_ids],
             qpos=self.qpos[env_ids],
             qvel=self.qvel[env_ids],
+            instructions=None if self.instructions is None else [self.instructions[i] for i in ids],
+            state=None if self.state is None else self.state[env_ids],
         )
+
+    def replace_rows(self, env_ids: np.ndarray, rows: Observation) -> Observation:
+        """A copy of this batch with the rows ``env_ids`` taken from ``rows`` (one per id)."""
+        out = Observation(
+            image=None if self.image is None else self.image.copy(),
+            qpos=self.qpos.copy(),
+            qvel=self.qvel.copy(),
+            instructions=None if self.instructions is None else list(self.instructions),
+            state=None if self.state is None else self.state.copy(),
+        )
+        for name in ("image", "qpos", "qvel", "state"):
+            target, source = getattr(out, name), getattr(rows, name)
+            if target is not None and source is not None:
+                target[env_ids] = source
+        if out.instructions is not None and rows.instructions is not None:
+            for i, text in zip(np.asarray(env_ids).reshape(-1), rows.instructions, strict=True):
+                out.instructions[int(i)] = text
+        return out
 
 
 @dataclass

@@ -257,3 +257,34 @@ def test_short_training_run(name, tiny_config):
         trainer.close()
     assert summary["updates"] == 1 and summary["env_steps"] > 0
     assert (trainer.run_dir / "checkpoint_latest").is_dir()
+
+
+# ------------------------------------------------------------------ PickPlace-CRANE-X7
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_pickplace_follows_the_contract_or_is_refused_clearly(name: str) -> None:
+    """MuJoCo builds PickPlace; a backend that does not yet refuses it in one line, before
+    importing anything, and never runs a Lift scene under the PickPlace name."""
+    if name != "mujoco":
+        with pytest.raises(ValueError, match=f"'{name}' has no env 'PickPlace-CRANE-X7' \\(not supported there yet\\)"):
+            lift.make_env(name, task.PICKPLACE_ENV_ID)
+        return
+    env = lift.make_env(name, task.PICKPLACE_ENV_ID, num_envs=NUM_ENVS, image_size=IMAGE_SIZE)
+    try:
+        obs = env.reset(seed=0)
+        assert obs.image.shape == (NUM_ENVS, *IMAGE_SIZE, 3)
+        assert len(obs.instructions) == NUM_ENVS and all(" plate" in t for t in obs.instructions)
+        assert obs.state.shape == (NUM_ENVS, env.state_dim)
+        result = env.step(np.zeros((NUM_ENVS, task.ACTION_DIM)))
+        assert INFO_KEYS <= set(result.info) and not result.info["success"].any()
+        assert env.render(size=(256, 256)).shape == (NUM_ENVS, 256, 256, 3)
+    finally:
+        env.close()
+
+
+def test_lift_prompts_are_its_one_instruction_on_every_backend(sim: lift.Simulator) -> None:
+    from vla_rl_lib.rollout.collector import policy_prompts
+
+    obs = sim.reset(seed=0)
+    assert policy_prompts(obs, sim, None) == [lift.INSTRUCTION] * sim.num_envs

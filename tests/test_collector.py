@@ -128,3 +128,40 @@ def test_seed_streams_are_disjoint_and_reproducible():
         training_episode_seeds(0, 0, 5, group_size=2)
     with pytest.raises(ValueError, match="held-out range"):
         evaluation_seeds(TRAIN_SEED_FLOOR - 1, 5)
+
+
+class InstructedEnv(ScriptedEnv):
+    """Each episode carries its own instruction in the observation, as PickPlace does."""
+
+    instruction = None
+
+    def _obs(self):
+        obs = super()._obs()
+        obs.instructions = [f"put cube {s} on plate" for s in self.seed]
+        return obs
+
+
+class RecordingPolicy(CountingPolicy):
+    def __init__(self):
+        self.seen = []
+
+    def act(self, images, instructions, temperature=1.0, greedy=False):
+        self.seen.append((images[:, 0, 0, 1].tolist(), list(instructions)))
+        return super().act(images, instructions, temperature, greedy)
+
+
+def test_each_episode_is_prompted_with_its_own_instruction_through_the_batch():
+    from vla_rl_lib.rollout.batch import rollout_to_batch
+
+    policy = RecordingPolicy()
+    rollout = RolloutCollector(InstructedEnv(), policy).collect([0, 1, 2, 3, 4, 5, 6])
+    for ep in rollout.episodes:
+        t_idx, env_idx = np.nonzero(rollout.episode_index == ep.index)
+        assert set(rollout.instructions[t_idx, env_idx]) == {f"put cube {ep.seed} on plate"}
+    for seeds, texts in policy.seen:
+        assert texts == [f"put cube {s} on plate" for s in seeds]
+    # The PPO update re-evaluates every sample with the prompt it was acted on.
+    batch = rollout_to_batch(rollout, "ppo", 0.99, 0.95)
+    assert batch.instructions == [f"put cube {s} on plate" for s in batch.images[:, 0, 0, 1]]
+    override = RolloutCollector(InstructedEnv(), CountingPolicy(), "pick").collect([0, 1])
+    assert set(override.instructions[override.valid]) == {"pick"}

@@ -12,7 +12,7 @@ from lift.backends.mujoco_env import MujocoPickPlace
 
 
 def make(**overrides: object) -> MujocoPickPlace:
-    return lift.make_env("mujoco", "PickPlace-CRANE-X7", **overrides)
+    return lift.make_env("mujoco", "Lift-CRANE-X7", **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +220,7 @@ def test_missing_gl_names_the_system_package() -> None:
 
     if ctypes.util.find_library("OSMesa"):
         pytest.skip("OSMesa is installed here, so MUJOCO_GL=osmesa works")
-    code = "import lift; lift.make_env('mujoco', 'PickPlace-CRANE-X7').reset()"
+    code = "import lift; lift.make_env('mujoco', 'Lift-CRANE-X7').reset()"
     env = {**os.environ, "MUJOCO_GL": "osmesa"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode != 0

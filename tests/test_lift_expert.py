@@ -12,7 +12,7 @@ from lift.expert import ScriptedExpert
 def run_expert(num_episodes: int, control_mode: str) -> tuple[float, list[int]]:
     env = lift.make_env(
         "mujoco",
-        "PickPlace-CRANE-X7",
+        "Lift-CRANE-X7",
         num_envs=num_episodes,
         obs_mode="state",
         control_mode=control_mode,
@@ -41,7 +41,7 @@ def test_expert_succeeds_on_20_seeded_episodes(control_mode: str) -> None:
 
 
 def test_expert_actions_are_in_range() -> None:
-    env = lift.make_env("mujoco", "PickPlace-CRANE-X7", num_envs=2, obs_mode="state")
+    env = lift.make_env("mujoco", "Lift-CRANE-X7", num_envs=2, obs_mode="state")
     expert = ScriptedExpert(env)
     env.reset(seed=0)
     for _ in range(10):

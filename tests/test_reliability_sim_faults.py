@@ -97,7 +97,7 @@ class SteadyPolicy:
 @pytest.fixture
 def env():
     env = make_env(
-        "mujoco", "PickPlace-CRANE-X7", num_envs=2, image_size=32,
+        "mujoco", "Lift-CRANE-X7", num_envs=2, image_size=32,
         max_episode_steps=MAX_STEPS, auto_reset=False, seed=0,
     )
     yield env

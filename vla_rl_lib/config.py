@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from lift.task import PICKPLACE_ENV_ID
 from lift.types import CAMERAS, CONTROL_MODES
 from vla_rl_lib.seed_ranges import (
     SEED_CEILING,
@@ -66,7 +67,7 @@ class RolloutConfig:
     simulator: str = field(
         default="mujoco", metadata=_choices("mujoco", "maniskill", "genesis", "isaacsim")
     )
-    env_id: str = "PickPlace-CRANE-X7"
+    env_id: str = "Lift-CRANE-X7"
     backend: str = field(default="cpu", metadata=_choices("cpu", "gpu"))
     render_mode: str = field(default="rgb_array", metadata=_choices("rgb_array"))
     num_parallel_envs: int = 4
@@ -176,7 +177,9 @@ class VLARLConfig:
     lora_rank: int = 8  # alias of lora.rank
     lora_alpha: float = 16.0  # alias of lora.alpha
     num_updates: int = 1000
-    language_instruction: str = "pick up the blue cube"
+    # null: prompt the policy with each episode's instruction from the env (Observation.instructions);
+    # a string overrides it for every episode (single-instruction tasks such as Lift-CRANE-X7).
+    language_instruction: str | None = None
     use_wandb: bool = False
     wandb_project: str = "vla-rl"
     log_interval: int = 1
@@ -376,10 +379,17 @@ def validate_config(cfg: VLARLConfig) -> None:
     )
     _check(cfg.num_updates >= 1, "num_updates", cfg.num_updates, "must be >= 1")
     _check(
-        cfg.language_instruction.strip() != "",
+        cfg.language_instruction is None or cfg.language_instruction.strip() != "",
         "language_instruction",
         cfg.language_instruction,
-        "give the task in words, e.g. 'pick up the blue cube'",
+        "give the task in words, e.g. 'pick up the blue cube', or null to take each episode's from the env",
+    )
+    _check(
+        cfg.language_instruction is None or r.env_id != PICKPLACE_ENV_ID,
+        "language_instruction",
+        cfg.language_instruction,
+        f"{PICKPLACE_ENV_ID} names a different cube and plate each episode, so one instruction "
+        "for all would hide the task; set language_instruction: null",
     )
     _check(
         cfg.wandb_project.strip() != "" or not cfg.use_wandb,

@@ -1,4 +1,4 @@
-"""The PickPlace-CRANE-X7 scene read from the project's MJCF, for engines other than MuJoCo.
+"""The Lift-CRANE-X7 scene read from the project's MJCF, for engines other than MuJoCo.
 
 The MJCF files in ``lift/assets/crane_x7`` are the single source of truth. Other
 backends (ManiSkill/SAPIEN, Genesis) take every number from them through MuJoCo's
@@ -22,7 +22,7 @@ from lift import task
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "crane_x7"
 ROBOT_MJCF = ASSETS / "crane_x7.xml"
-SCENE_MJCF = ASSETS / "scene_pickplace.xml"
+SCENE_MJCF = ASSETS / "scene_lift.xml"
 ROBOT_ROOT_BODY = "base"
 GRIPPER_BODY = "gripper_base"
 FINGER_BODIES = ("gripper_finger_a", "gripper_finger_b")

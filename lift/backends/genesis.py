@@ -1,4 +1,4 @@
-"""PickPlace-CRANE-X7 on Genesis: one scene, ``num_envs`` batched environments.
+"""Lift-CRANE-X7 on Genesis (PickPlace-CRANE-X7 is not built here yet): one scene, ``num_envs`` batched environments.
 
 ``backend="cpu"`` runs Genesis on ``gs.cpu``; ``backend="gpu"`` on ``gs.gpu`` (CUDA).
 Genesis is initialised once per process (``gs.init``); asking for the other backend
@@ -6,7 +6,7 @@ later in the same process is an error that says so.
 
 The robot is the project's own ``lift/assets/crane_x7/crane_x7.xml`` (Genesis reads
 MJCF through MuJoCo's compiler, so frames, masses and the finger mirror survive);
-table, floor, cube and cameras take their numbers from ``scene_pickplace.xml`` via
+table, floor, cube and cameras take their numbers from ``scene_lift.xml`` via
 :mod:`lift.backends._scene`. Actions, success, rewards, info keys, seeding and
 auto-reset follow :mod:`lift.task` exactly as the MuJoCo backend does.
 
@@ -79,7 +79,7 @@ def _init_genesis(backend: str):
 
 
 class GenesisPickPlace(Simulator):
-    """Batched PickPlace-CRANE-X7 on Genesis. See :class:`lift.simulator.Simulator`.
+    """Batched Lift-CRANE-X7 on Genesis. See :class:`lift.simulator.Simulator`.
 
     Privileged attributes for tools: ``joint_targets`` (N, 8), ``elapsed_steps`` (N,),
     :meth:`task_state`, :meth:`cube_pose`, :meth:`set_cube_pose`. ``render(size=...)``

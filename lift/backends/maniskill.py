@@ -1,9 +1,9 @@
-"""PickPlace-CRANE-X7 on ManiSkill3 (SAPIEN/PhysX), CPU or GPU simulation.
+"""Lift-CRANE-X7 on ManiSkill3 (SAPIEN/PhysX), CPU or GPU simulation.
 
 Two layers:
 
-* ``PickPlaceCraneX7Env``: the task registered in ManiSkill3 as ``PickPlace-CRANE-X7``
-  (``gym.make("PickPlace-CRANE-X7", ...)`` after importing this module), with the
+* ``PickPlaceCraneX7Env``: the task registered in ManiSkill3 as ``Lift-CRANE-X7``
+  (``gym.make("Lift-CRANE-X7", ...)`` after importing this module), with the
   agent ``crane_x7`` (:class:`CraneX7`) loaded from the project's own MJCF through
   ``BaseAgent.mjcf_path``. Actions, control modes, success, rewards and info keys
   follow :mod:`lift.task`, exactly as the MuJoCo backend does.
@@ -595,7 +595,7 @@ if __name__ == "__main__":
 
 # ====================================================================== the Simulator
 class ManiSkillPickPlace(Simulator):
-    """Batched PickPlace-CRANE-X7 on ManiSkill3. See :class:`lift.simulator.Simulator`.
+    """Batched Lift-CRANE-X7 on ManiSkill3 (PickPlace-CRANE-X7 is not built here yet). See :class:`lift.simulator.Simulator`.
 
     Seeding, action mapping, rewards, termination and auto-reset behave as in
     :class:`lift.backends.mujoco_env.MujocoPickPlace`; the same seed gives the same

@@ -1,4 +1,4 @@
-"""PickPlace-CRANE-X7 on MuJoCo: one MjModel, ``num_envs`` MjData stepped in turn."""
+"""Lift-CRANE-X7 and PickPlace-CRANE-X7 on MuJoCo: one MjModel, ``num_envs`` MjData stepped in turn."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lift import task
+from lift import pickplace, task
 from lift.simulator import Simulator, validate_actions, validate_env_ids
 from lift.types import CAMERAS, Observation, SimulatorConfig, StepResult
 
@@ -46,7 +46,13 @@ if mujoco.get_mju_user_warning() is None:
     mujoco.set_mju_user_warning(lambda message: log.warning("MuJoCo: %s", message))
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "crane_x7"
-SCENE_PATH = ASSETS / "scene_pickplace.xml"
+SCENE_PATH = ASSETS / "scene_lift.xml"
+PICKPLACE_SCENE_PATH = ASSETS / "scene_pickplace.xml"
+SCENES = {task.LIFT_ENV_ID: SCENE_PATH, task.PICKPLACE_ENV_ID: PICKPLACE_SCENE_PATH}
+# PickPlace state vector: gripper base position and quaternion (7), each cube's position and
+# quaternion (7 each), each plate's position (3 each), one-hot named cube, one-hot named plate.
+PICKPLACE_STATE_DIM = 7 + 7 * pickplace.NUM_CUBES + 3 * pickplace.NUM_PLATES
+PICKPLACE_STATE_DIM += pickplace.NUM_CUBES + pickplace.NUM_PLATES
 
 
 def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:
@@ -68,24 +74,30 @@ def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Rend
 
 
 class MujocoPickPlace(Simulator):
-    """Batched PickPlace-CRANE-X7. See :class:`lift.simulator.Simulator` for the contract.
+    """Batched Lift-CRANE-X7 or PickPlace-CRANE-X7 (``config.env_id``). See
+    :class:`lift.simulator.Simulator` for the contract and :mod:`lift.pickplace` for the task.
 
     Public attributes for privileged tools (the scripted expert, tests):
     ``model``, ``data`` (one MjData per env), ``joint_targets`` (N, 8: the PD
-    targets in force) and ``elapsed_steps`` (N,).
+    targets in force), ``elapsed_steps`` (N,), ``named_cube_body`` and
+    ``named_plate_body`` (N,: the body ids the current instruction names; Lift: its
+    one cube) and, for PickPlace, ``episodes`` (each env's :class:`PickPlaceEpisode`).
     """
 
-    def __init__(self, config: SimulatorConfig, scene_path: str | Path = SCENE_PATH) -> None:
-        if config.env_id != task.ENV_ID:
+    def __init__(self, config: SimulatorConfig, scene_path: str | Path | None = None) -> None:
+        if config.env_id not in SCENES:
             raise ValueError(
-                f"env_id={config.env_id!r} is not a MuJoCo task; available: [{task.ENV_ID!r}]"
+                f"env_id={config.env_id!r} is not a MuJoCo task; available: {sorted(SCENES)}"
             )
         if config.backend != "cpu":
             raise ValueError(
                 f"backend={config.backend!r}: the MuJoCo simulator runs on the CPU only; use backend='cpu'"
             )
-        super().__init__(config, task.INSTRUCTION)
-        self.model = mujoco.MjModel.from_xml_path(str(scene_path))
+        self.pickplace = config.env_id == task.PICKPLACE_ENV_ID
+        # PickPlace has no one instruction: each episode's is in Observation.instructions.
+        super().__init__(config, None if self.pickplace else task.INSTRUCTION)
+        scene = SCENES[config.env_id] if scene_path is None else scene_path
+        self.model = mujoco.MjModel.from_xml_path(str(scene))
         self._set_control_period(config.control_freq)
         self.data = [mujoco.MjData(self.model) for _ in range(config.num_envs)]
         self._find_ids()
@@ -94,6 +106,14 @@ class MujocoPickPlace(Simulator):
         self.joint_targets = np.zeros((n, task.ACTION_DIM))
         self.elapsed_steps = np.zeros(n, dtype=np.int64)
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self.state_dim = PICKPLACE_STATE_DIM if self.pickplace else None
+        self.named_cube_body = np.full(n, self._cube_bodies[0])
+        # Until its first reset an env shows the MJCF's placeholder scene with no instruction.
+        self.named_plate_body = np.full(n, self._plate_bodies[0] if self.pickplace else -1)
+        self.episodes: list[pickplace.PickPlaceEpisode | None] = [None] * n
+        self._geom_rgba = np.tile(self.model.geom_rgba, (n, 1, 1))  # per env: colours differ
+        if self.pickplace:
+            self._apply_split_visuals()
 
     # ----------------------------------------------------------------- setup
     def _set_control_period(self, control_freq: int) -> None:
@@ -107,17 +127,39 @@ class MujocoPickPlace(Simulator):
         joints = [m.joint(name) for name in task.ARM_JOINT_NAMES + task.FINGER_JOINT_NAMES]
         self._qpos_adr = np.array([j.qposadr[0] for j in joints])
         self._qvel_adr = np.array([j.dofadr[0] for j in joints])
-        cube_joint = m.joint("cube_joint")
-        self._cube_qpos_adr = int(cube_joint.qposadr[0])
-        self._cube_qvel_adr = int(cube_joint.dofadr[0])
         self.gripper_body = m.body("gripper_base").id
-        self.cube_body = m.body("cube").id
-        self._cube_geom = m.geom("cube").id
         self._pad_geoms = (m.geom("finger_a_pad").id, m.geom("finger_b_pad").id)
         self._camera_ids = {name: m.camera(name).id for name in CAMERAS}
+        cubes = (
+            [f"cube_{k}" for k in range(pickplace.NUM_CUBES)] if self.pickplace else ["cube"]
+        )
+        joints = [m.joint(f"{name}_joint") for name in cubes]
+        self._cube_qpos_adrs = np.array([int(j.qposadr[0]) for j in joints])
+        self._cube_qvel_adrs = np.array([int(j.dofadr[0]) for j in joints])
+        self._cube_bodies = np.array([m.body(name).id for name in cubes])
+        self._cube_geoms = np.array([m.geom(name).id for name in cubes])
+        # Lift's one cube, under the names privileged tools and tests use.
+        self._cube_qpos_adr, self._cube_qvel_adr = self._cube_qpos_adrs[0], self._cube_qvel_adrs[0]
+        self.cube_body, self._cube_geom = int(self._cube_bodies[0]), int(self._cube_geoms[0])
+        if self.pickplace:
+            plates = [f"plate_{k}" for k in range(pickplace.NUM_PLATES)]
+            self._plate_bodies = np.array([m.body(name).id for name in plates])
+            self._plate_mocap = np.array([int(m.body_mocapid[b]) for b in self._plate_bodies])
+            self._plate_geoms = np.array([m.geom(name).id for name in plates])
+
+    def _apply_split_visuals(self) -> None:
+        """The split's table tint and light level (the same in every env of this simulator)."""
+        m, split = self.model, self.split
+        m.mat_rgba[m.geom_matid[m.geom("table").id]] = split.table_rgba
+        m.light_diffuse[:] *= split.light_scale
+        m.vis.headlight.diffuse[:] = np.asarray(m.vis.headlight.diffuse) * split.light_scale
+        m.vis.headlight.ambient[:] = np.asarray(m.vis.headlight.ambient) * split.light_scale
 
     # ----------------------------------------------------------------- episodes
     def _start_episodes(self, ids: np.ndarray) -> None:
+        if self.pickplace:
+            self._start_pickplace_episodes(ids)
+            return
         arms, cubes = self._draw_starts(ids)
         for i, arm, cube_xy in zip(ids, arms, cubes, strict=True):
             d = self.data[i]
@@ -133,6 +175,25 @@ class MujocoPickPlace(Simulator):
                 0.0,
                 0.0,
             ]
+            d.ctrl[:] = self.joint_targets[i]
+            mujoco.mj_forward(self.model, d)
+
+    def _start_pickplace_episodes(self, ids: np.ndarray) -> None:
+        for i, episode in zip(ids, self._draw_pickplace_starts(ids), strict=True):
+            d = self.data[i]
+            mujoco.mj_resetData(self.model, d)
+            d.qpos[self._qpos_adr[:7]] = episode.arm_qpos
+            d.qpos[self._qpos_adr[7:]] = task.REST_FINGER_QPOS
+            for adr, xy in zip(self._cube_qpos_adrs, episode.cube_xy, strict=True):
+                d.qpos[adr : adr + 7] = [xy[0], xy[1], pickplace.CUBE_HALF_SIZE, 1.0, 0.0, 0.0, 0.0]
+            for mocap, xy in zip(self._plate_mocap, episode.plate_xy, strict=True):
+                d.mocap_pos[mocap] = [xy[0], xy[1], pickplace.PLATE_HALF_HEIGHT]
+            rgba = self._geom_rgba[i]
+            rgba[self._cube_geoms] = [pickplace.PALETTE[c] for c in episode.cube_colours]
+            rgba[self._plate_geoms] = [pickplace.PALETTE[c] for c in episode.plate_colours]
+            self.named_cube_body[i] = self._cube_bodies[episode.named_cube]
+            self.named_plate_body[i] = self._plate_bodies[episode.named_plate]
+            self.episodes[i] = episode
             d.ctrl[:] = self.joint_targets[i]
             mujoco.mj_forward(self.model, d)
 
@@ -160,16 +221,7 @@ class MujocoPickPlace(Simulator):
         if self.config.auto_reset and done_ids.size:
             final_observation = observation
             self._start_episodes(done_ids)
-            fresh = self._observe(done_ids)
-            observation = Observation(
-                image=None if observation.image is None else observation.image.copy(),
-                qpos=observation.qpos.copy(),
-                qvel=observation.qvel.copy(),
-            )
-            for name in ("image", "qpos", "qvel"):
-                rows = getattr(fresh, name)
-                if rows is not None:
-                    getattr(observation, name)[done_ids] = rows
+            observation = observation.replace_rows(done_ids, self._observe(done_ids))
         return StepResult(
             observation=observation,
             reward=reward,
@@ -181,22 +233,45 @@ class MujocoPickPlace(Simulator):
 
     # ----------------------------------------------------------------- state
     def task_state(self) -> dict[str, np.ndarray]:
-        """success, is_grasped, cube_height and gripper_to_cube_dist, each (N,)."""
-        cube = np.array([d.xpos[self.cube_body] for d in self.data])
+        """success, is_grasped, cube_height and gripper_to_cube_dist, each (N,), for the
+        (named) cube. PickPlace adds cube_to_target_dist (horizontal, named cube to named
+        plate), finger_opening (the less open finger, rad), named_cube and named_plate (slot
+        indices), cube_pos (N, 2, 3), plate_pos (N, 2, 3) and gripper_pos (N, 3)."""
+        cube = np.array([d.xpos[b] for d, b in zip(self.data, self.named_cube_body, strict=True)])
         gripper = np.array([d.xpos[self.gripper_body] for d in self.data])
         dist = np.linalg.norm(gripper - cube, axis=1).astype(np.float32)
         height = cube[:, 2].astype(np.float32)
-        grasped = np.array([self._pads_touch_cube(d) for d in self.data])
+        named_geoms = self._cube_geoms[np.searchsorted(self._cube_bodies, self.named_cube_body)]
+        grasped = np.array(
+            [self._pads_touch_cube(d, g) for d, g in zip(self.data, named_geoms, strict=True)]
+        )
+        if not self.pickplace:
+            return {
+                "success": task.is_success(height, dist),
+                "is_grasped": grasped,
+                "cube_height": height,
+                "gripper_to_cube_dist": dist,
+            }
+        plate = np.array([d.xpos[b] for d, b in zip(self.data, self.named_plate_body, strict=True)])
+        to_target = np.linalg.norm(cube[:, :2] - plate[:, :2], axis=1).astype(np.float32)
+        opening = np.array([d.qpos[self._qpos_adr[7:]].min() for d in self.data], dtype=np.float32)
         return {
-            "success": task.is_success(height, dist),
+            "success": pickplace.is_success(to_target, height, grasped, opening, dist),
             "is_grasped": grasped,
             "cube_height": height,
             "gripper_to_cube_dist": dist,
+            "cube_to_target_dist": to_target,
+            "finger_opening": opening,
+            "named_cube": np.array([e.named_cube if e else -1 for e in self.episodes]),
+            "named_plate": np.array([e.named_plate if e else -1 for e in self.episodes]),
+            "cube_pos": np.array([d.xpos[self._cube_bodies] for d in self.data], dtype=np.float32),
+            "plate_pos": np.array([d.xpos[self._plate_bodies] for d in self.data], dtype=np.float32),
+            "gripper_pos": gripper.astype(np.float32),
         }
 
-    def _pads_touch_cube(self, d: mujoco.MjData) -> bool:
+    def _pads_touch_cube(self, d: mujoco.MjData, cube_geom: int) -> bool:
         pairs = d.contact.geom[: d.ncon]
-        with_cube = pairs[(pairs == self._cube_geom).any(axis=1)]
+        with_cube = pairs[(pairs == cube_geom).any(axis=1)]
         return all((with_cube == pad).any() for pad in self._pad_geoms)
 
     def _observe(self, env_ids: np.ndarray | None = None) -> Observation:
@@ -206,14 +281,36 @@ class MujocoPickPlace(Simulator):
         image = None
         if self.config.obs_mode == "rgb":
             image = self.render(self.config.camera, ids, self.config.image_size)
-        return Observation(image=image, qpos=qpos, qvel=qvel)
+        if not self.pickplace:
+            return Observation(image, qpos, qvel, instructions=[self.instruction] * len(ids))
+        return Observation(
+            image,
+            qpos,
+            qvel,
+            instructions=[e.instruction if e else "" for e in (self.episodes[i] for i in ids)],
+            state=np.stack([self._state_vector(i) for i in ids]),
+        )
+
+    def _state_vector(self, i: int) -> np.ndarray:
+        """PickPlace's privileged state of env ``i`` (layout: ``PICKPLACE_STATE_DIM``)."""
+        d, episode = self.data[i], self.episodes[i]
+        gripper_quat = np.zeros(4)
+        mujoco.mju_mat2Quat(gripper_quat, d.xmat[self.gripper_body])
+        cubes = [np.concatenate([d.xpos[b], d.xquat[b]]) for b in self._cube_bodies]
+        named = np.zeros(pickplace.NUM_CUBES + pickplace.NUM_PLATES)
+        if episode is not None:
+            named[episode.named_cube] = 1.0
+            named[pickplace.NUM_CUBES + episode.named_plate] = 1.0
+        parts = [d.xpos[self.gripper_body], gripper_quat, *cubes, d.xpos[self._plate_bodies].ravel(), named]
+        return np.concatenate(parts).astype(np.float32)
 
     def set_cube_pose(self, env_id: int, position: np.ndarray) -> None:
-        """Teleport the cube centre of one env (orientation reset, velocity zeroed)."""
+        """Teleport the (named) cube centre of one env (orientation reset, velocity zeroed)."""
         d = self.data[env_id]
-        adr = self._cube_qpos_adr
+        slot = int(np.flatnonzero(self._cube_bodies == self.named_cube_body[env_id])[0])
+        adr, vel_adr = self._cube_qpos_adrs[slot], self._cube_qvel_adrs[slot]
         d.qpos[adr : adr + 7] = [*np.asarray(position, dtype=np.float64), 1.0, 0.0, 0.0, 0.0]
-        d.qvel[self._cube_qvel_adr : self._cube_qvel_adr + 6] = 0.0
+        d.qvel[vel_adr : vel_adr + 6] = 0.0
         mujoco.mj_forward(self.model, d)
 
     # ----------------------------------------------------------------- rendering
@@ -236,6 +333,8 @@ class MujocoPickPlace(Simulator):
         frames = np.empty((len(ids), height, width, 3), dtype=np.uint8)
         camera_id = self._camera_ids[camera]
         for row, i in enumerate(ids):
+            if self.pickplace:  # one model for all envs: show this env's colours
+                self.model.geom_rgba[:] = self._geom_rgba[i]
             renderer.update_scene(self.data[i], camera=camera_id)
             renderer.render(out=frames[row])
         return frames

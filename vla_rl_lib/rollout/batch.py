@@ -45,7 +45,7 @@ def rollout_to_batch(
     # Time-major (T, N) -> flat over valid steps, episode by episode within each env.
     return PPOBatch(
         images=rollout.images[valid],
-        instructions=[rollout.instructions[i] for i in np.nonzero(valid)[1]],
+        instructions=rollout.instructions[valid].tolist(),  # the prompt each step was acted on
         token_ids=torch.from_numpy(rollout.token_ids[valid]),
         old_log_probs=torch.from_numpy(rollout.log_probs[valid]),
         old_values=torch.from_numpy(rollout.values[valid]),

@@ -34,7 +34,7 @@ from vla_rl_lib.seed_ranges import SEED_CEILING, TRAIN_SEED_FLOOR
 
 if TYPE_CHECKING:
     from lift import Simulator
-    from lift.types import StepResult
+    from lift.types import Observation, StepResult
     from vla_rl_lib.policy.base import VLAPolicy
 
 # A start that faults this often is a bug in the simulator or the task, not bad luck.
@@ -95,7 +95,7 @@ class Rollout:
     """Time-major (T, N) arrays; ``valid`` marks steps that belong to a recorded episode."""
 
     images: np.ndarray  # (T, N, H, W, 3) uint8
-    instructions: list[str]  # (N,) one per environment
+    instructions: np.ndarray  # (T, N) str (object): the prompt the policy saw at each step
     token_ids: np.ndarray  # (T, N, D) int64
     log_probs: np.ndarray  # (T, N) float32
     values: np.ndarray  # (T, N) float32
@@ -121,19 +121,27 @@ class Rollout:
 
 
 class RolloutCollector:
-    """Plays seeded episodes on a batched simulator with a VLA policy."""
+    """Plays seeded episodes on a batched simulator with a VLA policy.
+
+    ``instruction`` None prompts the policy with each episode's own instruction from
+    the observation (``Observation.instructions``); a string overrides it for every
+    episode (single-instruction tasks).
+    """
 
     def __init__(
         self,
         env: Simulator,
         policy: VLAPolicy,
-        instruction: str,
+        instruction: str | None = None,
         use_binary_reward: bool = True,
     ) -> None:
         self.env = env
         self.policy = policy
         self.instruction = instruction
         self.use_binary_reward = use_binary_reward
+
+    def prompts(self, observation: Observation) -> list[str]:
+        return policy_prompts(observation, self.env, self.instruction)
 
     def collect(
         self,
@@ -153,7 +161,7 @@ class RolloutCollector:
         by_index: dict[int, Episode] = {}  # the episodes now playing (or finished), by index
         current = np.full(n, -1, dtype=np.int64)  # episode index each env is playing, -1 idle
         rows: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("images", "token_ids", "log_probs", "values", "rewards",
+            k: [] for k in ("images", "instructions", "token_ids", "log_probs", "values", "rewards",
                             "terminated", "truncated", "final_values", "valid", "episode_index")
         }
         sim_faults = 0
@@ -204,7 +212,6 @@ class RolloutCollector:
         t0 = time.perf_counter()
         obs = start(first)
         sim_s += time.perf_counter() - t0
-        instructions = [self.instruction] * n
 
         action_dim = self.policy.action_dim
         frame_hw = None if frame_size is None else (frame_size, frame_size)
@@ -214,6 +221,7 @@ class RolloutCollector:
                 ep = by_index[current[env_id]]
                 if ep.frames is not None:
                     ep.frames.append(env.render("third_person", env_ids=[env_id], size=frame_hw)[0])
+            instructions = self.prompts(obs)
             t0 = time.perf_counter()
             with torch.no_grad():
                 out = self.policy.act(
@@ -256,15 +264,17 @@ class RolloutCollector:
             cut = np.flatnonzero(truncated)
             if cut.size:  # bootstrap a time-limit cut from the value of where it stopped
                 final = res.final_observation if res.final_observation is not None else res.observation
+                final_prompts = self.prompts(final)
                 t0 = time.perf_counter()
                 with torch.no_grad():
                     final_values[cut] = (
-                        self.policy.act(final.image[cut], [instructions[i] for i in cut], temperature, True)
+                        self.policy.act(final.image[cut], [final_prompts[i] for i in cut], temperature, True)
                         .values.float().cpu().numpy()
                     )
                 policy_s += time.perf_counter() - t0
 
             rows["images"].append(obs.image)
+            rows["instructions"].append(np.array(instructions, dtype=object))
             rows["token_ids"].append(token_ids)
             rows["log_probs"].append(log_probs)
             rows["values"].append(values)
@@ -303,7 +313,7 @@ class RolloutCollector:
         episodes.sort(key=lambda e: e.index)
         return Rollout(
             images=stacked["images"],
-            instructions=instructions,
+            instructions=stacked["instructions"],
             token_ids=stacked["token_ids"],
             log_probs=stacked["log_probs"],
             values=values,
@@ -319,6 +329,21 @@ class RolloutCollector:
             seconds_total=time.perf_counter() - t_start,
             sim_faults=sim_faults,
         )
+
+
+def policy_prompts(observation: Observation, env: Simulator, override: str | None) -> list[str]:
+    """Each env's prompt: ``override`` when given, else its episode's instruction from the
+    observation (a backend that gives none: the simulator's one instruction)."""
+    if override is not None:
+        return [override] * env.num_envs
+    if observation.instructions is not None:
+        return list(observation.instructions)
+    if env.instruction is None:
+        raise ValueError(
+            f"{type(env).__name__} gives no instruction in its observations; "
+            "set language_instruction to the task's instruction"
+        )
+    return [env.instruction] * env.num_envs
 
 
 def finite_rows(result: StepResult, env_ids: np.ndarray) -> np.ndarray:

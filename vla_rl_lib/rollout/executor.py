@@ -48,12 +48,14 @@ class RolloutExecutor(Protocol):
     def close(self) -> None: ...
 
 
-def make_rollout_env(config: VLARLConfig) -> Simulator:
-    """The batched simulator of a run, built from its rollout settings."""
+def make_rollout_env(config: VLARLConfig, split: str = "train") -> Simulator:
+    """The batched simulator of a run, built from its rollout settings, playing ``split``
+    (``lift.list_splits(env_id)``)."""
     r = config.rollout
     return make_env(
         r.simulator,
         r.env_id,
+        split=split,
         num_envs=r.num_parallel_envs,
         backend=r.backend,
         camera=r.camera,
@@ -177,7 +179,7 @@ def merge_shards(
     episodes.sort(key=lambda e: e.index)
     return Rollout(
         images=side_by_side("images", 0),
-        instructions=[text for _, r in shards for text in r.instructions],
+        instructions=side_by_side("instructions", ""),
         token_ids=side_by_side("token_ids", 0),
         log_probs=side_by_side("log_probs", 0.0),
         values=side_by_side("values", 0.0),

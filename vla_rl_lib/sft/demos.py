@@ -78,7 +78,7 @@ from vla_rl_lib.policy.action_tokenizer import (
     load_action_statistics,
     write_dataset_statistics,
 )
-from vla_rl_lib.rollout.collector import reset_episodes
+from vla_rl_lib.rollout.collector import policy_prompts, reset_episodes
 from vla_rl_lib.seed_ranges import TRAIN_SEED_FLOOR, demo_attempts
 
 FORMAT_NAME = "vla-rl-demonstrations"
@@ -167,6 +167,7 @@ class _Attempt:
     states: list[np.ndarray] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     successes: list[bool] = field(default_factory=list)
+    instructions: list[str] = field(default_factory=list)  # the prompt at each step
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -182,7 +183,7 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _episode_table(episode_index: int, attempt: _Attempt, instruction: str) -> pa.Table:
+def _episode_table(episode_index: int, attempt: _Attempt) -> pa.Table:
     length = len(attempt.actions)
     return pa.Table.from_pydict(
         {
@@ -191,7 +192,7 @@ def _episode_table(episode_index: int, attempt: _Attempt, instruction: str) -> p
             "image": [encode_png(image) for image in attempt.images],
             "action": [a.astype(np.float32) for a in attempt.actions],
             "state": [s.astype(np.float32) for s in attempt.states],
-            "instruction": [instruction] * length,
+            "instruction": attempt.instructions,
             "reward": np.asarray(attempt.rewards, dtype=np.float32),
             "success": np.asarray(attempt.successes, dtype=bool),
         },
@@ -200,7 +201,13 @@ def _episode_table(episode_index: int, attempt: _Attempt, instruction: str) -> p
 
 
 def _play_attempts(
-    env: Any, expert: Any, num_demos: int, seed: int, max_attempts: int, bar: Any
+    env: Any,
+    expert: Any,
+    num_demos: int,
+    seed: int,
+    max_attempts: int,
+    bar: Any,
+    instruction: str | None = None,
 ) -> Iterator[_Attempt]:
     """Yield finished attempts (successful or not) in attempt order.
 
@@ -231,7 +238,9 @@ def _play_attempts(
     observation = launch(list(range(n)))
     while running:
         actions = np.asarray(expert.act(), dtype=np.float32)
+        prompts = policy_prompts(observation, env, instruction)
         for env_id, attempt in running.items():
+            attempt.instructions.append(prompts[env_id])
             attempt.images.append(observation.image[env_id].copy())
             attempt.states.append(observation.qpos[env_id].copy())
             attempt.actions.append(actions[env_id].copy())
@@ -264,7 +273,7 @@ def collect_demonstrations(
     out_dir: str | os.PathLike,
     *,
     simulator: str = "mujoco",
-    env_id: str = "PickPlace-CRANE-X7",
+    env_id: str = "Lift-CRANE-X7",
     num_envs: int = 4,
     image_size: int | tuple[int, int] = 64,
     camera: str = "third_person",
@@ -277,8 +286,9 @@ def collect_demonstrations(
 ) -> Path:
     """Record ``num_demos`` successful scripted-expert episodes as a Parquet dataset.
 
-    Failed attempts are dropped (``meta.json`` counts them). ``instruction``
-    defaults to the task's own. Gives up with RuntimeError after
+    Failed attempts are dropped (``meta.json`` counts them). Each row records the
+    instruction of its episode (PickPlace: a different one per episode);
+    ``instruction`` overrides it for every episode. Gives up with RuntimeError after
     ``max_attempts`` attempts (default ``demo_attempts(num_demos)``). The dataset is
     written to a temporary sibling directory and renamed to ``out_dir`` only
     when complete; an existing ``out_dir`` is replaced only with ``overwrite``.
@@ -318,7 +328,6 @@ def collect_demonstrations(
         auto_reset=True,
         seed=seed,
     )
-    instruction = env.instruction if instruction is None else instruction
     kept_seeds: list[int] = []
     kept_lengths: list[int] = []
     attempted = 0
@@ -329,11 +338,12 @@ def collect_demonstrations(
             (tmp / DATA_FILE).parent.mkdir(parents=True)
             with pq.ParquetWriter(tmp / DATA_FILE, SCHEMA, compression="zstd") as writer:
                 expert = ScriptedExpert(env)
-                for attempt in _play_attempts(env, expert, num_demos, seed, max_attempts, bar):
+                attempts = _play_attempts(env, expert, num_demos, seed, max_attempts, bar, instruction)
+                for attempt in attempts:
                     attempted += 1
                     if not attempt.successes[-1]:
                         continue
-                    writer.write_table(_episode_table(len(kept_seeds), attempt, instruction))
+                    writer.write_table(_episode_table(len(kept_seeds), attempt))
                     actions.extend(attempt.actions)
                     kept_seeds.append(attempt.seed)
                     kept_lengths.append(len(attempt.actions))
@@ -355,7 +365,9 @@ def collect_demonstrations(
                 num_transitions=len(action_array),
                 num_trajectories=len(kept_seeds),
             )
-            meta = _meta(env, simulator, instruction, seed, kept_seeds, kept_lengths, attempted)
+            meta = _meta(
+                env, simulator, instruction or env.instruction, seed, kept_seeds, kept_lengths, attempted
+            )
             meta["recipe"] = _recipe(arguments)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             _share_like_umask(tmp)
@@ -462,7 +474,7 @@ def _share_like_umask(root: Path) -> None:
 def _meta(
     env: Any,
     simulator: str,
-    instruction: str,
+    instruction: str | None,
     seed: int,
     episode_seeds: list[int],
     episode_lengths: list[int],
@@ -490,7 +502,7 @@ def _meta(
             "reward_mode": config.reward_mode,
         },
         "fps": config.control_freq,
-        "instruction": instruction,
+        "instruction": instruction,  # None: one per episode, in the instruction column
         "action": {
             "dim": task.ACTION_DIM,
             "names": [*task.ARM_JOINT_NAMES, "gripper"],

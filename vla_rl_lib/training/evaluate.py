@@ -82,8 +82,11 @@ def evaluate_checkpoint(
     output_dir: str | Path | None = None,
     num_videos: int = 2,
     config: VLARLConfig | None = None,
+    split: str = "train",
 ) -> EvalResult:
-    """Evaluate a checkpoint; with ``render``, write videos of its first episodes.
+    """Evaluate a checkpoint on ``split`` of its task (the held-out seeds of ``train`` by
+    default; loop over ``lift.list_splits(env_id)`` for every split); with ``render``,
+    write videos of its first episodes.
 
     ``checkpoint`` is a training checkpoint (``checkpoint_latest``/``checkpoint_best``)
     or a policy directory such as an SFT result; for the latter the simulator settings
@@ -113,7 +116,7 @@ def evaluate_checkpoint(
         env_settings["rollout.simulator"] = simulator
     if env_id:
         env_settings["rollout.env_id"] = env_id
-    env = make_rollout_env(apply_overrides(cfg, env_settings))
+    env = make_rollout_env(apply_overrides(cfg, env_settings), split)
     try:
         collector = RolloutCollector(env, policy, cfg.language_instruction, r.use_binary_reward)
         result = evaluate_policy(

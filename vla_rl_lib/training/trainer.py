@@ -30,6 +30,7 @@ from vla_rl_lib.rollout.batch import rollout_to_batch
 from vla_rl_lib.rollout.collector import (
     Rollout,
     evaluation_seeds,
+    policy_prompts,
     reset_episodes,
     training_episode_seeds,
 )
@@ -295,7 +296,7 @@ class Trainer:
         r = self.config.rollout
         n = self.env.num_envs
         obs = reset_episodes(self.env, range(n), evaluation_seeds(0, n))
-        instructions = [self.config.language_instruction] * self.env.num_envs
+        instructions = policy_prompts(obs, self.env, self.config.language_instruction)
         with torch.no_grad():
             out = self.policy.act(obs.image, instructions, r.temperature, False)
         if not torch.isfinite(out.log_probs).all():
