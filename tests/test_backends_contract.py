@@ -189,20 +189,26 @@ def test_success_when_the_cube_is_grasped_and_lifted(sim):
     assert result.info["is_grasped"].all(), result.info
     assert not result.terminated.any()
 
-    lifted = None
+    # Each env must succeed while lifting; engines may finish the envs a step apart
+    # (an env that finished has auto-reset, so it is checked on the step it finished).
+    succeeded = np.zeros(sim.num_envs, dtype=bool)
     for fraction in np.linspace(0.1, 1.0, 10):
         result = drive_to(sim, low + fraction * (high - low), gripper=1.0, steps=2)
-        if result.terminated.all():
-            lifted = result
+        finished = result.terminated & ~succeeded
+        if finished.any():
+            rows = np.flatnonzero(finished)
+            assert (result.reward[rows] == 1.0).all(), result.reward
+            assert result.info["success"][rows].all()
+            assert (result.info["cube_height"][rows] >= task.SUCCESS_HEIGHT).all()
+            assert not result.truncated[rows].any()
+            # auto-reset: the finished episodes restarted, their last frame is kept apart
+            assert result.final_observation is not None
+            for i in rows:
+                assert not np.array_equal(result.final_observation.qpos[i], result.observation.qpos[i])
+            succeeded |= finished
+        if succeeded.all():
             break
-    assert lifted is not None, f"never succeeded while lifting: {result.info}"
-    assert (lifted.reward == 1.0).all()
-    assert lifted.info["success"].all()
-    assert (lifted.info["cube_height"] >= task.SUCCESS_HEIGHT).all()
-    assert not lifted.truncated.any()
-    # auto-reset: the finished episodes restarted, their last frame is kept apart
-    assert lifted.final_observation is not None
-    assert not np.array_equal(lifted.final_observation.qpos, lifted.observation.qpos)
+    assert succeeded.all(), f"never succeeded while lifting in envs {np.flatnonzero(~succeeded)}: {result.info}"
 
 
 # ---------------------------------------------------------------------- expert
