@@ -158,3 +158,23 @@ def test_gradient_checkpointing_the_planner_suggests_keeps_the_gradients():
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
+
+
+def test_preflight_does_not_judge_a_checkpoint_of_another_size_by_the_7b_plan(tmp_path):
+    """An OpenVLA-format checkpoint whose weights on disk are not OpenVLA-7B's size is not
+    refused by the 7B estimate; the parameter count is read from the safetensors headers."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vla_rl_lib.config import apply_overrides, load_template
+    from vla_rl_lib.planner import check_fits_device, checkpoint_parameter_count
+
+    folder = tmp_path / "small_openvla"
+    folder.mkdir()
+    save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, str(folder / "model.safetensors"))
+    assert checkpoint_parameter_count(str(folder)) == 17
+    assert checkpoint_parameter_count(str(tmp_path / "absent")) is None
+    full = load_template("full")
+    assert check_fits_device(full, "cpu") is not None  # the 7B plan does not fit a laptop
+    small = apply_overrides(full, {"pretrained_checkpoint": str(folder)})
+    assert check_fits_device(small, "cpu") is None

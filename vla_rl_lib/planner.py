@@ -32,12 +32,15 @@ they are estimates, printed with their assumptions, never measurements.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from dataclasses import dataclass, field
 from functools import cache
 
 from vla_rl_lib.config import VLARLConfig
+
+log = logging.getLogger(__name__)
 
 GB = 1e9
 KNOWN_MODELS = ("tiny", "openvla")
@@ -123,6 +126,20 @@ def _linears(module, skip: object) -> tuple[tuple[str, int, int], ...]:
         for name, m in module.named_modules()
         if isinstance(m, nn.Linear) and m is not skip
     )
+
+
+# language_instruction null: each episode's instruction comes from the env. Lift-CRANE-X7 has
+# one; for other tasks (PickPlace's templates run 6-11 words) the plan assumes 12 words, so it
+# errs on the large side.
+ENV_INSTRUCTION_ESTIMATE = " ".join(["word"] * 12)
+
+
+def _planned_instruction(config: VLARLConfig) -> str:
+    if config.language_instruction:
+        return config.language_instruction
+    from lift import task
+
+    return task.INSTRUCTION if config.rollout.env_id == task.ENV_ID else ENV_INSTRUCTION_ESTIMATE
 
 
 def _prompt_tokens(instruction: str) -> int:
@@ -233,8 +250,8 @@ def count_parameters(config: VLARLConfig) -> ModelCount:
         raise PlanError(f"model.name={name!r} is unknown to the planner; known models: {', '.join(KNOWN_MODELS)}")
     if name == "tiny":
         sizes = tuple(sorted(config.model.tiny_vla_sizes().items()))
-        return _tiny_count(sizes, config.language_instruction, 8)
-    return _openvla_count(config.language_instruction, 8)
+        return _tiny_count(sizes, _planned_instruction(config), 8)
+    return _openvla_count(_planned_instruction(config), 8)
 
 
 @dataclass(frozen=True)
@@ -635,8 +652,43 @@ def check_fits_device(config: VLARLConfig, device_type: str, gpus: int = 1) -> s
     plan = plan_for_devices(config, gpus, memory / GB, config_strategy(config), kind)
     if plan.needed_on_device <= CLEARLY_TOO_BIG * memory:
         return None
+    on_disk = checkpoint_parameter_count(config.pretrained_checkpoint)
+    if on_disk is not None and not 0.9 <= on_disk / plan.model.total <= 1.1:
+        log.warning(
+            "plan: %s holds %d parameters, not the %d of the %s architecture the planner knows; "
+            "its memory is not checked", config.pretrained_checkpoint, on_disk, plan.model.total,
+            plan.model.name,
+        )
+        return None
     return (
         f"the planner estimates {plan.needed_on_device / GB:.1f} GB on this {kind.upper()} "
         f"({memory / GB:.1f} GB): this run cannot fit; {cheapest_fix(plan)} "
         f"(details: python -m vla_rl_lib plan --config <your config> --verbose)"
     )
+
+
+def checkpoint_parameter_count(path: str | None) -> int | None:
+    """Parameters stored in a local checkpoint's ``*.safetensors`` files, read from their
+    headers only (no weights are loaded); None when ``path`` is not such a local folder."""
+    if not path or not os.path.isdir(path):
+        return None
+    import json
+    import struct
+    from pathlib import Path
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:  # not a safetensors file: the loader names it; no count here
+                return None
+            (length,) = struct.unpack("<Q", head)
+            try:
+                header = json.loads(handle.read(length))
+            except ValueError:  # a damaged header: the loader names it; no count here
+                return None
+        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return total

@@ -130,6 +130,15 @@ def build_training_policy(
     return policy, base
 
 
+def check_training_start(cfg: VLARLConfig) -> None:
+    """What ``build_training_policy`` would refuse, checked before anything is built or planned:
+    the model source, and an OpenVLA base that needs SFT first when no demos are asked for."""
+    check_model_source(cfg)
+    if (not cfg.sft_checkpoint and cfg.pretrained_checkpoint and cfg.sft.num_demos == 0
+            and pretrained_needs_sft(cfg)):  # fmt: skip
+        raise ValueError(_sft_first_message(cfg))
+
+
 def check_model_source(cfg: VLARLConfig) -> None:
     """Refuse a model source the config cannot use, before anything is loaded or collected.
 

@@ -38,7 +38,7 @@ from vla_rl_lib.rollout.executor import make_executor, make_rollout_env
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training import distributed, runs
 from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
-from vla_rl_lib.training.policy_factory import build_training_policy
+from vla_rl_lib.training.policy_factory import build_training_policy, check_training_start
 from vla_rl_lib.training.progress_log import ProgressLog
 from vla_rl_lib.wandb_setup import check_wandb_ready
 
@@ -126,6 +126,7 @@ class Trainer:
         configure_cpu_threads(self.device)
         from vla_rl_lib.planner import check_fits_device
 
+        check_training_start(config)  # a wrong or missing checkpoint is named before the plan
         refusal = check_fits_device(config, self.device.type, self.launch.world_size)
         if refusal is not None:
             raise PreflightError(f"preflight: {refusal}")
