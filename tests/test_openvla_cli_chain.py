@@ -37,6 +37,7 @@ from vla_rl_lib.sft.demos import load_demonstrations
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training.cli import build_parser, main, resolve_config
 from vla_rl_lib.training.policy_factory import policy_from_run_checkpoint
+from vla_rl_lib.training.runs import latest_run
 
 ROOT = Path(__file__).resolve().parent.parent
 UNNORM_KEY = "crane_x7_pickplace"
@@ -165,11 +166,14 @@ def test_sft_train_evaluate_and_resume_after_kill_through_the_cli(base_openvla, 
         child.wait()
         child.stderr.close()
     assert child.returncode == -signal.SIGKILL
-    stopped_at = ckpt.load_checkpoint(ckpt.recover_checkpoint(killed_latest))["trainer_state"]
+    killed_run = latest_run(outputs / "killed")  # the run folder the links point into
+    stopped_at = ckpt.load_checkpoint(ckpt.recover_checkpoint(killed_run / "checkpoint_latest"))
+    stopped_at = stopped_at["trainer_state"]
     assert stopped_at["update"] < 3
     _cli(*argv, "--resume")
     assert ckpt.load_checkpoint(killed_latest)["trainer_state"]["update"] == 3
-    updates = sorted({r["update"] for r in load_metrics(outputs / "killed") if "train/success_rate" in r})
+    assert latest_run(outputs / "killed") == killed_run  # resumed in its own run folder
+    updates = sorted({r["update"] for r in load_metrics(killed_run) if "train/success_rate" in r})
     assert updates == [1, 2, 3]
 
 
@@ -179,7 +183,7 @@ def test_bf16_on_cpu_warm_start_inside_train_then_evaluate(base_openvla, tmp_pat
     config = _write_config(tmp_path, base_openvla, "bf16", num_updates=1,
                            model={"dtype": "bfloat16"})  # fmt: skip
     _cli("train", "--config", str(config))
-    run_dir = tmp_path / "outputs" / "bf16"
+    run_dir = latest_run(tmp_path / "outputs" / "bf16")
     state = ckpt.load_checkpoint(run_dir / "checkpoint_latest")
     assert state["trainer_state"]["base"] == {"kind": "warm_start", "path": "sft"}
     assert list(json.loads((run_dir / "sft" / "dataset_statistics.json").read_text())) == [UNNORM_KEY]

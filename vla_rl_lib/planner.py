@@ -652,11 +652,11 @@ def check_fits_device(config: VLARLConfig, device_type: str, gpus: int = 1) -> s
     plan = plan_for_devices(config, gpus, memory / GB, config_strategy(config), kind)
     if plan.needed_on_device <= CLEARLY_TOO_BIG * memory:
         return None
-    on_disk = checkpoint_parameter_count(config.pretrained_checkpoint)
+    on_disk = checkpoint_parameter_count(weights_folder(config))
     if on_disk is not None and not 0.9 <= on_disk / plan.model.total <= 1.1:
         log.warning(
             "plan: %s holds %d parameters, not the %d of the %s architecture the planner knows; "
-            "its memory is not checked", config.pretrained_checkpoint, on_disk, plan.model.total,
+            "its memory is not checked", weights_folder(config), on_disk, plan.model.total,
             plan.model.name,
         )
         return None
@@ -692,3 +692,22 @@ def checkpoint_parameter_count(path: str | None) -> int | None:
                 return None
         total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
     return total
+
+
+def weights_folder(config: VLARLConfig) -> str | None:
+    """The local folder holding the run's base weights: ``pretrained_checkpoint``, or the base
+    an ``sft_checkpoint`` names in its ``policy_config.json`` (an adapter references its base)."""
+    if config.pretrained_checkpoint:
+        return config.pretrained_checkpoint
+    if not config.sft_checkpoint:
+        return None
+    import json
+    from pathlib import Path
+
+    saved = Path(config.sft_checkpoint) / "policy_config.json"
+    if not saved.is_file():
+        return None
+    base = json.loads(saved.read_text()).get("base_model")
+    if base is None:  # merged weights in the SFT folder itself
+        return config.sft_checkpoint
+    return str(Path(config.sft_checkpoint) / base)  # an absolute base stays absolute
