@@ -107,7 +107,7 @@ class PPOConfig:
     clip_value_loss: bool = True
     value_clip_range: float = 0.2
     value_loss_type: str = field(default="mse", metadata=_choices("mse", "huber"))
-    normalize_advantages: bool = True
+    normalize_advantages: bool = True  # PPO only: GRPO's advantages are normalized per group
     group_size: int = 4  # GRPO: rollouts that share one start state
 
 
