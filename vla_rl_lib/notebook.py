@@ -475,6 +475,9 @@ def evaluate_each(
 
 
 def eval_rows(result: Any) -> list[dict[str, Any]]:
+    """One table row per evaluated split (a ``SplitResults``), or the one row of an ``EvalResult``."""
+    if hasattr(result, "rows"):
+        return result.rows()
     low, high = result.interval
     return [{
         "episodes": result.episodes, "successes": result.successes,
@@ -544,21 +547,27 @@ def seed_groups(runs: Mapping[str, str | os.PathLike[str]]) -> dict[str, list[st
 
 
 def final_rows(runs: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per run: updates, env steps, last train success and the last evaluation."""
+    """Per run: updates, env steps, last train success, the last evaluation (val, test) and
+    the val-best one (old runs' eval_* read as val, see ``metrics.upgrade_eval_keys``)."""
     rows = []
     for name, records in runs.items():
         train = [r for r in records if "train/success_rate" in r]
-        evals = [r for r in records if "eval_success" in r]
+        evals = [r for r in records if "val/success" in r]
         last_train, last_eval = (train or [{}])[-1], (evals or [{}])[-1]
+        scored = [r for r in evals if r["val/success"] is not None]
+        best = max(scored, key=lambda r: r["val/success"]) if scored else {}
         rows.append({
             "run": name,
             "updates": last_train.get("update"),
             "env_steps": last_train.get("env_steps"),
             "train/success_rate": last_train.get("train/success_rate"),
-            "eval_success": last_eval.get("eval_success"),
-            "eval_low": last_eval.get("eval_success_low"),
-            "eval_high": last_eval.get("eval_success_high"),
-            "best_eval": max((r["eval_success"] for r in evals if r["eval_success"] is not None), default=None),
+            "val/success": last_eval.get("val/success"),
+            "test/success": last_eval.get("test/success"),
+            "test_low": last_eval.get("test/success_low"),
+            "test_high": last_eval.get("test/success_high"),
+            "best_val": best.get("val/success"),
+            # test success of the evaluation checkpoint_best was chosen at (first val maximum)
+            "test_at_best_val": best.get("test/success"),
         })  # fmt: skip
     return rows
 
