@@ -43,6 +43,7 @@ from vla_rl_lib.config import (
     load_template,
     template_dir,
 )
+from vla_rl_lib.metrics import upgrade_eval_keys
 from vla_rl_lib.training.cli import TRAIN_FLAGS
 
 # CLI-style names a notebook may use for section keys; the CLI maps them the same way.
@@ -463,15 +464,25 @@ def success_and_failure(episodes: list[Any]) -> dict[str, Any]:
 
 
 def evaluate_each(
-    checkpoint: str | os.PathLike[str], env_ids: list[str] | None = None, **kwargs: Any
+    checkpoint: str | os.PathLike[str],
+    env_ids: list[str] | None = None,
+    splits: str | list[str] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """``evaluate_checkpoint`` once per environment id (a task's splits), keyed by id;
-    ``None``/empty: the checkpoint's own environment, keyed ``"checkpoint env"``."""
+    """``evaluate_checkpoint`` once per environment id, keyed by id (``None``/empty: the
+    checkpoint's own environment, keyed ``"checkpoint env"``). With ``splits`` (``"all"``, a
+    comma list or a list of ``lift.list_splits`` names) each env is evaluated on those splits,
+    the same seeds on each, keyed ``"<env> <split>"``."""
     from vla_rl_lib.training.evaluate import evaluate_checkpoint
 
-    if not env_ids:
-        return {"checkpoint env": evaluate_checkpoint(checkpoint, **kwargs)}
-    return {env_id: evaluate_checkpoint(checkpoint, env_id=env_id, **kwargs) for env_id in env_ids}
+    targets = {env_id: {"env_id": env_id} for env_id in env_ids} if env_ids else {"checkpoint env": {}}
+    if not splits:
+        return {label: evaluate_checkpoint(checkpoint, **env, **kwargs) for label, env in targets.items()}
+    return {
+        f"{label} {split}": result
+        for label, env in targets.items()
+        for split, result in evaluate_checkpoint(checkpoint, splits=splits, **env, **kwargs).by_split.items()
+    }
 
 
 def eval_rows(result: Any) -> list[dict[str, Any]]:
@@ -551,6 +562,7 @@ def final_rows(runs: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]
     the val-best one (old runs' eval_* read as val, see ``metrics.upgrade_eval_keys``)."""
     rows = []
     for name, records in runs.items():
+        records = [upgrade_eval_keys(r) for r in records]  # old runs logged eval_*
         train = [r for r in records if "train/success_rate" in r]
         evals = [r for r in records if "val/success" in r]
         last_train, last_eval = (train or [{}])[-1], (evals or [{}])[-1]

@@ -21,7 +21,7 @@ from vla_rl_lib.utils import write_bytes_atomic
 
 Records = Sequence[Mapping[str, Any]]
 
-CURVE_KEYS = ("train/success_rate", "train/episode_return", "val/success", "test/success")
+CURVE_KEYS = ("train/success_rate", "train/episode_return", "val/success")
 STEP_KEYS = ("update", "env_steps")
 DIAGNOSTIC_NAMES = ("approx_kl", "clip_fraction", "explained_variance", "entropy")
 
