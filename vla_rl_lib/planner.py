@@ -231,18 +231,21 @@ def count_parameters(config: VLARLConfig) -> ModelCount:
     name = config.model.name
     if name not in KNOWN_MODELS:
         raise PlanError(f"model.name={name!r} is unknown to the planner; known models: {', '.join(KNOWN_MODELS)}")
-    instruction = config.language_instruction or longest_episode_instruction()
+    instruction = config.language_instruction or episode_instruction(config.rollout.env_id)
     if name == "tiny":
         sizes = tuple(sorted(config.model.tiny_vla_sizes().items()))
         return _tiny_count(sizes, instruction, 8)
     return _openvla_count(instruction, 8)
 
 
-def longest_episode_instruction() -> str:
-    """With ``language_instruction: null`` each episode brings its own prompt (PickPlace): size
-    the sequence for the longest instruction template."""
+def episode_instruction(env_id: str) -> str:
+    """The prompt to size for when ``language_instruction`` is null and each episode brings its
+    own: PickPlace's longest template, else the task's one instruction."""
     from lift.pickplace import PARAPHRASED_TEMPLATES, TRAIN_TEMPLATES
+    from lift.task import INSTRUCTION, PICKPLACE_ENV_ID
 
+    if env_id != PICKPLACE_ENV_ID:
+        return INSTRUCTION
     template = max((*TRAIN_TEMPLATES, *PARAPHRASED_TEMPLATES), key=lambda t: len(t.split()))
     return template.format(cube="red", plate="blue")
 
