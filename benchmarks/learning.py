@@ -55,19 +55,22 @@ def main() -> None:
     minutes = (time.perf_counter() - t0) / 60
 
     records = load_metrics(trainer.run_dir)
-    evals = [r for r in records if "eval_success" in r]
+    evals = [r for r in records if "val/success" in r]
+    report = "test" if "test/success" in evals[0] else "val"  # a task without splits has val only
     print(f"run: {trainer.run_dir}  stopped by {summary['stopped_by']} after {summary['updates']} updates")
-    print(f"held-out seeds: {cfg.eval_seed} .. {cfg.eval_seed + cfg.num_eval_episodes - 1} (greedy)")
-    print("update  env_steps  eval_success  95% Wilson interval")
+    print(f"held-out seeds: {cfg.eval_seed} .. {cfg.eval_seed + cfg.num_eval_episodes - 1} (greedy) "
+          f"on splits {', '.join(trainer.eval_splits)}")
+    print(f"update  env_steps  val_success  {report}_success  {report} 95% Wilson interval")
     for r in evals:
-        print(f"{r['update']:6d}  {r['env_steps']:9d}  {r['eval_success']:12.3f}  "
-              f"[{r['eval_success_low']:.3f}, {r['eval_success_high']:.3f}]")
-    baseline, final = evals[0]["eval_success"], evals[-1]["eval_success"]
-    best = max(r["eval_success"] for r in evals)
-    print(f"baseline_success={baseline:.3f} final_success={final:.3f} best_success={best:.3f} "
+        print(f"{r['update']:6d}  {r['env_steps']:9d}  {r['val/success']:11.3f}  "
+              f"{r[f'{report}/success']:12.3f}  "
+              f"[{r[f'{report}/success_low']:.3f}, {r[f'{report}/success_high']:.3f}]")
+    baseline, final = evals[0][f"{report}/success"], evals[-1][f"{report}/success"]
+    chosen = max(evals, key=lambda r: r["val/success"])  # checkpoint_best: first val maximum
+    print(f"baseline_success={baseline:.3f} final_success={final:.3f} "
+          f"best_val_success={chosen['val/success']:.3f} {report}_at_best_val={chosen[f'{report}/success']:.3f} "
           f"gain_points={100 * (final - baseline):.1f} updates={summary['updates']} "
           f"env_steps={summary['env_steps']} minutes={minutes:.1f}")
-
 
 if __name__ == "__main__":
     main()

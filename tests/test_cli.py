@@ -70,6 +70,8 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
         (["--simulator", "bullet"], "--simulator='bullet'"),
         (["--env-id", " "], "--env-id"),
         (["--config", "nope.yaml"], "does not exist"),
+        (["--splits", "val,vall"], "available splits: train, val, test (or all)"),
+        (["--splits", "ood_position", "--env-id", "Lift-CRANE-X7"], "'ood_position'"),
     ],
 )
 def test_evaluate_rejects_bad_arguments_before_loading_the_model(
@@ -108,3 +110,21 @@ def test_unknown_key_in_file_suggests_nearest(tmp_path, capsys):
     bad.write_text("num_update: 3\n")
     assert main(["train", "--config", str(bad)]) == 2
     assert "num_updates" in capsys.readouterr().err
+
+
+def test_evaluate_splits_all_prints_one_row_per_split(tiny_config, capsys):
+    from vla_rl_lib.config import apply_overrides
+    from vla_rl_lib.training.trainer import Trainer
+
+    trainer = Trainer(apply_overrides(tiny_config, {"num_updates": 1, "eval_interval": 0}), progress=False)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    capsys.readouterr()
+    checkpoint = str(trainer.run_dir / "checkpoint_latest")
+    assert main(["evaluate", "--checkpoint", checkpoint, "--num-episodes", "2", "--splits", "all"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["split", "episodes", "successes"] and "wilson95_high" in table[0]
+    assert [line.split()[0] for line in table[2:]] == ["train", "val", "test"]
+    assert all(line.split()[1] == "2" for line in table[2:])

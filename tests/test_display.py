@@ -51,7 +51,8 @@ def _records(n: int = 12) -> list[dict]:
             }
         )
         if u % 4 == 3:
-            out.append({"update": u, "eval_success": u / n, "eval_episodes": 10})
+            out.append({"update": u, "val/success": u / n, "val/episodes": 10,
+                        "test/success": u / (n + 1), "test/episodes": 10})
     return out
 
 
@@ -116,7 +117,7 @@ def test_learning_curves_wilson_band_and_key_errors():
     records = _records()
     _png(
         plot_learning_curves(
-            records, keys=["eval_success"], ci_counts={"eval_success": "eval_episodes"}
+            records, keys=["val/success"], ci_counts={"val/success": "val/episodes"}
         )
     )
     with pytest.raises(KeyError, match="train/sucess"):
@@ -406,7 +407,9 @@ def test_training_figure_has_no_duplicate_panels_and_draws_against_env_steps(tmp
     xs, ys = plots.series(records, "env_steps", "train/success_rate")
     assert list(raw.get_xdata()) == xs and raw.get_alpha() < 0.5  # faint raw values behind
     assert list(smooth.get_ydata()) == pytest.approx(plots.rolling_mean(ys, 4))
-    assert heldout_ax.collections  # the Wilson band
+    assert len(heldout_ax.collections) == 2  # the Wilson bands of val and test
+    assert [line.get_label() for line in heldout_ax.get_lines()][:2] == [
+        "val (greedy, 95% Wilson)", "test (greedy, 95% Wilson)"]
     for ax in main:  # updates on a secondary axis on top
         assert [child.get_xlabel() for child in ax.child_axes] == ["update"]
     png = plots.plot_training(records, path=tmp_path / "curve.png")

@@ -42,9 +42,16 @@ def test_rollout_sft_and_evaluation_run_on_pickplace(tiny_config, tmp_path):
 
     records = load_metrics(run_dir)
     assert any("train/success_rate" in r for r in records)
-    for split in lift.list_splits("PickPlace-CRANE-X7"):
-        result = evaluate_checkpoint(run_dir / "checkpoint_latest", num_episodes=1, split=split)
-        assert result.episodes == 1
+    evals = [r for r in records if "val/success" in r]
+    held_out = [s for s in lift.list_splits("PickPlace-CRANE-X7") if s != "train"]
+    ood = [s for s in held_out if s.startswith("ood_")]
+    assert len(ood) == 4 and not any(f"{s}/success" in evals[0] for s in ood)  # OOD: at the end only
+    final = evals[-1]
+    table = evaluate_checkpoint(run_dir / "checkpoint_latest", num_episodes=2, splits="all")
+    assert [row["split"] for row in table.rows()] == ["train", *held_out]
+    for split in held_out:  # the trainer's last evaluation: same policy, seeds and splits
+        assert final[f"{split}/episodes"] == 2
+        assert final[f"{split}/success"] == table[split].success_rate
 
 
 def test_one_instruction_for_every_pickplace_episode_is_refused(tiny_config):

@@ -447,3 +447,53 @@ def test_update_on_the_tiny_vla(lora):
         after = policy.evaluate(images, instructions, out.token_ids).log_probs
     change = after - out.log_probs
     assert (change[advantages > 0] > 0).all() and (change[advantages < 0] < 0).all()
+
+
+class PerSampleTablePolicy(nn.Module):
+    """Sample i's action logits are row i of a table (the index rides in pixel [0, 0, 0]),
+    so each row's gradient comes from that sample's loss term alone."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(size, D, BINS, generator=torch.Generator().manual_seed(0)))
+
+    def evaluate(self, images, instructions, token_ids, temperature=1.0) -> EvaluateOutput:
+        rows = torch.as_tensor(np.asarray(images)[:, 0, 0, 0], dtype=torch.int64)
+        log_p = torch.log_softmax(self.table[rows] / temperature, dim=-1)
+        chosen = log_p.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1).sum(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1).sum(-1)
+        return EvaluateOutput(log_probs=chosen, entropy=entropy, values=torch.zeros(len(rows)))
+
+
+@pytest.mark.parametrize("normalize_advantages", [True, False])
+def test_grpo_all_equal_group_gets_exactly_zero_gradient_through_the_update(normalize_advantages):
+    from vla_rl_lib.algorithms.advantage import group_normalized_advantages
+
+    group_size = 4
+    # Groups 0 and 2 all failed, group 1 all succeeded, group 3 is mixed: only group 3 carries signal.
+    returns = torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0, 0.0, 0.0, 1.0])
+    per_episode = group_normalized_advantages(returns, torch.arange(16) // group_size).float()
+    # Every step of an episode carries its advantage. Successes end early, failures run to the
+    # time limit, so the per-step mean is not 0 even though each group's advantages sum to 0.
+    lengths = torch.where(returns > 0, 2, 5)
+    advantages = per_episode.repeat_interleave(lengths)
+    in_signal_group = (torch.arange(16) >= 12).repeat_interleave(lengths)
+    size = len(advantages)
+    policy = PerSampleTablePolicy(size)
+    batch = make_batch(TinyCategoricalPolicy(), size=size, advantages=advantages)
+    batch.images[:, 0, 0, 0] = np.arange(size)
+    with torch.no_grad():
+        old = policy.evaluate(batch.images, batch.instructions, batch.token_ids).log_probs
+    batch = dataclasses.replace(batch, old_log_probs=old)
+    before = policy.table.detach().clone()
+    optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+    ppo_update(
+        policy, optimizer, batch,
+        settings(algorithm="grpo", entropy_coef=0.0, num_epochs=2, minibatch_size=size, micro_batch_size=8,
+                 normalize_advantages=normalize_advantages),
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    moved = (policy.table.detach() != before).flatten(1).any(1)
+    assert advantages.mean() != 0  # the case batch centering gets wrong
+    assert not moved[~in_signal_group].any(), "an all-equal group's actions were pushed"
+    assert moved[in_signal_group].all()

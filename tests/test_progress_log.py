@@ -16,7 +16,8 @@ from vla_rl_lib.training.progress_log import ProgressLog, format_duration
 ROOT = Path(__file__).resolve().parent.parent
 LINE = re.compile(
     r"^\[vla-rl\] update (\d+)/(\d+) \| env steps (\d+) \| train success \d\.\d\d \(mean of \d+\) "
-    r"\| held-out (-|\d\.\d\d \[\d\.\d\d, \d\.\d\d\] @\d+) \| approx KL (-|[-\d.e]+) "
+    r"\| val (-|\d\.\d\d \[\d\.\d\d, \d\.\d\d\] @\d+) \| test (-|\d\.\d\d \[\d\.\d\d, \d\.\d\d\] @\d+) "
+    r"\| approx KL (-|[-\d.e]+) "
     r"\| \d+ env steps/s \| elapsed \S+ \| ETA \S+$"
 )
 
@@ -30,15 +31,16 @@ def test_one_line_every_interval_and_on_the_last_update():
     clock = iter(float(t) for t in range(100))
     out = io.StringIO()
     log = ProgressLog(out, total=5, interval=2, clock=lambda: next(clock))
-    log.evaluated({"update": 0, "eval_success": 0.5, "eval_success_low": 0.2,
-                   "eval_success_high": 0.8})  # fmt: skip
+    log.evaluated({"update": 0, "val/success": 0.5, "val/success_low": 0.2,
+                   "val/success_high": 0.8, "test/success": 0.25, "test/success_low": 0.1,
+                   "test/success_high": 0.6})  # fmt: skip
     lines = [log.update(_record(u, s)) for u, s in zip(range(1, 6), (0, 1, 1, 0, 1), strict=True)]
     assert [line is not None for line in lines] == [False, True, False, True, True]
     written = out.getvalue().splitlines()
     assert written == [line for line in lines if line]
     assert all(LINE.match(line) for line in written), written
     assert "update 4/5 | env steps 400 | train success 0.50 (mean of 4)" in written[1]
-    assert "held-out 0.50 [0.20, 0.80] @0" in written[1]
+    assert "val 0.50 [0.20, 0.80] @0 | test 0.25 [0.10, 0.60] @0" in written[1]
     # clock ticks once per line: 100 env steps a second between lines 2 and 4 ... and the ETA
     # is one update at the mean pace so far (4 updates in 2 s)
     assert "200 env steps/s" in written[1] and "ETA 0s" in written[1]
@@ -72,7 +74,7 @@ def test_cli_training_with_stderr_in_a_pipe_prints_the_periodic_line(tmp_path):
     assert result.returncode == 0, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("[vla-rl]")]
     assert [LINE.match(line).group(1, 2) for line in lines] == [("2", "4"), ("4", "4")], lines
-    assert "held-out" in lines[1] and "@4" in lines[1]
+    assert "| val " in lines[1] and "| test " in lines[1] and "@4" in lines[1]
     # no progress bar redrawing itself into the log
     assert "\r" not in stderr, stderr[:2000]
     (folder,) = [line for line in stderr.splitlines() if line.startswith("run folder: ")]

@@ -46,8 +46,18 @@ def test_trains_writes_checkpoints_and_evaluates(tiny_config):
     assert tiny_config.rollout.image_size == 32 and tiny_config.rollout.media_size == 256
     assert iio.imread(run_dir / "eval_episode.gif").shape[1:3] == (256, 256)
     records = load_metrics(run_dir)
-    evals = [r for r in records if "eval_success" in r]
+    evals = [r for r in records if "val/success" in r]
     assert [r["update"] for r in evals] == [0, 1, 2]
+    for r in evals:  # val chooses, test is reported; each with its Wilson interval
+        for split in ("val", "test"):
+            assert r[f"{split}/episodes"] == 2
+            assert r[f"{split}/success_low"] <= r[f"{split}/success"] <= r[f"{split}/success_high"]
+    assert not any(k.startswith(("eval_", "ood_")) for r in records for k in r)  # Lift has no OOD
+    assert summary["selection_split"] == "val" and "test/success" in summary
+    chosen = max(evals, key=lambda r: r["val/success"])  # the first val maximum, never test
+    best_state = json.loads((run_dir / "checkpoint_best" / "trainer_state.json").read_text())
+    assert best_state["update"] == chosen["update"]
+    assert summary["best_eval_success"] == chosen["val/success"]
     train = [r for r in records if "train/success_rate" in r]
     assert [r["update"] for r in train] == [1, 2]
     assert all(r["ppo/num_minibatch_steps"] > 0 for r in train)
@@ -61,9 +71,29 @@ def test_trains_writes_checkpoints_and_evaluates(tiny_config):
     changed = [k for k in shared if not torch.equal(state[k].float(), base[k].float())]
     assert changed, "training left every policy weight equal to the base model's"
 
-    result = evaluate_checkpoint(run_dir / "checkpoint_latest", num_episodes=2)
-    assert result.episodes == 2
-    assert result.success_rate == evals[-1]["eval_success"]  # same greedy policy, same seeds
+    table = evaluate_checkpoint(run_dir / "checkpoint_latest", num_episodes=2, splits="val,test")
+    assert [row["split"] for row in table.rows()] == ["val", "test"]
+    for split in ("val", "test"):  # same greedy policy, same seeds, same split
+        assert table[split].episodes == 2
+        assert table[split].success_rate == evals[-1][f"{split}/success"]
+
+
+def test_checkpoint_best_is_written_at_update_0(tiny_config):
+    """Evaluated before the first update, the starting policy is checkpoint_best until val improves."""
+    cfg = apply_overrides(tiny_config, {"num_updates": 1})
+    seen = []
+
+    def on_update(record):  # after the first update, before its evaluation
+        state = run_dir / "checkpoint_best" / "trainer_state.json"
+        seen.append(json.loads(state.read_text())["update"] if state.is_file() else None)
+
+    trainer = Trainer(cfg, progress=False, on_update=on_update)
+    run_dir = trainer.run_dir
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    assert seen == [0]
 
 
 def test_resume_continues_the_exact_curve(tiny_config, tmp_path):
@@ -194,5 +224,5 @@ def test_time_budget_stops_after_the_update_that_crosses_it(tiny_config):
     summary, run_dir = _train(cfg)
     assert summary["stopped_by"] == "max_minutes" and summary["updates"] == 1
     assert (run_dir / "checkpoint_latest").is_dir()
-    evals = [r["update"] for r in load_metrics(run_dir) if "eval_success" in r]
+    evals = [r["update"] for r in load_metrics(run_dir) if "val/success" in r]
     assert evals == [0, 1]  # the stop still evaluates and saves

@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from lift.splits import SPLITS, list_splits
 from lift.task import PICKPLACE_ENV_ID
 from lift.types import CAMERAS, CONTROL_MODES
 from vla_rl_lib.seed_ranges import (
@@ -107,7 +108,7 @@ class PPOConfig:
     clip_value_loss: bool = True
     value_clip_range: float = 0.2
     value_loss_type: str = field(default="mse", metadata=_choices("mse", "huber"))
-    normalize_advantages: bool = True
+    normalize_advantages: bool = True  # PPO only: GRPO's advantages are normalized per group
     group_size: int = 4  # GRPO: rollouts that share one start state
 
 
@@ -188,6 +189,9 @@ class VLARLConfig:
     num_eval_episodes: int = 100
     output_dir: str = "outputs"
     eval_seed: int = 1_000_000
+    # Splits evaluated every eval_interval updates (lift.list_splits): val chooses checkpoint_best,
+    # the rest are reported only. The task's other splits (OOD) are evaluated once, at the end.
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
     trust_remote_code: list[str] = field(default_factory=lambda: ["openvla/openvla-7b"])
     max_consecutive_skips: int = 5
     max_minutes: float | None = 50.0  # stop at the first update past this much training wall-clock
@@ -418,6 +422,7 @@ def validate_config(cfg: VLARLConfig) -> None:
             cfg.num_eval_episodes,
             "must be >= 1 while eval_interval > 0 (set eval_interval: 0 to turn evaluation off)",
         )
+    _check_eval_splits(cfg)
     _check(cfg.output_dir.strip() != "", "output_dir", cfg.output_dir, "give a folder")
     _check(
         all(name.strip() for name in cfg.trust_remote_code),
@@ -600,8 +605,34 @@ def validate_config(cfg: VLARLConfig) -> None:
         raise ConfigError(str(error)) from None
 
 
+def _check_eval_splits(cfg: VLARLConfig) -> None:
+    """``eval_splits`` names splits of the task and includes val, which chooses checkpoint_best."""
+    env_id = cfg.rollout.env_id
+    if env_id not in SPLITS:  # a task without named splits is evaluated on its held-out seeds
+        return
+    available = list_splits(env_id)
+    unknown = [name for name in cfg.eval_splits if name not in available]
+    _check(not unknown, "eval_splits", cfg.eval_splits,
+           f"{unknown} are not splits of {env_id}; available: {available}")  # fmt: skip
+    _check(
+        "val" in cfg.eval_splits or cfg.eval_interval == 0,
+        "eval_splits",
+        cfg.eval_splits,
+        "must include 'val': checkpoint_best is chosen on val, never on test or OOD splits",
+    )
+
+
 def seed_streams(cfg: VLARLConfig) -> list[SeedStream]:
-    """Every start-seed stream the run draws from; ``validate_config`` keeps them disjoint."""
+    """Every start-seed stream the run draws from; ``validate_config`` keeps them disjoint.
+
+    The ranges are seeds of the ``train`` split: training episodes and the demonstrations play
+    it. The evaluation range is played on each of ``eval_splits`` (val, test) and, at the end,
+    the OOD splits; a split other than train mixes its own stream into every episode's
+    generator (``lift.task.episode_rng``), so the same seed number gives an independent start
+    there and demonstration seeds cannot leak into val or test even where the numbers meet.
+    The evaluation range is still kept apart from the demonstrations and training because
+    ``evaluate --splits train`` (and a task without named splits) plays it on train itself.
+    """
     streams = [SeedStream("training", "fixed", range(TRAIN_SEED_FLOOR, SEED_CEILING))]
     if cfg.num_eval_episodes > 0:
         streams.append(

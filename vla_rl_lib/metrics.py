@@ -130,7 +130,24 @@ def load_metrics(run_dir_or_file: str | os.PathLike[str]) -> list[Record]:
             "(written by MetricsWriter during training) or the path of the file itself"
         )
     records = _parse_lines(path, path.read_text(encoding="utf-8"))
-    return records
+    return [upgrade_eval_keys(record) for record in records]
+
+
+# Runs from before per-split evaluation logged one held-out evaluation (train's distribution,
+# its own seeds) as eval_*; readers see it under the key of the split that now plays that role.
+OLD_EVAL_KEYS = {
+    "eval_success": "val/success",
+    "eval_success_low": "val/success_low",
+    "eval_success_high": "val/success_high",
+    "eval_episodes": "val/episodes",
+}
+
+
+def upgrade_eval_keys(record: Record) -> Record:
+    """A record with the old ``eval_*`` keys renamed to their ``val/*`` keys (others unchanged)."""
+    if not any(key in record for key in OLD_EVAL_KEYS):
+        return record
+    return {OLD_EVAL_KEYS.get(key, key): value for key, value in record.items()}
 
 
 def load_runs(

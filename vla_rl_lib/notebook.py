@@ -43,6 +43,7 @@ from vla_rl_lib.config import (
     load_template,
     template_dir,
 )
+from vla_rl_lib.metrics import upgrade_eval_keys
 from vla_rl_lib.training.cli import TRAIN_FLAGS
 
 # CLI-style names a notebook may use for section keys; the CLI maps them the same way.
@@ -463,18 +464,31 @@ def success_and_failure(episodes: list[Any]) -> dict[str, Any]:
 
 
 def evaluate_each(
-    checkpoint: str | os.PathLike[str], env_ids: list[str] | None = None, **kwargs: Any
+    checkpoint: str | os.PathLike[str],
+    env_ids: list[str] | None = None,
+    splits: str | list[str] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """``evaluate_checkpoint`` once per environment id (a task's splits), keyed by id;
-    ``None``/empty: the checkpoint's own environment, keyed ``"checkpoint env"``."""
+    """``evaluate_checkpoint`` once per environment id, keyed by id (``None``/empty: the
+    checkpoint's own environment, keyed ``"checkpoint env"``). With ``splits`` (``"all"``, a
+    comma list or a list of ``lift.list_splits`` names) each env is evaluated on those splits,
+    the same seeds on each, keyed ``"<env> <split>"``."""
     from vla_rl_lib.training.evaluate import evaluate_checkpoint
 
-    if not env_ids:
-        return {"checkpoint env": evaluate_checkpoint(checkpoint, **kwargs)}
-    return {env_id: evaluate_checkpoint(checkpoint, env_id=env_id, **kwargs) for env_id in env_ids}
+    targets = {env_id: {"env_id": env_id} for env_id in env_ids} if env_ids else {"checkpoint env": {}}
+    if not splits:
+        return {label: evaluate_checkpoint(checkpoint, **env, **kwargs) for label, env in targets.items()}
+    return {
+        f"{label} {split}": result
+        for label, env in targets.items()
+        for split, result in evaluate_checkpoint(checkpoint, splits=splits, **env, **kwargs).by_split.items()
+    }
 
 
 def eval_rows(result: Any) -> list[dict[str, Any]]:
+    """One table row per evaluated split (a ``SplitResults``), or the one row of an ``EvalResult``."""
+    if hasattr(result, "rows"):
+        return result.rows()
     low, high = result.interval
     return [{
         "episodes": result.episodes, "successes": result.successes,
@@ -544,21 +558,28 @@ def seed_groups(runs: Mapping[str, str | os.PathLike[str]]) -> dict[str, list[st
 
 
 def final_rows(runs: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per run: updates, env steps, last train success and the last evaluation."""
+    """Per run: updates, env steps, last train success, the last evaluation (val, test) and
+    the val-best one (old runs' eval_* read as val, see ``metrics.upgrade_eval_keys``)."""
     rows = []
     for name, records in runs.items():
+        records = [upgrade_eval_keys(r) for r in records]  # old runs logged eval_*
         train = [r for r in records if "train/success_rate" in r]
-        evals = [r for r in records if "eval_success" in r]
+        evals = [r for r in records if "val/success" in r]
         last_train, last_eval = (train or [{}])[-1], (evals or [{}])[-1]
+        scored = [r for r in evals if r["val/success"] is not None]
+        best = max(scored, key=lambda r: r["val/success"]) if scored else {}
         rows.append({
             "run": name,
             "updates": last_train.get("update"),
             "env_steps": last_train.get("env_steps"),
             "train/success_rate": last_train.get("train/success_rate"),
-            "eval_success": last_eval.get("eval_success"),
-            "eval_low": last_eval.get("eval_success_low"),
-            "eval_high": last_eval.get("eval_success_high"),
-            "best_eval": max((r["eval_success"] for r in evals if r["eval_success"] is not None), default=None),
+            "val/success": last_eval.get("val/success"),
+            "test/success": last_eval.get("test/success"),
+            "test_low": last_eval.get("test/success_low"),
+            "test_high": last_eval.get("test/success_high"),
+            "best_val": best.get("val/success"),
+            # test success of the evaluation checkpoint_best was chosen at (first val maximum)
+            "test_at_best_val": best.get("test/success"),
         })  # fmt: skip
     return rows
 

@@ -128,20 +128,6 @@ def _linears(module, skip: object) -> tuple[tuple[str, int, int], ...]:
     )
 
 
-# language_instruction null: each episode's instruction comes from the env. Lift-CRANE-X7 has
-# one; for other tasks (PickPlace's templates run 6-11 words) the plan assumes 12 words, so it
-# errs on the large side.
-ENV_INSTRUCTION_ESTIMATE = " ".join(["word"] * 12)
-
-
-def _planned_instruction(config: VLARLConfig) -> str:
-    if config.language_instruction:
-        return config.language_instruction
-    from lift import task
-
-    return task.INSTRUCTION if config.rollout.env_id == task.ENV_ID else ENV_INSTRUCTION_ESTIMATE
-
-
 def _prompt_tokens(instruction: str) -> int:
     return PROMPT_TEMPLATE_TOKENS + math.ceil(PROMPT_TOKENS_PER_WORD * len(instruction.split()))
 
@@ -248,10 +234,23 @@ def count_parameters(config: VLARLConfig) -> ModelCount:
     name = config.model.name
     if name not in KNOWN_MODELS:
         raise PlanError(f"model.name={name!r} is unknown to the planner; known models: {', '.join(KNOWN_MODELS)}")
+    instruction = config.language_instruction or episode_instruction(config.rollout.env_id)
     if name == "tiny":
         sizes = tuple(sorted(config.model.tiny_vla_sizes().items()))
-        return _tiny_count(sizes, _planned_instruction(config), 8)
-    return _openvla_count(_planned_instruction(config), 8)
+        return _tiny_count(sizes, instruction, 8)
+    return _openvla_count(instruction, 8)
+
+
+def episode_instruction(env_id: str) -> str:
+    """The prompt to size for when ``language_instruction`` is null and each episode brings its
+    own: PickPlace's longest template, else the task's one instruction."""
+    from lift.pickplace import PARAPHRASED_TEMPLATES, TRAIN_TEMPLATES
+    from lift.task import INSTRUCTION, PICKPLACE_ENV_ID
+
+    if env_id != PICKPLACE_ENV_ID:
+        return INSTRUCTION
+    template = max((*TRAIN_TEMPLATES, *PARAPHRASED_TEMPLATES), key=lambda t: len(t.split()))
+    return template.format(cube="red", plate="blue")
 
 
 @dataclass(frozen=True)

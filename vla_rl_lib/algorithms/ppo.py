@@ -227,7 +227,10 @@ def ppo_update(
         raise ValueError("PPOBatch is empty: collect at least one step before updating")
     shard = shard or DataShard()
     advantages = batch.advantages.detach().float()
-    if settings.normalize_advantages and size > 1:
+    # GRPO's advantages are already normalized within each group, and a group whose returns are
+    # all equal has advantage exactly 0. Centering them again on the batch mean would hand such a
+    # group (e.g. four failures) a non-zero advantage and reinforce its actions, so GRPO skips it.
+    if settings.normalize_advantages and size > 1 and settings.algorithm != "grpo":
         advantages = (advantages - advantages.mean()) / (advantages.std() + ADVANTAGE_NORM_EPS)
     minibatch_size = min(settings.minibatch_size, size)
     shard.check_divides(size, minibatch_size)

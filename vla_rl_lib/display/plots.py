@@ -21,7 +21,7 @@ from vla_rl_lib.utils import write_bytes_atomic
 
 Records = Sequence[Mapping[str, Any]]
 
-CURVE_KEYS = ("train/success_rate", "train/episode_return", "eval_success")
+CURVE_KEYS = ("train/success_rate", "train/episode_return", "val/success")
 STEP_KEYS = ("update", "env_steps")
 DIAGNOSTIC_NAMES = ("approx_kl", "clip_fraction", "explained_variance", "entropy")
 
@@ -54,7 +54,7 @@ def _number(value: Any) -> float | None:
 def _with_x(records: Records, x: str) -> list[tuple[float | None, Mapping[str, Any]]]:
     """Pair each record with its x value, carrying the last x forward to records that lack it.
 
-    An eval record logged as {"update": 7, "eval_success": ...} then still has the env_steps
+    An eval record logged as {"update": 7, "val/success": ...} then still has the env_steps
     of the training record before it, so it can be drawn against env steps too.
     """
     paired, last = [], None
@@ -151,7 +151,7 @@ def plot_learning_curves(
     """PNG of each key against `x` ("update", "env_steps", or both as a sequence).
 
     keys default to those of CURVE_KEYS present in the records. ci_counts maps a success-rate
-    key to the key holding its episode count, e.g. {"eval_success": "eval_episodes"}, to shade
+    key to the key holding its episode count, e.g. {"val/success": "val/episodes"}, to shade
     its 95% Wilson interval. With `path` the PNG is also saved there (atomically).
     """
     xs = _as_list(x)
@@ -243,7 +243,8 @@ def compare_runs(
 # ---------------------------------------------------------------- the figure for a talk
 
 TRAIN_SUCCESS_KEY = "train/success_rate"
-EVAL_KEY, EVAL_COUNT_KEY = "eval_success", "eval_episodes"
+EVAL_KEY, EVAL_COUNT_KEY = "val/success", "val/episodes"  # selection split (checkpoint_best)
+TEST_KEY, TEST_COUNT_KEY = "test/success", "test/episodes"  # reported only
 X_KEY = "env_steps"
 DIAGNOSTIC_TITLES = {"approx_kl": "approx KL", "clip_fraction": "clip fraction",
                      "explained_variance": "explained variance", "entropy": "entropy"}  # fmt: skip
@@ -297,16 +298,23 @@ def draw_train_success(ax: Axes, records: Records, window: int = 10) -> bool:
 
 
 def draw_heldout_success(ax: Axes, records: Records) -> bool:
-    """Held-out success with its 95% Wilson band; False when nothing was evaluated."""
-    xs, ys = series(records, X_KEY, EVAL_KEY)
-    if not xs:
-        return False
-    bx, lows, highs = _wilson_band(records, X_KEY, EVAL_KEY, EVAL_COUNT_KEY)
-    if bx:
-        ax.fill_between(bx, lows, highs, color="C2", alpha=0.2, linewidth=0, label="95% Wilson")
-    ax.plot(xs, ys, color="C2", marker="o", markersize=3, linewidth=1.5, label="greedy")
-    ax.legend(fontsize=7, loc="best")
-    return True
+    """Held-out success on val and test, each with its 95% Wilson band; False when nothing
+    was evaluated."""
+    drawn = False
+    for key, count_key, color in ((EVAL_KEY, EVAL_COUNT_KEY, "C2"), (TEST_KEY, TEST_COUNT_KEY, "C3")):
+        xs, ys = series(records, X_KEY, key)
+        if not xs:
+            continue
+        split = key.split("/")[0]
+        bx, lows, highs = _wilson_band(records, X_KEY, key, count_key)
+        if bx:
+            ax.fill_between(bx, lows, highs, color=color, alpha=0.15, linewidth=0)
+        ax.plot(xs, ys, color=color, marker="o", markersize=3, linewidth=1.5,
+                label=f"{split} (greedy, 95% Wilson)")  # fmt: skip
+        drawn = True
+    if drawn:
+        ax.legend(fontsize=7, loc="best")
+    return drawn
 
 
 def draw_training(fig: Figure, records: Records, window: int = 10) -> None:
@@ -318,7 +326,7 @@ def draw_training(fig: Figure, records: Records, window: int = 10) -> None:
     first = fig.add_subplot(grid[0, 0:2])  # every panel shares its env-step axis
     panels = (
         (first, draw_train_success, f"train success (mean of {window})"),
-        (fig.add_subplot(grid[0, 2:4], sharex=first), draw_heldout_success, "held-out success"),
+        (fig.add_subplot(grid[0, 2:4], sharex=first), draw_heldout_success, "held-out success (val, test)"),
     )
     for ax, draw, title in panels:
         args = (records, window) if draw is draw_train_success else (records,)
@@ -380,7 +388,7 @@ def plot_seed_groups(
     """Runs overlaid, grouped by setting: ``{group: {run: records}}``.
 
     Each run is a thin line; each group with two or more runs adds its mean across runs
-    (seeds) and a ±1 std band. Left: train success (rolling mean); right: held-out success.
+    (seeds) and a ±1 std band. Left: train success (rolling mean); right: val success.
     """
     if not groups:
         raise ValueError("plot_seed_groups needs at least one group of runs")
@@ -405,7 +413,7 @@ def plot_seed_groups(
                 ax.plot(grid, mean, color=c, linewidth=2, label=f"{label} (mean of {len(curves)})")
             elif curves:
                 ax.plot([], [], color=c, label=f"{label} ({len(curves)} run)")
-    for ax, title in ((left, f"train success (mean of {window} updates)"), (right, "held-out success")):
+    for ax, title in ((left, f"train success (mean of {window} updates)"), (right, "val success")):
         _success_axes(ax, title)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="best")

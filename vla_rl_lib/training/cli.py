@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--render", action="store_true", help="write videos of the episodes")
     ev.add_argument("--output-dir", default=S, help="where videos go (default: the run folder)")
     ev.add_argument("--config", help="simulator settings for a policy directory (e.g. an SFT result)")
+    ev.add_argument(
+        "--splits", default=S, metavar="all|NAME,NAME",
+        help="evaluate on these splits of the task, the same seeds on each, and print one row per "
+        "split (all: every split; e.g. val,test). Default: the held-out seeds of train",
+    )  # fmt: skip
 
     cfg = sub.add_parser("config", help="write a config template")
     cfg.add_argument("--template", choices=TEMPLATES, default="default")
@@ -222,6 +227,28 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
     output_dir = getattr(args, "output_dir", None)
     if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise UsageError(f"--output-dir {output_dir} is a file; give a folder for the videos")
+    splits = getattr(args, "splits", None)
+    if splits is not None:
+        from vla_rl_lib.training.evaluate import resolve_splits
+
+        try:
+            args.splits = resolve_splits(evaluated_env_id(args), splits)
+        except ValueError as error:
+            raise UsageError(f"--splits {splits}: {error}") from None
+
+
+def evaluated_env_id(args: argparse.Namespace) -> str:
+    """The env ``evaluate`` plays, read before any model loads: --env-id, else --config's, else
+    the checkpoint's config.yaml, else the default template's."""
+    from vla_rl_lib.config import VLARLConfig
+    from vla_rl_lib.training.checkpoint import CONFIG_FILE
+
+    if getattr(args, "env_id", None):
+        return args.env_id
+    for path in (args.config, Path(args.checkpoint) / CONFIG_FILE):
+        if path and Path(path).is_file():
+            return load_config(path).rollout.env_id
+    return VLARLConfig().rollout.env_id
 
 
 def resume_config_path(resume: str) -> Path:
@@ -242,6 +269,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     check_evaluate_args(args)
     config = load_config(args.config) if args.config else None
+    splits = getattr(args, "splits", None)
     result = evaluate_checkpoint(
         args.checkpoint,
         num_episodes=getattr(args, "num_episodes", None),
@@ -251,9 +279,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         render=args.render,
         output_dir=getattr(args, "output_dir", None),
         config=config,
+        splits=splits,
     )
     from vla_rl_lib.display import summary_table
 
+    if splits is not None:
+        print(summary_table(result.rows()))
+        for video in result.videos:
+            print(f"video: {video}")
+        return 0
     print(summary_table(result.per_episode))
     low, high = result.interval
     for video in result.videos:

@@ -36,7 +36,7 @@ class ProgressLog:
 
     ``update(record)`` takes the trainer's per-update record (``update``, ``env_steps``,
     ``train/success_rate``, ``ppo/approx_kl``); ``evaluated(record)`` an evaluation record
-    (``eval_success`` with its interval). The clock is injected so tests need not wait.
+    (``val/success`` and ``test/success`` with their intervals). The clock is injected so tests need not wait.
     """
 
     def __init__(
@@ -86,14 +86,14 @@ class ProgressLog:
         if self._success:
             mean = sum(self._success) / len(self._success)
             parts.append(f"train success {mean:.2f} (mean of {len(self._success)})")
-        if self._eval is not None and self._eval.get("eval_success") is not None:
-            e = self._eval
-            parts.append(
-                f"held-out {e['eval_success']:.2f} [{e['eval_success_low']:.2f}, "
-                f"{e['eval_success_high']:.2f}] @{e['update']}"
-            )
-        else:
-            parts.append("held-out -")
+        for split in ("val", "test"):
+            if self._eval is not None and self._eval.get(f"{split}/success") is not None:
+                e, low, high = self._eval, f"{split}/success_low", f"{split}/success_high"
+                parts.append(
+                    f"{split} {e[f'{split}/success']:.2f} [{e[low]:.2f}, {e[high]:.2f}] @{e['update']}"
+                )
+            else:
+                parts.append(f"{split} -")
         kl = record.get("ppo/approx_kl")
         parts.append(f"approx KL {kl:.4f}" if isinstance(kl, (int, float)) else "approx KL -")
         since, steps_then = self._mark

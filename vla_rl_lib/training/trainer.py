@@ -37,7 +37,14 @@ from vla_rl_lib.rollout.collector import (
 from vla_rl_lib.rollout.executor import make_executor, make_rollout_env
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training import distributed, runs
-from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
+from vla_rl_lib.training.evaluate import (
+    SELECTION_SPLIT,
+    SplitCollectors,
+    SplitResults,
+    available_splits,
+    evaluate_splits,
+    reported_only_splits,
+)
 from vla_rl_lib.training.policy_factory import build_training_policy, check_training_start
 from vla_rl_lib.training.progress_log import ProgressLog
 from vla_rl_lib.wandb_setup import check_wandb_ready
@@ -97,7 +104,7 @@ class Trainer:
         progress: bool = True,
         progress_lines: TextIO | None = None,
         on_update: Callable[[dict[str, Any]], None] | None = None,
-        on_eval: Callable[[EvalResult], None] | None = None,
+        on_eval: Callable[[SplitResults], None] | None = None,
         render: bool = False,
     ) -> None:
         """``resume``: False starts a new run folder (see ``runs``); True continues the newest
@@ -183,6 +190,17 @@ class Trainer:
             if self.collects else None
         )
         self.eval_seeds = evaluation_seeds(config.eval_seed, config.num_eval_episodes)
+        # Held-out evaluation plays each split on its own simulator (evaluate.SplitCollectors).
+        # val chooses checkpoint_best; a task without named splits falls back to train's held-out seeds.
+        env_id = config.rollout.env_id
+        self.eval_splits = config.eval_splits if "val" in available_splits(env_id) else ["train"]
+        self.selection_split = SELECTION_SPLIT if SELECTION_SPLIT in self.eval_splits else "train"
+        self.final_splits = self.eval_splits + reported_only_splits(env_id, self.eval_splits)
+        self.eval_collectors = (
+            SplitCollectors(config, self.policy, min(config.rollout.num_parallel_envs,
+                                                     max(config.num_eval_episodes, 1)))
+            if self.collects else None
+        )  # fmt: skip
         self.metrics = MetricsWriter(
             self.run_dir,
             resume_from_update=self.start_update if resume else None,
@@ -338,9 +356,12 @@ class Trainer:
                 "preflight_policy_grad_norm": policy_norm}
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, update: int, record_frames: bool = True) -> EvalResult:
-        result = evaluate_policy(
-            self.collector, self.eval_seeds, update, self.config.rollout.temperature, record_frames,
+    def evaluate(self, update: int, final: bool = False) -> SplitResults:
+        """Greedy episodes on ``eval_splits`` (with ``final``, on the OOD splits too), the same
+        seeds on each; the selection split's first episode is filmed."""
+        result = evaluate_splits(
+            self.eval_collectors, self.final_splits if final else self.eval_splits, self.eval_seeds,
+            update, self.config.rollout.temperature, {self.selection_split: 1},
             frame_size=self.config.rollout.media_size,
         )
         record = {"update": update, "env_steps": self.env_steps, **result.record()}
@@ -372,11 +393,12 @@ class Trainer:
             )  # fmt: skip
         preflight = self.preflight()
         group_size = p.group_size if p.algorithm == "grpo" else 1
-        last_eval: EvalResult | None = None
+        last_eval: SplitResults | None = None
         evaluating = cfg.eval_interval > 0  # 0 means never (num_eval_episodes may then be 0)
         if self.start_update == 0 and evaluating and self.collects:
             last_eval = self.evaluate(0)
-            self.best_eval = last_eval.success_rate
+            self.best_eval = last_eval[self.selection_split].success_rate
+            self.save("checkpoint_best", 0)  # so that a checkpoint_best always exists
         from vla_rl_lib.display import progress as progress_bar
 
         updates = range(self.start_update, cfg.num_updates)
@@ -423,9 +445,10 @@ class Trainer:
             out_of_time = distributed.broadcast_object(out_of_time, self.launch)
             done = update + 1 == cfg.num_updates or out_of_time
             if evaluating and ((update + 1) % cfg.eval_interval == 0 or done):
-                last_eval = self.evaluate(update + 1)
-                if self.best_eval is None or last_eval.success_rate > self.best_eval:
-                    self.best_eval = last_eval.success_rate
+                last_eval = self.evaluate(update + 1, final=done)
+                selected = last_eval[self.selection_split].success_rate
+                if self.best_eval is None or selected > self.best_eval:
+                    self.best_eval = selected
                     self.save("checkpoint_best", update + 1)
             if done or (cfg.save_interval > 0 and (update + 1) % cfg.save_interval == 0):
                 self.save("checkpoint_latest", update + 1)
@@ -475,7 +498,7 @@ class Trainer:
             "time_s": self.elapsed_s,
         }
 
-    def _finish(self, last_eval: EvalResult | None) -> dict[str, Any]:
+    def _finish(self, last_eval: SplitResults | None) -> dict[str, Any]:
         if not self.launch.is_main:
             return {"rank": self.launch.rank, "updates": self.final_update}
         from vla_rl_lib.display import save_gif
@@ -490,7 +513,8 @@ class Trainer:
             "stopped_by": self.stopped_by,
             "wall_minutes": self.wall_s() / 60,
             "env_steps": self.env_steps,
-            "best_eval_success": self.best_eval,
+            "best_eval_success": self.best_eval,  # on the selection split (val)
+            "selection_split": self.selection_split,
             "minutes": self.elapsed_s / 60,
         }
         if last_eval is not None:
@@ -503,6 +527,8 @@ class Trainer:
         if self.collector is not None:
             self.collector.close()
             self.env.close()
+        if self.eval_collectors is not None:
+            self.eval_collectors.close()
         self.metrics.close()
         distributed.destroy_process_group(self.launch)
 
