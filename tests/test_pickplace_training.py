@@ -60,3 +60,17 @@ def test_one_instruction_for_every_pickplace_episode_is_refused(tiny_config):
             tiny_config,
             {"rollout": {"env_id": "PickPlace-CRANE-X7"}, "language_instruction": "pick up the cube"},
         )
+
+
+def test_demos_cut_short_by_the_step_limit_name_the_step_limit(tmp_path):
+    """The expert needs about 60 steps on PickPlace; at 30 every attempt runs out of steps, and
+    the error says to raise the step limit rather than the number of attempts."""
+    from vla_rl_lib.sft.demos import collect_demonstrations
+
+    with pytest.raises(RuntimeError, match=r"2 of the 2 failed attempts ran out of steps at "
+                                           r"max_episode_steps=30: raise the step limit"):  # fmt: skip
+        collect_demonstrations(
+            1, 12345, tmp_path / "demos", env_id="PickPlace-CRANE-X7", num_envs=2, image_size=32,
+            max_episode_steps=30, max_attempts=2, progress=False,
+        )
+    assert not (tmp_path / "demos").exists()  # nothing half-written

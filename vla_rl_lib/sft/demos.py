@@ -330,7 +330,7 @@ def collect_demonstrations(
     )
     kept_seeds: list[int] = []
     kept_lengths: list[int] = []
-    attempted = 0
+    attempted = out_of_steps = 0
     actions: list[np.ndarray] = []
     bar = tqdm(total=num_demos, desc="demonstrations", unit="demo", disable=not progress)
     try:
@@ -342,6 +342,7 @@ def collect_demonstrations(
                 for attempt in attempts:
                     attempted += 1
                     if not attempt.successes[-1]:
+                        out_of_steps += len(attempt.actions) >= max_episode_steps
                         continue
                     writer.write_table(_episode_table(len(kept_seeds), attempt))
                     actions.extend(attempt.actions)
@@ -349,10 +350,17 @@ def collect_demonstrations(
                     kept_lengths.append(len(attempt.actions))
                     bar.update(1)
             if len(kept_seeds) < num_demos:
+                failed = attempted - len(kept_seeds)
+                fix = (
+                    f"{out_of_steps} of the {failed} failed attempts ran out of steps at "
+                    f"max_episode_steps={max_episode_steps}: raise the step limit (rollout.max_steps; "
+                    "the README lists the expert's episode lengths per task)"
+                    if out_of_steps * 2 >= failed
+                    else "raise max_attempts, or check the expert on this simulator and control mode"
+                )
                 raise RuntimeError(
                     f"the scripted expert solved only {len(kept_seeds)} of {attempted} attempts "
-                    f"(seeds {seed}..{seed + attempted - 1}), short of num_demos={num_demos}; "
-                    "raise max_attempts, or check the expert on this simulator and control mode"
+                    f"(seeds {seed}..{seed + attempted - 1}), short of num_demos={num_demos}; {fix}"
                 )
             action_array = np.stack(actions)
             statistics = ActionStatistics.from_actions(
