@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.kill_child import sigkill_when
 from tests.test_openvla_loading import _action_stats, make_openvla_checkpoint
 from vla_rl_lib.config import ConfigError, apply_overrides, load_template, save_config
 from vla_rl_lib.metrics import load_metrics
@@ -150,21 +150,8 @@ def test_sft_train_evaluate_and_resume_after_kill_through_the_cli(base_openvla, 
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     killed_latest = outputs / "killed" / "checkpoint_latest"
-    try:
-        deadline = time.monotonic() + 600
-        while not (killed_latest / ckpt.TRAINER_STATE_FILE).is_file():
-            if child.poll() is not None:
-                pytest.fail(f"training exited ({child.returncode}) before its first checkpoint: "
-                            f"{child.stderr.read().decode()[-2000:]}")  # fmt: skip
-            if time.monotonic() > deadline:
-                pytest.fail("training never wrote its first checkpoint")
-            time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        child.stderr.close()
+    sigkill_when(child, lambda: (killed_latest / ckpt.TRAINER_STATE_FILE).is_file(),
+                 "its first checkpoint", timeout_s=600)
     assert child.returncode == -signal.SIGKILL
     killed_run = latest_run(outputs / "killed")  # the run folder the links point into
     stopped_at = ckpt.load_checkpoint(ckpt.recover_checkpoint(killed_run / "checkpoint_latest"))

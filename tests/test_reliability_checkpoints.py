@@ -16,13 +16,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import TINY_OVERRIDES
+from tests.kill_child import sigkill_when
 from vla_rl_lib.config import apply_overrides, load_template, save_config
 from vla_rl_lib.metrics import load_metrics
 from vla_rl_lib.training import checkpoint as ckpt
@@ -94,21 +94,7 @@ def test_kill_9_during_checkpoint_write_then_resume(tmp_path, where, resume, cap
         [sys.executable, "-c", CRASHING_CHILD, str(marker), where, "train", "--config", str(config)],
         cwd=ROOT, env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            if child.poll() is not None:
-                pytest.fail(f"training exited ({child.returncode}) before the second save: "
-                            f"{child.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("training never reached its second checkpoint save")
-            time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        child.stderr.close()
+    sigkill_when(child, marker.exists, "the second checkpoint save", timeout_s=300)
     assert child.returncode == -signal.SIGKILL
 
     run_dir = latest_run(tmp_path / "outputs" / "tiny")

@@ -35,6 +35,7 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -577,6 +578,16 @@ def plan_for_devices(config: VLARLConfig, gpus: int, gpu_memory_gb: float, strat
     return plan
 
 
+def _term_lines(terms: list[Term], gb: Callable[[float], str], verbose: bool) -> list[str]:
+    """One line a memory term; with ``verbose`` its formula under it."""
+    lines = []
+    for term in terms:
+        lines.append(f"  {term.name:<40}{gb(term.bytes)}")
+        if verbose:
+            lines.append(f"      = {term.formula}")
+    return lines
+
+
 def render(plan: Plan, verbose: bool = False, source: str = "") -> str:
     """The breakdown, one term a line; the last line is machine-readable."""
     m, cfg = plan.model, plan.config
@@ -588,10 +599,7 @@ def render(plan: Plan, verbose: bool = False, source: str = "") -> str:
     parts = ", ".join(f"{k} {_count(v)}" for k, v in m.components.items())
     lines.append(f"parameters: {m.total:,} ({parts}); trainable {trainable:,}")
     lines.append("learner memory per device:")
-    for term in plan.learner:
-        lines.append(f"  {term.name:<40}{gb(term.bytes)}")
-        if verbose:
-            lines.append(f"      = {term.formula}")
+    lines += _term_lines(plan.learner, gb, verbose)
     act_now = next(t.bytes for t in plan.learner if t.name.startswith("activations"))
     if gradient_checkpointing(cfg):
         lines.append(f"  (without gradient checkpointing the activations would be "
@@ -601,10 +609,7 @@ def render(plan: Plan, verbose: bool = False, source: str = "") -> str:
                      f"instead of {act_now / GB:.3f} GB)")
     lines.append(f"  {'total':<40}{gb(plan.learner_bytes)}")
     lines.append("rollout memory (policy replicas, simulators, buffer):")
-    for term in plan.rollout:
-        lines.append(f"  {term.name:<40}{gb(term.bytes)}")
-        if verbose:
-            lines.append(f"      = {term.formula}")
+    lines += _term_lines(plan.rollout, gb, verbose)
     lines.append(f"  {'total':<40}{gb(plan.rollout_bytes)}")
     lines.append(f"seconds per update (assumed: {plan.hardware.name}; "
                  f"{plan.hardware.env_steps_per_s:.0f} env steps/s per rollout process):")
