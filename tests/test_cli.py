@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from vla_rl_lib.config import load_template
+from vla_rl_lib.config import load_config, load_template, template_text
 from vla_rl_lib.training.cli import build_parser, main, resolve_config
 
 
@@ -40,7 +40,8 @@ def test_flag_equal_to_default_still_overrides_file(tmp_path):
 def test_config_command_writes_template_with_comments(tmp_path, capsys):
     out = tmp_path / "mine.yaml"
     assert main(["config", "--template", "fast", "-o", str(out)]) == 0
-    assert out.read_text() == open("params/fast.yaml").read()
+    assert out.read_text() == template_text("fast")  # the whole file: fast.yaml over default.yaml
+    assert load_config(out) == load_template("fast")
     assert main(["config"]) == 0
     assert "num_updates" in capsys.readouterr().out
 

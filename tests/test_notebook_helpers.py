@@ -285,7 +285,6 @@ def test_discover_runs_and_final_rows(tmp_path: Path) -> None:
 
 def test_fast_template_has_null_wherever_a_top_level_key_may_be_null() -> None:
     """Why None can mean "unset": the notebooks' default template holds null for those keys."""
-    import dataclasses
     import types
     import typing
 
@@ -293,8 +292,8 @@ def test_fast_template_has_null_wherever_a_top_level_key_may_be_null() -> None:
 
     hints = typing.get_type_hints(VLARLConfig)
     fast = load_template("fast")
-    nullable = [f.name for f in dataclasses.fields(VLARLConfig) if f.name in top_level_keys()
-                and typing.get_origin(hints[f.name]) in (typing.Union, types.UnionType)
-                and type(None) in typing.get_args(hints[f.name])]  # fmt: skip
+    nullable = [name for name in VLARLConfig.model_fields if name in top_level_keys()
+                and typing.get_origin(hints[name]) in (typing.Union, types.UnionType)
+                and type(None) in typing.get_args(hints[name])]  # fmt: skip
     assert nullable
     assert {name: getattr(fast, name) for name in nullable} == dict.fromkeys(nullable)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -97,7 +96,7 @@ def test_unknown_model_lists_the_known_ones(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "tiny" in err and "openvla" in err and len(err.strip().splitlines()) == 1
     cfg = load_template("default")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="pi0"))
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "pi0"})})
     with pytest.raises(PlanError, match="known models: tiny, openvla"):
         count_parameters(cfg)
 

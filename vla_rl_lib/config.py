@@ -1,41 +1,41 @@
-"""The one typed configuration object, loaded from YAML and validated once at the edge.
+"""The one typed configuration object: a pydantic schema, loaded from YAML and validated once.
 
-``VLARLConfig`` holds every setting of a run: top-level run settings plus the
-``rollout``, ``ppo``, ``lora``, ``model`` and ``sft`` sections. YAML files
-(``params/*.yaml``), notebook parameters (papermill) and CLI flags all map onto
-it; ``apply_overrides`` changes only the keys it is given.
+``VLARLConfig`` holds every setting of a run: top-level run settings plus the ``rollout``,
+``ppo``, ``lora``, ``model`` and ``sft`` sections. Each key is declared once below, with its
+type, bounds, default and a one-line description; everything else is derived from that:
+YAML loading (``load_config``), the CLI flags (``cli_flags``), the notebook parameters cells
+and ``papermill --help-notebook`` (``vla_rl_lib.notebook``), and the full YAML that
+``python -m vla_rl_lib config`` writes (``template_text``).
 
 Rules worth knowing:
 
-* Unknown keys, wrong types and impossible values raise ``ConfigError`` (a
-  ``ValueError``) with a one-line message naming the key. An int is accepted
-  for a float field; a bool is never an int and a str is never a number.
-* A file or dict may leave keys out; they take the defaults below (which are
-  the values of ``params/default.yaml``).
-* ``lora_rank`` / ``lora_alpha`` (top level, the original design's keys) are
-  aliases of ``lora.rank`` / ``lora.alpha``: a dict may give either or both
-  (both must then agree), and an override of either sets both.
-* Batch bound: one update's batch holds at most
-  ``num_rollouts_per_update * max_steps`` steps (every episode at full
-  length), so ``ppo.minibatch_size`` may not exceed that bound. When a real
-  batch is shorter than a minibatch, the PPO update uses the whole batch as
-  one minibatch.
+* Unknown keys, wrong types and impossible values raise ``ConfigError`` (a ``ValueError``)
+  with a one-line message naming the dotted key. An int is accepted for a float field; a
+  bool is never an int and a str is never a number (pydantic's strict mode).
+* A file or dict may leave keys out; they take the defaults below, which are the values of
+  ``params/default.yaml`` (a file generated from this schema). ``params/fast.yaml`` and
+  ``params/full.yaml`` list only what differs from it.
+* ``lora_rank`` / ``lora_alpha`` (top level, the original design's keys) are aliases of
+  ``lora.rank`` / ``lora.alpha``: a dict may give either or both (both must then agree),
+  and an override of either sets both.
+* Batch bound: one update's batch holds at most ``num_rollouts_per_update * max_steps``
+  steps (every episode at full length), so ``ppo.minibatch_size`` may not exceed that bound.
+  When a real batch is shorter than a minibatch, the PPO update uses the whole batch as one
+  minibatch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
 import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lift.splits import SPLITS, list_splits
 from lift.task import PICKPLACE_ENV_ID
@@ -57,88 +57,195 @@ class ConfigError(ValueError):
     """A configuration key is unknown, mistyped or holds an impossible value."""
 
 
-def _choices(*values: str) -> dict[str, Any]:
-    return {"choices": values}
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    """A cross-field rule: raise the one-line ``key=value is invalid: why``."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {why}")
 
 
-@dataclass
-class RolloutConfig:
+def setting(default: Any, description: str, *, shortcut: str | None = None, **bounds: Any) -> Any:
+    """A schema field: its default, one-line description and bounds (``ge``, ``gt``, ``le``, ``lt``).
+
+    ``shortcut``: a short name the CLI (``--<shortcut>``) and notebooks accept for the key.
+    """
+    extra = {"shortcut": shortcut} if shortcut else None
+    return Field(default, description=description, json_schema_extra=extra, **bounds)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _folder_name(value: str) -> str:
+    if not value.strip() or "/" in value:
+        raise ValueError("give a non-empty name without '/' (it names a folder)")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+FolderName = Annotated[str, AfterValidator(_folder_name)]
+Camera = Literal[CAMERAS]  # type: ignore[valid-type]
+ControlMode = Literal[CONTROL_MODES]  # type: ignore[valid-type]
+
+
+class _Section(BaseModel):
+    # strict: a bool is not an int and a str is not a number; an int still fills a float
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class RolloutConfig(_Section):
     """How episodes are collected."""
 
-    simulator: str = field(
-        default="mujoco", metadata=_choices("mujoco", "maniskill", "genesis", "isaacsim")
+    simulator: Literal["mujoco", "maniskill", "genesis", "isaacsim"] = setting(
+        "mujoco", "physics engine: mujoco | maniskill | genesis (the last two are optional installs)",
+        shortcut="simulator")  # fmt: skip
+    env_id: NonBlank = setting("Lift-CRANE-X7", "task: Lift-CRANE-X7 | PickPlace-CRANE-X7", shortcut="env_id")
+    backend: Literal["cpu", "gpu"] = setting("cpu", "where the simulator runs: cpu | gpu", shortcut="backend")
+    num_parallel_envs: int = setting(
+        4, "batched envs stepped together (4: 2 cores, rendering 64x64 is cheap)", ge=1,
+        shortcut="num_parallel_envs")  # fmt: skip
+    num_rollouts_per_update: int = setting(
+        8, "episodes per update; a batch holds at most this * max_steps steps", ge=1,
+        shortcut="num_rollouts")  # fmt: skip
+    max_steps: int = setting(
+        60, "steps per episode (6 s at 10 Hz; the expert needs about 42); longer is truncated", ge=1
     )
-    env_id: str = "Lift-CRANE-X7"
-    backend: str = field(default="cpu", metadata=_choices("cpu", "gpu"))
-    render_mode: str = field(default="rgb_array", metadata=_choices("rgb_array"))
-    num_parallel_envs: int = 4
-    num_rollouts_per_update: int = 8  # episodes per update
-    max_steps: int = 60  # per episode; a longer episode is truncated (and bootstrapped)
-    use_binary_reward: bool = True
-    temperature: float = 1.0  # sampling temperature of the action tokens
-    camera: str = field(default="third_person", metadata=_choices(*CAMERAS))
-    image_size: int = 64  # square renders, pixels per side
-    media_size: int = 256  # evaluation videos, GIFs and filmstrips (pixels per side); the policy sees image_size
-    control_mode: str = field(default="pd_joint_delta_pos", metadata=_choices(*CONTROL_MODES))
-    executor: str = field(default="local", metadata=_choices("local", "ray"))
-    ray_address: str | None = None  # None: start a local Ray; "auto" or "host:port": join one
-    num_workers: int = 1
-    worker_num_cpus: float = 1.0
-    worker_num_gpus: float = 0.0
+    use_binary_reward: bool = setting(True, "reward 1.0 on success else 0.0 (false: shaped dense reward)")
+    temperature: float = setting(1.0, "action-token sampling temperature during rollouts", gt=0,
+                                 shortcut="temperature")  # fmt: skip
+    camera: Camera = setting("third_person", f"the policy's view: {' | '.join(CAMERAS)}")
+    image_size: int = setting(64, "render size in pixels per side; equals model.image_size for the tiny model", ge=8)
+    media_size: int = setting(256, "videos, GIFs and filmstrips, pixels per side; the policy sees image_size", ge=16)
+    control_mode: ControlMode = setting(
+        "pd_joint_delta_pos", "action meaning; pd_joint_delta_pos moves targets by at most 0.1 rad a step"
+    )
+    executor: Literal["local", "ray"] = setting("local", "who steps the envs: local | ray", shortcut="executor")
+    ray_address: str | None = setting(
+        None, 'with executor ray: null starts a local Ray, "auto" or "host:port" joins one',
+        shortcut="ray_address")  # fmt: skip
+    num_workers: int = setting(1, "rollout workers (ray)", ge=1, shortcut="num_workers")
+    worker_num_cpus: float = setting(1.0, "CPUs reserved per Ray worker", gt=0)
+    worker_num_gpus: float = setting(0.0, "GPUs reserved per Ray worker", ge=0)
+
+    @model_validator(mode="after")
+    def _ray_address_needs_ray(self) -> RolloutConfig:
+        _check(self.executor == "ray" or self.ray_address is None, "rollout.ray_address", self.ray_address,
+               "only used with rollout.executor='ray'; set it to null or switch the executor")  # fmt: skip
+        return self
 
 
-@dataclass
-class PPOConfig:
+class PPOConfig(_Section):
     """The policy-gradient update (PPO with a critic, or critic-free GRPO)."""
 
-    algorithm: str = field(default="ppo", metadata=_choices("ppo", "grpo"))
-    learning_rate: float = 2e-5
-    value_learning_rate: float = 5e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_ratio: float = 0.2
-    clip_ratio_high: float | None = None  # None: symmetric clip (DAPO uses a higher upper clip)
-    value_loss_coef: float = 0.5
-    entropy_coef: float = 0.0
-    num_epochs: int = 2
-    minibatch_size: int = 64
-    micro_batch_size: int = 32  # gradient accumulation chunk; bounds activation memory
-    max_grad_norm: float = 1.0
-    target_kl: float | None = None  # None: no early stop
-    clip_value_loss: bool = True
-    value_clip_range: float = 0.2
-    value_loss_type: str = field(default="mse", metadata=_choices("mse", "huber"))
-    normalize_advantages: bool = True  # PPO only: GRPO's advantages are normalized per group
-    group_size: int = 4  # GRPO: rollouts that share one start state
+    algorithm: Literal["ppo", "grpo"] = setting(
+        "ppo", "ppo (critic + GAE) | grpo (group-normalized returns, no critic)", shortcut="algorithm"
+    )
+    learning_rate: float = setting(
+        2e-5, "policy learning rate; 1e-4 gave approx_kl ~0.5 and clip fraction ~0.6 per update", gt=0,
+        shortcut="learning_rate")  # fmt: skip
+    value_learning_rate: float = setting(5e-4, "value head learning rate (> 0 for ppo: the critic has to learn)", ge=0)
+    gamma: float = setting(0.99, "discount", gt=0, le=1)
+    gae_lambda: float = setting(0.95, "GAE lambda", ge=0, le=1)
+    clip_ratio: float = setting(0.2, "PPO's epsilon", gt=0, lt=1)
+    clip_ratio_high: float | None = setting(
+        None, "upper clip; null = symmetric, e.g. 0.28 for DAPO's clip-higher (>= clip_ratio)"
+    )
+    value_loss_coef: float = setting(0.5, "weight of the value loss", ge=0)
+    entropy_coef: float = setting(0.0, "entropy bonus; sampling at temperature 1 already explores", ge=0)
+    num_epochs: int = setting(2, "passes over each batch", ge=1, shortcut="num_epochs")
+    minibatch_size: int = setting(64, "samples per optimizer step", ge=1)
+    micro_batch_size: int = setting(
+        32, "samples per forward/backward (gradient accumulation; bounds activation memory)", ge=1
+    )
+    max_grad_norm: float = setting(1.0, "gradient clipping norm", gt=0)
+    target_kl: float | None = setting(
+        None, "stop an update's epochs early past this approx KL; null = off", gt=0
+    )
+    clip_value_loss: bool = setting(True, "clip the value prediction's move, as PPO clips the policy's")
+    value_clip_range: float = setting(0.2, "value prediction may move this far from the old value", gt=0)
+    value_loss_type: Literal["mse", "huber"] = setting("mse", "mse | huber")
+    normalize_advantages: bool = setting(
+        True, "per batch, before the epochs (PPO; GRPO keeps its per-group ones)"
+    )
+    group_size: int = setting(4, "GRPO only: rollouts from one start state (divides num_rollouts_per_update)", ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PPOConfig:
+        if self.algorithm == "ppo":
+            _check(self.value_learning_rate > 0, "ppo.value_learning_rate", self.value_learning_rate,
+                   "must be > 0 for algorithm 'ppo' (the critic has to learn)")  # fmt: skip
+        if self.clip_ratio_high is not None:
+            _check(self.clip_ratio_high >= self.clip_ratio, "ppo.clip_ratio_high", self.clip_ratio_high,
+                   f"must be >= ppo.clip_ratio ({self.clip_ratio}), or null for a symmetric clip")  # fmt: skip
+        _check(self.micro_batch_size <= self.minibatch_size, "ppo.micro_batch_size", self.micro_batch_size,
+               f"must be in [1, ppo.minibatch_size={self.minibatch_size}]")  # fmt: skip
+        if self.algorithm == "grpo":
+            _check(self.group_size >= 2, "ppo.group_size", self.group_size,
+                   "GRPO needs groups of >= 2 rollouts (a group of one always has advantage 0)")  # fmt: skip
+        return self
 
 
-@dataclass
-class LoRAConfig:
-    enabled: bool = False
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
+class LoRAConfig(_Section):
+    """Low-rank adapters instead of full fine-tuning."""
+
+    enabled: bool = setting(False, "fine-tune low-rank adapters (not faster than full fine-tuning at 1M parameters)")
+    rank: int = setting(8, "adapter rank", ge=1)
+    alpha: float = setting(16.0, "adapter scale numerator (scale = alpha / rank)", gt=0)
+    dropout: float = setting(0.0, "dropout on the adapter input", ge=0, lt=1)
+    target_modules: str | list[str] = setting("all-linear", "all-linear, or a list of module names")
+
+    @model_validator(mode="after")
+    def _targets(self) -> LoRAConfig:
+        targets = self.target_modules
+        if isinstance(targets, str):
+            _check(targets == "all-linear", "lora.target_modules", targets,
+                   "give 'all-linear' or a list of module names")  # fmt: skip
+        else:
+            _check(len(targets) > 0 and all(n.strip() for n in targets), "lora.target_modules", targets,
+                   "give 'all-linear' or a non-empty list of module names")  # fmt: skip
+        return self
 
 
-@dataclass
-class ModelConfig:
-    name: str = field(default="tiny", metadata=_choices("tiny", "openvla"))
-    decoding: str = field(default="parallel", metadata=_choices("parallel", "autoregressive"))
-    image_size: int = 64
+class ModelConfig(_Section):
+    """The VLA: the tiny local model (sizes below) or OpenVLA."""
+
+    name: Literal["tiny", "openvla"] = setting("tiny", "tiny (local, random init or SFT) | openvla")
+    decoding: Literal["parallel", "autoregressive"] = setting(
+        "parallel", "parallel (all action tokens in one pass) | autoregressive (OpenVLA)"
+    )
+    image_size: int = setting(64, "input pixels per side (64 / patch 16 = 16 image tokens)", ge=1)
     # Sizes of the tiny local VLA (ignored by OpenVLA); text decoder first, then vision.
-    hidden_size: int = 96
-    num_layers: int = 4
-    num_attention_heads: int = 4
-    intermediate_size: int = 256
-    vision_hidden_size: int = 64
-    vision_layers: int = 2
-    vision_num_attention_heads: int = 2
-    vision_intermediate_size: int = 128
-    patch_size: int = 16
-    unnorm_key: str | None = None  # dataset key of the un-normalization statistics
-    dtype: str = field(default="float32", metadata=_choices("float32", "bfloat16", "float16"))
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    hidden_size: int = setting(96, "tiny model: text decoder width (about 1M parameters in all)", ge=1)
+    num_layers: int = setting(4, "tiny model: text decoder layers", ge=1)
+    num_attention_heads: int = setting(4, "tiny model: text decoder heads (divide hidden_size)", ge=1)
+    intermediate_size: int = setting(256, "tiny model: text decoder MLP width", ge=1)
+    vision_hidden_size: int = setting(64, "tiny model: vision encoder width", ge=1)
+    vision_layers: int = setting(2, "tiny model: vision encoder layers", ge=1)
+    vision_num_attention_heads: int = setting(2, "tiny model: vision heads (divide vision_hidden_size)", ge=1)
+    vision_intermediate_size: int = setting(128, "tiny model: vision MLP width", ge=1)
+    patch_size: int = setting(16, "tiny model: image patch side in pixels (divides image_size)", ge=1)
+    unnorm_key: str | None = setting(
+        None, "dataset key of the action un-normalization statistics; null when there is one set"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = setting(
+        "float32", "float32 keeps rollout and recomputed log-probs equal"
+    )
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in backward: less memory, ~1/3 more compute"
+    )
+
+    @model_validator(mode="after")
+    def _divisible(self) -> ModelConfig:
+        _check(self.image_size % self.patch_size == 0, "model.patch_size", self.patch_size,
+               f"must divide model.image_size ({self.image_size})")  # fmt: skip
+        _check(self.hidden_size % self.num_attention_heads == 0, "model.num_attention_heads",
+               self.num_attention_heads, f"must divide model.hidden_size ({self.hidden_size})")  # fmt: skip
+        _check(self.vision_hidden_size % self.vision_num_attention_heads == 0,
+               "model.vision_num_attention_heads", self.vision_num_attention_heads,
+               f"must divide model.vision_hidden_size ({self.vision_hidden_size})")  # fmt: skip
+        return self
 
     def tiny_vla_sizes(self) -> dict[str, int]:
         """These sizes under the names of ``vla_rl_lib.policy.tiny_vla.TinyVLAConfig``."""
@@ -156,453 +263,164 @@ class ModelConfig:
         }
 
 
-@dataclass
-class SFTConfig:
+class SFTConfig(_Section):
     """Behaviour cloning on scripted demonstrations before RL."""
 
-    num_demos: int = 20  # scripted demos for the warm start when no checkpoint is given; 0 = none
-    epochs: int = 40
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    demo_seed: int = 12345
-    dataset_dir: str = "outputs/demos"
+    num_demos: int = setting(
+        20, "scripted demos cloned before RL when no checkpoint is given; 0 = none", ge=0,
+        shortcut="num_demos")  # fmt: skip
+    epochs: int = setting(40, "passes over the demos", ge=1, shortcut="sft_epochs")
+    batch_size: int = setting(32, "samples per optimizer step", ge=1)
+    learning_rate: float = setting(1e-3, "behaviour-cloning learning rate", gt=0)
+    demo_seed: int = setting(12345, "first demo episode seed (apart from training and eval seeds)", ge=0)
+    dataset_dir: NonBlank = setting("outputs/demos", "where the demos are cached")
 
 
-@dataclass
-class VLARLConfig:
-    experiment_name: str = "crane_x7_pickplace"
-    seed: int = 0
-    device: str = field(default="auto", metadata=_choices("cpu", "cuda", "auto"))
-    pretrained_checkpoint: str | None = None
-    sft_checkpoint: str | None = None
-    lora_rank: int = 8  # alias of lora.rank
-    lora_alpha: float = 16.0  # alias of lora.alpha
-    num_updates: int = 1000
-    # null: prompt the policy with each episode's instruction from the env (Observation.instructions);
-    # a string overrides it for every episode (single-instruction tasks such as Lift-CRANE-X7).
-    language_instruction: str | None = None
-    use_wandb: bool = False
-    wandb_project: str = "vla-rl"
-    log_interval: int = 1
-    eval_interval: int = 40  # 0: never evaluate during training
-    save_interval: int = 40  # 0: save only at the end
-    num_eval_episodes: int = 100
-    output_dir: str = "outputs"
-    eval_seed: int = 1_000_000
-    # Splits evaluated every eval_interval updates (lift.list_splits): val chooses checkpoint_best,
-    # the rest are reported only. The task's other splits (OOD) are evaluated once, at the end.
-    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
-    trust_remote_code: list[str] = field(default_factory=lambda: ["openvla/openvla-7b"])
-    max_consecutive_skips: int = 5
-    max_minutes: float | None = 50.0  # stop at the first update past this much training wall-clock
-    distributed_strategy: str = field(default="ddp", metadata=_choices("ddp", "fsdp"))  # under torchrun
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
+class VLARLConfig(_Section):
+    """Every setting of a run."""
+
+    experiment_name: FolderName = setting(
+        "crane_x7_pickplace", "names the run folder under output_dir", shortcut="experiment_name"
+    )
+    seed: int = setting(0, "seed of the run's random streams", ge=0, shortcut="seed")
+    device: Literal["cpu", "cuda", "auto"] = setting(
+        "auto", "cpu | cuda | auto (cuda when available)", shortcut="device"
+    )
+    pretrained_checkpoint: NonBlank | None = setting(
+        None, "model id or path to start from; null = the tiny model's random init", shortcut="pretrained"
+    )
+    sft_checkpoint: NonBlank | None = setting(
+        None, "an SFT result to start RL from (exclusive with pretrained_checkpoint)", shortcut="sft_checkpoint"
+    )
+    lora_rank: int = setting(8, "alias of lora.rank (the original design's key); must agree with it")
+    lora_alpha: float = setting(16.0, "alias of lora.alpha; must agree with it")
+    num_updates: int = setting(1000, "rollout + PPO update cycles", ge=1, shortcut="num_updates")
+    language_instruction: NonBlank | None = setting(
+        None, "null: each episode's instruction from the env; a string overrides it for every episode",
+        shortcut="instruction")  # fmt: skip
+    use_wandb: bool = setting(False, "log to Weights & Biases as well as TensorBoard", shortcut="use_wandb")
+    wandb_project: str = setting("vla-rl", "W&B project name", shortcut="wandb_project")
+    log_interval: int = setting(1, "updates between progress lines when output is not a terminal", ge=1)
+    eval_interval: int = setting(40, "updates between held-out evaluations; 0 = never", ge=0)
+    save_interval: int = setting(40, "updates between checkpoints; 0 = only the final one", ge=0)
+    num_eval_episodes: int = setting(100, "held-out episodes per evaluation, greedy decoding", ge=0)
+    output_dir: NonBlank = setting("outputs", "where run folders are written", shortcut="output_dir")
+    eval_seed: int = setting(1_000_000, "base of the held-out seed stream, far from training seeds", ge=0)
+    eval_splits: list[str] = setting(
+        ["val", "test"], "splits evaluated every eval_interval updates: val picks checkpoint_best, "
+        "the rest are reported; the task's OOD splits are evaluated once, at the end")  # fmt: skip
+    trust_remote_code: list[NonBlank] = setting(
+        ["openvla/openvla-7b"], "model ids/paths allowed to run their own Python code"
+    )
+    max_consecutive_skips: int = setting(5, "stop after this many updates in a row with non-finite loss", ge=1)
+    max_minutes: float | None = setting(
+        50.0, "stop after the first update past this many minutes of training; null = no limit", gt=0
+    )
+    distributed_strategy: Literal["ddp", "fsdp"] = setting(
+        "ddp", "under torchrun: ddp (a model copy per GPU) | fsdp (sharded); docs/scaling.md"
+    )
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
 
     def max_batch_steps(self) -> int:
         """Upper bound on one update's batch: every episode runs to ``max_steps``."""
         return self.rollout.num_rollouts_per_update * self.rollout.max_steps
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sync_aliases(cls, data: Any) -> Any:
+        return _sync_aliases(data) if isinstance(data, dict) else data
 
-SECTIONS: dict[str, type] = {
-    "rollout": RolloutConfig,
-    "ppo": PPOConfig,
-    "lora": LoRAConfig,
-    "model": ModelConfig,
-    "sft": SFTConfig,
-}
-_ALIASES = {"lora_rank": "lora.rank", "lora_alpha": "lora.alpha"}
-
-
-# ---------------------------------------------------------------- key names
-
-
-def _scalar_fields(cls: type) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.name not in SECTIONS]
-
-
-def all_keys() -> list[str]:
-    """Every valid key as a dotted name ("seed", "ppo.learning_rate", ...)."""
-    keys = [f.name for f in _scalar_fields(VLARLConfig)]
-    for section, cls in SECTIONS.items():
-        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
-    return keys
-
-
-def _unknown_key(key: str) -> ConfigError:
-    keys = all_keys()
-    leaf = key.rsplit(".", 1)[-1]
-    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
-    close = same_leaf or difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    if not close:
-        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
-        close = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
-    hint = f"did you mean {close[0]!r}?" if close else f"valid sections: {', '.join(SECTIONS)}"
-    return ConfigError(f"unknown config key {key!r}; {hint}")
-
-
-# ---------------------------------------------------------------- types
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(arm) for arm in typing.get_args(hint))
-    if typing.get_origin(hint) is list:
-        return f"list of {_type_name(typing.get_args(hint)[0])}"
-    return "None" if hint is type(None) else hint.__name__
-
-
-def _matches(value: Any, hint: Any) -> tuple[bool, Any]:
-    """(does value fit hint, value converted to it)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(hint):
-            ok, converted = _matches(value, arm)
-            if ok:
-                return True, converted
-        return False, value
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            return False, value
-        converted = []
-        for element in value:
-            ok, element = _matches(element, item)
-            if not ok:
-                return False, value
-            converted.append(element)
-        return True, converted
-    if hint is type(None):
-        return value is None, value
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:  # inf and nan pass every `> 0` check below, so they stop here
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return False, value
+    @model_validator(mode="after")
+    def _run_rules(self) -> VLARLConfig:
+        _check_start(self)
+        _check_batch(self)
+        _check_logging(self)
+        _check_eval_splits(self)
         try:
-            converted = float(value)
-        except OverflowError:  # an int beyond float range
-            return False, value
-        return math.isfinite(converted), converted
-    return isinstance(value, hint), value
+            check_disjoint(seed_streams(self))
+        except SeedRangeError as error:
+            raise ConfigError(str(error)) from None
+        return self
 
 
-def _build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        dotted = f"{prefix}{key}"
-        if key not in hints or key in SECTIONS:
-            raise _unknown_key(dotted)
-        ok, converted = _matches(value, hints[key])
-        if not ok and isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"config key {dotted!r} must be a finite number, got {value!r}")
-        if not ok:
+SECTIONS: dict[str, type[_Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in VLARLConfig.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
+}
+# Top-level keys that are aliases of section keys (the original design's names).
+KEY_ALIASES = {"lora_rank": "lora.rank", "lora_alpha": "lora.alpha"}
+# The shortcuts a notebook's parameters cell declares besides the keys (the CLI takes them all).
+NOTEBOOK_SHORTCUTS = ("simulator", "num_parallel_envs", "learning_rate", "algorithm")
+# Keys that existed once; a file still holding one gets this reason.
+REMOVED_KEYS = {
+    "rollout.render_mode": "frames are always RGB arrays (rgb_array was its only value); delete the line",
+}
+
+
+# ---------------------------------------------------------------- cross-field rules
+
+
+def _sync_aliases(data: dict[str, Any]) -> dict[str, Any]:
+    """``lora_rank`` and ``lora.rank`` (and alpha) hold one value: fill the missing one."""
+    data = {k: (dict(v) if k in SECTIONS and isinstance(v, dict) else v) for k, v in data.items()}
+    for alias, dotted in KEY_ALIASES.items():
+        section, key = dotted.split(".")
+        values = data.setdefault(section, {})
+        if not isinstance(values, dict):
+            break  # reported by the section's own validation
+        if alias in data and key in values and data[alias] != values[key]:
             raise ConfigError(
-                f"config key {dotted!r} expects {_type_name(hints[key])}, "
-                f"got {value!r} ({type(value).__name__})"
+                f"{alias}={data[alias]!r} disagrees with {dotted}={values[key]!r}; "
+                f"{alias} is an alias of {dotted}: give one, or both equal"
             )
-        kwargs[key] = converted
-    return cls(**kwargs)
+        if alias in data:
+            values[key] = data[alias]
+        elif key in values:
+            data[alias] = values[key]
+    return data
 
 
-# ---------------------------------------------------------------- values
-
-
-def _check(ok: bool, key: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: {why}")
-
-
-def _check_choices(obj: Any, prefix: str) -> None:
-    for f in dataclasses.fields(obj):
-        choices = f.metadata.get("choices")
-        if choices is not None:
-            value = getattr(obj, f.name)
-            _check(value in choices, prefix + f.name, value, f"choose one of {list(choices)}")
-
-
-def validate_config(cfg: VLARLConfig) -> None:
-    """Raise ``ConfigError`` on the first impossible or inconsistent value."""
-    _check_choices(cfg, "")
-    for section in SECTIONS:
-        _check_choices(getattr(cfg, section), f"{section}.")
-    r, p, lo, m, s = cfg.rollout, cfg.ppo, cfg.lora, cfg.model, cfg.sft
-
-    _check(
-        cfg.experiment_name.strip() != "" and "/" not in cfg.experiment_name,
-        "experiment_name",
-        cfg.experiment_name,
-        "give a non-empty name without '/' (it names a folder)",
-    )
-    _check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
-    _check(cfg.eval_seed >= 0, "eval_seed", cfg.eval_seed, "must be >= 0")
-    for key in ("pretrained_checkpoint", "sft_checkpoint"):
-        value = getattr(cfg, key)
-        _check(
-            value is None or value.strip() != "",
-            key,
-            value,
-            "give a model id or path, or null for none",
-        )
-    _check(
-        not (cfg.pretrained_checkpoint and cfg.sft_checkpoint),
-        "sft_checkpoint",
-        cfg.sft_checkpoint,
-        f"set either pretrained_checkpoint ({cfg.pretrained_checkpoint!r}) or sft_checkpoint, not both",
-    )
+def _check_start(cfg: VLARLConfig) -> None:
+    """Where the policy comes from, and what that model needs."""
+    _check(not (cfg.pretrained_checkpoint and cfg.sft_checkpoint), "sft_checkpoint", cfg.sft_checkpoint,
+           f"set either pretrained_checkpoint ({cfg.pretrained_checkpoint!r}) or sft_checkpoint, not both")  # fmt: skip
+    m = cfg.model
     if m.name == "openvla":
-        _check(
-            bool(cfg.pretrained_checkpoint or cfg.sft_checkpoint),
-            "pretrained_checkpoint",
-            None,
-            "model.name='openvla' needs pretrained_checkpoint (e.g. 'openvla/openvla-7b') or sft_checkpoint",
-        )
-        _check(
-            m.decoding == "autoregressive",
-            "model.decoding",
-            m.decoding,
-            "OpenVLA decodes its action tokens one at a time; set model.decoding: autoregressive",
-        )
-    _check(
-        cfg.lora_rank == lo.rank,
-        "lora_rank",
-        cfg.lora_rank,
-        f"is an alias of lora.rank ({lo.rank}); set one of them, or both to the same value",
-    )
-    _check(
-        cfg.lora_alpha == lo.alpha,
-        "lora_alpha",
-        cfg.lora_alpha,
-        f"is an alias of lora.alpha ({lo.alpha}); set one of them, or both to the same value",
-    )
-    _check(cfg.num_updates >= 1, "num_updates", cfg.num_updates, "must be >= 1")
-    _check(
-        cfg.language_instruction is None or cfg.language_instruction.strip() != "",
-        "language_instruction",
-        cfg.language_instruction,
-        "give the task in words, e.g. 'pick up the blue cube', or null to take each episode's from the env",
-    )
-    _check(
-        cfg.language_instruction is None or r.env_id != PICKPLACE_ENV_ID,
-        "language_instruction",
-        cfg.language_instruction,
-        f"{PICKPLACE_ENV_ID} names a different cube and plate each episode, so one instruction "
-        "for all would hide the task; set language_instruction: null",
-    )
-    _check(
-        cfg.wandb_project.strip() != "" or not cfg.use_wandb,
-        "wandb_project",
-        cfg.wandb_project,
-        "use_wandb is on: give a project name",
-    )
-    _check(cfg.log_interval >= 1, "log_interval", cfg.log_interval, "must be >= 1 (updates)")
-    _check(
-        cfg.eval_interval >= 0,
-        "eval_interval",
-        cfg.eval_interval,
-        "must be >= 0 (0 turns evaluation off)",
-    )
-    _check(
-        cfg.save_interval >= 0,
-        "save_interval",
-        cfg.save_interval,
-        "must be >= 0 (0 saves only at the end)",
-    )
-    _check(cfg.num_eval_episodes >= 0, "num_eval_episodes", cfg.num_eval_episodes, "must be >= 0")
-    if cfg.eval_interval > 0:
-        _check(
-            cfg.num_eval_episodes >= 1,
-            "num_eval_episodes",
-            cfg.num_eval_episodes,
-            "must be >= 1 while eval_interval > 0 (set eval_interval: 0 to turn evaluation off)",
-        )
-    _check_eval_splits(cfg)
-    _check(cfg.output_dir.strip() != "", "output_dir", cfg.output_dir, "give a folder")
-    _check(
-        all(name.strip() for name in cfg.trust_remote_code),
-        "trust_remote_code",
-        cfg.trust_remote_code,
-        "entries must be non-empty model ids or paths",
-    )
-    _check(
-        cfg.max_consecutive_skips >= 1,
-        "max_consecutive_skips",
-        cfg.max_consecutive_skips,
-        "must be >= 1",
-    )
-    _check(
-        cfg.max_minutes is None or cfg.max_minutes > 0,
-        "max_minutes",
-        cfg.max_minutes,
-        "must be > 0 (or null for no time limit)",
-    )
-
-    _check(r.env_id.strip() != "", "rollout.env_id", r.env_id, "give an environment id")
-    _check(
-        r.num_parallel_envs >= 1,
-        "rollout.num_parallel_envs",
-        r.num_parallel_envs,
-        "need at least 1 environment",
-    )
-    _check(
-        r.num_rollouts_per_update >= 1,
-        "rollout.num_rollouts_per_update",
-        r.num_rollouts_per_update,
-        "must be >= 1",
-    )
-    _check(r.max_steps >= 1, "rollout.max_steps", r.max_steps, "must be >= 1")
-    _check(
-        r.temperature > 0,
-        "rollout.temperature",
-        r.temperature,
-        "must be > 0 (logits are divided by it)",
-    )
-    _check(r.image_size >= 8, "rollout.image_size", r.image_size, "must be >= 8 pixels")
-    _check(r.media_size >= 16, "rollout.media_size", r.media_size, "must be >= 16 pixels (256 for people)")
-    _check(r.num_workers >= 1, "rollout.num_workers", r.num_workers, "must be >= 1")
-    _check(r.worker_num_cpus > 0, "rollout.worker_num_cpus", r.worker_num_cpus, "must be > 0")
-    _check(r.worker_num_gpus >= 0, "rollout.worker_num_gpus", r.worker_num_gpus, "must be >= 0")
-    _check(
-        r.executor == "ray" or r.ray_address is None,
-        "rollout.ray_address",
-        r.ray_address,
-        "only used with rollout.executor='ray'; set it to null or switch the executor",
-    )
-
-    _check(p.learning_rate > 0, "ppo.learning_rate", p.learning_rate, "must be > 0")
-    _check(
-        p.value_learning_rate >= 0, "ppo.value_learning_rate", p.value_learning_rate, "must be >= 0"
-    )
-    if p.algorithm == "ppo":
-        _check(
-            p.value_learning_rate > 0,
-            "ppo.value_learning_rate",
-            p.value_learning_rate,
-            "must be > 0 for algorithm 'ppo' (the critic has to learn)",
-        )
-    _check(0 < p.gamma <= 1, "ppo.gamma", p.gamma, "must be in (0, 1]")
-    _check(0 <= p.gae_lambda <= 1, "ppo.gae_lambda", p.gae_lambda, "must be in [0, 1]")
-    _check(0 < p.clip_ratio < 1, "ppo.clip_ratio", p.clip_ratio, "must be in (0, 1)")
-    if p.clip_ratio_high is not None:
-        _check(
-            p.clip_ratio_high >= p.clip_ratio,
-            "ppo.clip_ratio_high",
-            p.clip_ratio_high,
-            f"must be >= ppo.clip_ratio ({p.clip_ratio}), or null for a symmetric clip",
-        )
-    _check(p.value_loss_coef >= 0, "ppo.value_loss_coef", p.value_loss_coef, "must be >= 0")
-    _check(p.entropy_coef >= 0, "ppo.entropy_coef", p.entropy_coef, "must be >= 0")
-    _check(p.num_epochs >= 1, "ppo.num_epochs", p.num_epochs, "must be >= 1")
-    _check(p.minibatch_size >= 1, "ppo.minibatch_size", p.minibatch_size, "must be >= 1")
-    _check(
-        p.minibatch_size <= cfg.max_batch_steps(),
-        "ppo.minibatch_size",
-        p.minibatch_size,
-        f"exceeds the largest possible batch, rollout.num_rollouts_per_update * rollout.max_steps "
-        f"= {cfg.max_batch_steps()}",
-    )
-    _check(
-        1 <= p.micro_batch_size <= p.minibatch_size,
-        "ppo.micro_batch_size",
-        p.micro_batch_size,
-        f"must be in [1, ppo.minibatch_size={p.minibatch_size}]",
-    )
-    _check(p.max_grad_norm > 0, "ppo.max_grad_norm", p.max_grad_norm, "must be > 0")
-    _check(
-        p.target_kl is None or p.target_kl > 0,
-        "ppo.target_kl",
-        p.target_kl,
-        "must be > 0, or null to turn early stopping off",
-    )
-    _check(p.value_clip_range > 0, "ppo.value_clip_range", p.value_clip_range, "must be > 0")
-    _check(p.group_size >= 1, "ppo.group_size", p.group_size, "must be >= 1")
-    if p.algorithm == "grpo":
-        _check(
-            p.group_size >= 2,
-            "ppo.group_size",
-            p.group_size,
-            "GRPO needs groups of >= 2 rollouts (a group of one always has advantage 0)",
-        )
-        _check(
-            r.num_rollouts_per_update % p.group_size == 0,
-            "ppo.group_size",
-            p.group_size,
-            f"must divide rollout.num_rollouts_per_update ({r.num_rollouts_per_update})",
-        )
-
-    _check(lo.rank >= 1, "lora.rank", lo.rank, "must be >= 1")
-    _check(lo.alpha > 0, "lora.alpha", lo.alpha, "must be > 0")
-    _check(0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "must be in [0, 1)")
-    if isinstance(lo.target_modules, str):
-        _check(
-            lo.target_modules == "all-linear",
-            "lora.target_modules",
-            lo.target_modules,
-            "give 'all-linear' or a list of module names",
-        )
-    else:
-        _check(
-            len(lo.target_modules) > 0 and all(n.strip() for n in lo.target_modules),
-            "lora.target_modules",
-            lo.target_modules,
-            "give 'all-linear' or a non-empty list of module names",
-        )
-
-    for key in (
-        "image_size",
-        "hidden_size",
-        "num_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "vision_hidden_size",
-        "vision_layers",
-        "vision_num_attention_heads",
-        "vision_intermediate_size",
-        "patch_size",
-    ):
-        _check(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "must be >= 1")
-    _check(
-        m.image_size % m.patch_size == 0,
-        "model.patch_size",
-        m.patch_size,
-        f"must divide model.image_size ({m.image_size})",
-    )
-    _check(
-        m.hidden_size % m.num_attention_heads == 0,
-        "model.num_attention_heads",
-        m.num_attention_heads,
-        f"must divide model.hidden_size ({m.hidden_size})",
-    )
-    _check(
-        m.vision_hidden_size % m.vision_num_attention_heads == 0,
-        "model.vision_num_attention_heads",
-        m.vision_num_attention_heads,
-        f"must divide model.vision_hidden_size ({m.vision_hidden_size})",
-    )
+        _check(bool(cfg.pretrained_checkpoint or cfg.sft_checkpoint), "pretrained_checkpoint", None,
+               "model.name='openvla' needs pretrained_checkpoint (e.g. 'openvla/openvla-7b') or sft_checkpoint")  # fmt: skip
+        _check(m.decoding == "autoregressive", "model.decoding", m.decoding,
+               "OpenVLA decodes its action tokens one at a time; set model.decoding: autoregressive")  # fmt: skip
     if m.name == "tiny":
-        _check(
-            r.image_size == m.image_size,
-            "rollout.image_size",
-            r.image_size,
-            f"must equal model.image_size ({m.image_size}): the tiny model does not resize images",
-        )
+        _check(cfg.rollout.image_size == m.image_size, "rollout.image_size", cfg.rollout.image_size,
+               f"must equal model.image_size ({m.image_size}): the tiny model does not resize images")  # fmt: skip
+    _check(cfg.language_instruction is None or cfg.rollout.env_id != PICKPLACE_ENV_ID, "language_instruction",
+           cfg.language_instruction,
+           f"{PICKPLACE_ENV_ID} names a different cube and plate each episode, so one instruction "
+           "for all would hide the task; set language_instruction: null")  # fmt: skip
 
-    _check(s.num_demos >= 0, "sft.num_demos", s.num_demos, "must be >= 0 (0 = no warm start)")
-    _check(s.epochs >= 1, "sft.epochs", s.epochs, "must be >= 1")
-    _check(s.batch_size >= 1, "sft.batch_size", s.batch_size, "must be >= 1")
-    _check(s.learning_rate > 0, "sft.learning_rate", s.learning_rate, "must be > 0")
-    _check(s.demo_seed >= 0, "sft.demo_seed", s.demo_seed, "must be >= 0")
-    _check(s.dataset_dir.strip() != "", "sft.dataset_dir", s.dataset_dir, "give a folder")
-    try:
-        check_disjoint(seed_streams(cfg))
-    except SeedRangeError as error:
-        raise ConfigError(str(error)) from None
+
+def _check_batch(cfg: VLARLConfig) -> None:
+    """The PPO batch against what one update's rollouts can hold."""
+    p, bound = cfg.ppo, cfg.max_batch_steps()
+    _check(p.minibatch_size <= bound, "ppo.minibatch_size", p.minibatch_size,
+           f"exceeds the largest possible batch, rollout.num_rollouts_per_update * rollout.max_steps = {bound}")  # fmt: skip
+    if p.algorithm == "grpo":
+        rollouts = cfg.rollout.num_rollouts_per_update
+        _check(rollouts % p.group_size == 0, "ppo.group_size", p.group_size,
+               f"must divide rollout.num_rollouts_per_update ({rollouts})")  # fmt: skip
+
+
+def _check_logging(cfg: VLARLConfig) -> None:
+    _check(cfg.wandb_project.strip() != "" or not cfg.use_wandb, "wandb_project", cfg.wandb_project,
+           "use_wandb is on: give a project name")  # fmt: skip
+    if cfg.eval_interval > 0:
+        _check(cfg.num_eval_episodes >= 1, "num_eval_episodes", cfg.num_eval_episodes,
+               "must be >= 1 while eval_interval > 0 (set eval_interval: 0 to turn evaluation off)")  # fmt: skip
 
 
 def _check_eval_splits(cfg: VLARLConfig) -> None:
@@ -623,7 +441,7 @@ def _check_eval_splits(cfg: VLARLConfig) -> None:
 
 
 def seed_streams(cfg: VLARLConfig) -> list[SeedStream]:
-    """Every start-seed stream the run draws from; ``validate_config`` keeps them disjoint.
+    """Every start-seed stream the run draws from; validation keeps them disjoint.
 
     The ranges are seeds of the ``train`` split: training episodes and the demonstrations play
     it. The evaluation range is played on each of ``eval_splits`` (val, test) and, at the end,
@@ -646,6 +464,123 @@ def seed_streams(cfg: VLARLConfig) -> list[SeedStream]:
     return streams
 
 
+# ---------------------------------------------------------------- key names and fields
+
+
+def all_keys() -> list[str]:
+    """Every valid key as a dotted name ("seed", "ppo.learning_rate", ...)."""
+    keys = [name for name in VLARLConfig.model_fields if name not in SECTIONS]
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{name}" for name in cls.model_fields]
+    return keys
+
+
+def field_info(key: str) -> Any:
+    """The pydantic ``FieldInfo`` of a dotted key (its annotation, default, description)."""
+    section, _, leaf = key.rpartition(".")
+    cls = SECTIONS[section] if section else VLARLConfig
+    return cls.model_fields[leaf]
+
+
+def choices(key: str) -> list[Any] | None:
+    """The allowed values of a key with a fixed set (``rollout.simulator``), else None."""
+    annotation = field_info(key).annotation
+    return list(typing.get_args(annotation)) if typing.get_origin(annotation) is Literal else None
+
+
+def shortcuts() -> dict[str, str]:
+    """Short name -> dotted key, from the schema's ``shortcut=`` marks (CLI flags, notebooks)."""
+    out = {}
+    for key in all_keys():
+        extra = field_info(key).json_schema_extra
+        if isinstance(extra, dict) and extra.get("shortcut"):
+            out[str(extra["shortcut"])] = key
+    return out
+
+
+def _unknown_key(key: str) -> ConfigError:
+    if key in REMOVED_KEYS:
+        return ConfigError(f"config key {key!r} was removed: {REMOVED_KEYS[key]}")
+    keys = all_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    close = same_leaf or difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:
+        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+        close = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
+    hint = f"did you mean {close[0]!r}?" if close else f"valid sections: {', '.join(SECTIONS)}"
+    return ConfigError(f"unknown config key {key!r}; {hint}")
+
+
+# ---------------------------------------------------------------- pydantic errors -> one line
+
+
+def type_name(hint: Any) -> str:
+    """``float or None``, ``list of str``: how an error message names an annotation."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(arm) for arm in typing.get_args(hint))
+    if origin is list:
+        return f"list of {type_name(typing.get_args(hint)[0])}"
+    if origin is Literal:
+        return "str"
+    if origin is Annotated:
+        return type_name(typing.get_args(hint)[0])
+    return "None" if hint is type(None) else hint.__name__
+
+
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+_TYPE_ERRORS = ("_type", "_parsing", "none_required", "is_instance_of")
+
+
+def _error_key(loc: tuple) -> str:
+    """The dotted key an error location points at (list indexes and union arms dropped)."""
+    names = [part for part in loc if isinstance(part, str)]
+    if names and names[0] in SECTIONS and len(names) > 1:
+        return f"{names[0]}.{names[1]}"
+    return names[0] if names else ""
+
+
+def _one_line(error: Any, data: dict[str, Any]) -> ConfigError:
+    """One pydantic error as the one-line ``ConfigError`` users read."""
+    kind, loc, ctx = error["type"], error["loc"], error.get("ctx") or {}
+    if isinstance(ctx.get("error"), ConfigError):
+        return ctx["error"]
+    key = _error_key(loc)
+    if kind == "extra_forbidden":
+        return _unknown_key(key)
+    if key in SECTIONS and len([p for p in loc if isinstance(p, str)]) == 1:
+        return ConfigError(f"config section {key!r} must be a mapping, got {error['input']!r}")
+    value = _lookup(data, key)
+    described = field_info(key).description if key in all_keys() else ""
+    if kind == "finite_number":
+        return ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        return ConfigError(f"{key}={value!r} is invalid: must be {_BOUNDS[kind]} {bound:g} ({described})")
+    if kind == "literal_error":
+        return ConfigError(f"{key}={value!r} is invalid: choose one of {choices(key)}")
+    if kind == "value_error":
+        why = str(ctx.get("error", error["msg"]))
+        return ConfigError(f"{key}={value!r} is invalid: {why} ({described})")
+    expected = type_name(field_info(key).annotation) if key in all_keys() else "a valid value"
+    return ConfigError(f"config key {key!r} expects {expected}, got {value!r} ({type(value).__name__})")
+
+
+def _lookup(data: dict[str, Any], key: str) -> Any:
+    section, _, leaf = key.rpartition(".")
+    values = data.get(section, {}) if section else data
+    return values.get(leaf) if isinstance(values, dict) else None
+
+
+def _first_error(errors: list[Any], data: dict[str, Any]) -> ConfigError:
+    """The first key's error; of a union's several, the bound or rule it broke over 'wrong type'."""
+    first = _error_key(errors[0]["loc"])
+    same = [e for e in errors if _error_key(e["loc"]) == first]
+    rule = [e for e in same if not e["type"].endswith(_TYPE_ERRORS)]
+    return _one_line((rule or same)[0], data)
+
+
 # ---------------------------------------------------------------- dicts
 
 
@@ -653,50 +588,45 @@ def config_from_dict(d: dict[str, Any]) -> VLARLConfig:
     """Build and validate a config from a (possibly partial) nested dict."""
     if not isinstance(d, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(d).__name__}")
-    d = {k: (dict(v) if k in SECTIONS and isinstance(v, dict) else v) for k, v in d.items()}
-    for alias, dotted in _ALIASES.items():
-        section, key = dotted.split(".")
-        lora = d.setdefault(section, {})
-        if not isinstance(lora, dict):
-            break  # reported below
-        if alias in d and key in lora and d[alias] != lora[key]:
-            raise ConfigError(
-                f"{alias}={d[alias]!r} disagrees with {dotted}={lora[key]!r}; "
-                f"{alias} is an alias of {dotted}: give one, or both equal"
-            )
-        if alias in d:
-            lora[key] = d[alias]
-        elif key in lora:
-            d[alias] = lora[key]
-    sections = {}
-    for section, cls in SECTIONS.items():
-        values = d.pop(section, {})
-        if not isinstance(values, dict):
-            raise ConfigError(f"config section {section!r} must be a mapping, got {values!r}")
-        sections[section] = _build_section(cls, values, f"{section}.")
-    top = _build_section(VLARLConfig, d, "")
-    cfg = dataclasses.replace(top, **sections)
-    validate_config(cfg)
-    return cfg
+    try:
+        return VLARLConfig.model_validate(d)
+    except ValidationError as error:
+        raise _first_error(error.errors(), d) from None
+
+
+def validate_config(cfg: VLARLConfig) -> None:
+    """Raise ``ConfigError`` on the first impossible or inconsistent value (e.g. after
+    ``model_copy(update=...)``, which does not validate)."""
+    config_from_dict(config_to_dict(cfg))
 
 
 def config_to_dict(cfg: VLARLConfig) -> dict[str, Any]:
     """A nested dict of plain values; ``config_from_dict`` inverts it exactly."""
-    return dataclasses.asdict(cfg)
+    return cfg.model_dump()
+
+
+def _put(flat: dict[str, Any], key: str, value: Any) -> None:
+    if key in flat and flat[key] != value:
+        raise ConfigError(f"override {key!r} is given twice with different values: {flat[key]!r} and {value!r}")
+    flat[key] = value
+
+
+def _dotted(key: str) -> str:
+    """A flat override key as its dotted name: ``seed``, ``ppo.gamma``, or ``gamma`` -> ``ppo.gamma``."""
+    if "." in key or key in VLARLConfig.model_fields:
+        return key
+    owners = [s for s, cls in SECTIONS.items() if key in cls.model_fields]
+    if len(owners) > 1:
+        options = " or ".join(f"'{s}.{key}'" for s in owners)
+        raise ConfigError(f"override {key!r} is ambiguous; write {options}")
+    if not owners:
+        raise _unknown_key(key)
+    return f"{owners[0]}.{key}"
 
 
 def _flatten_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     """{"ppo": {"gamma": 1}, "ppo.clip_ratio": .1, "learning_rate": 1e-4} -> dotted keys."""
-    top_level = {f.name for f in _scalar_fields(VLARLConfig)}
     flat: dict[str, Any] = {}
-
-    def put(key: str, value: Any) -> None:
-        if key in flat and flat[key] != value:
-            raise ConfigError(
-                f"override {key!r} is given twice with different values: {flat[key]!r} and {value!r}"
-            )
-        flat[key] = value
-
     for key, value in overrides.items():
         if key in SECTIONS:
             if not isinstance(value, dict):
@@ -704,22 +634,10 @@ def _flatten_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
                     f"override of section {key!r} must be a mapping like {{'{key}': {{...}}}}, got {value!r}"
                 )
             for sub, sub_value in value.items():
-                put(f"{key}.{sub}", sub_value)
-        elif "." in key:
-            put(key, value)
-        elif key in top_level:
-            put(key, value)
+                _put(flat, f"{key}.{sub}", sub_value)
         else:
-            owners = [
-                s for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}
-            ]
-            if len(owners) > 1:
-                options = " or ".join(f"'{s}.{key}'" for s in owners)
-                raise ConfigError(f"override {key!r} is ambiguous; write {options}")
-            if not owners:
-                raise _unknown_key(key)
-            put(f"{owners[0]}.{key}", value)
-    for alias, dotted in _ALIASES.items():
+            _put(flat, _dotted(key), value)
+    for alias, dotted in KEY_ALIASES.items():
         if alias in flat and dotted in flat and flat[alias] != flat[dotted]:
             raise ConfigError(
                 f"overrides {alias}={flat[alias]!r} and {dotted}={flat[dotted]!r} disagree; they are aliases"
@@ -739,18 +657,10 @@ def apply_overrides(cfg: VLARLConfig, overrides: dict[str, Any]) -> VLARLConfig:
     """
     d = config_to_dict(cfg)
     for key, value in _flatten_overrides(overrides).items():
-        parts = key.split(".")
-        if len(parts) > 2 or (len(parts) == 2 and parts[0] not in SECTIONS):
+        if key not in all_keys():
             raise _unknown_key(key)
-        if len(parts) == 2:
-            section, sub = parts
-            if sub not in d[section]:
-                raise _unknown_key(key)
-            d[section][sub] = value
-        else:
-            if key not in d or key in SECTIONS:
-                raise _unknown_key(key)
-            d[key] = value
+        section, _, leaf = key.rpartition(".")
+        (d[section] if section else d)[leaf] = value
     return config_from_dict(d)
 
 
@@ -768,14 +678,20 @@ _Loader.add_implicit_resolver(
 )
 
 
+def read_yaml(text: str) -> Any:
+    """YAML text as Python values, ``1e-4`` read as a float."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_config(path: str | os.PathLike) -> VLARLConfig:
+    """A YAML file over the defaults: keys it leaves out keep the schema's (= default.yaml's) values."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
             f"config file {str(path)!r} does not exist; templates: {', '.join(TEMPLATE_NAMES)} in {template_dir()}"
         )
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
+        data = read_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
     try:
@@ -795,7 +711,7 @@ def template_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "params"
 
 
-def load_template(name: str) -> VLARLConfig:
+def _template_path(name: str) -> Path:
     if name not in TEMPLATE_NAMES:
         close = difflib.get_close_matches(name, TEMPLATE_NAMES, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"choose one of {list(TEMPLATE_NAMES)}"
@@ -806,4 +722,70 @@ def load_template(name: str) -> VLARLConfig:
             f"template {path} is missing: the templates ship in the repository's params/ folder; "
             "install the package editable (pip install -e .) from a checkout"
         )
-    return load_config(path)
+    return path
+
+
+def load_template(name: str) -> VLARLConfig:
+    """``params/<name>.yaml`` over the defaults (fast and full list only what differs)."""
+    return load_config(_template_path(name))
+
+
+# ---------------------------------------------------------------- the full YAML of a template
+
+DEFAULT_HEADER = """\
+# Default run: the tiny local VLA on a 2-core CPU, about an hour of training.
+# Generated from the schema in vla_rl_lib/config.py (defaults and descriptions): edit the
+# schema, then `python -m vla_rl_lib config --template default -o params/default.yaml`.
+# Every key is listed; a value left out of a user file takes the value shown here.
+"""
+
+
+def yaml_value(value: Any) -> str:
+    """One value as inline YAML (``[val, test]``, ``2.0e-05``, ``null``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def _overlay_comments(text: str) -> tuple[str, dict[str, str]]:
+    """An overlay file's leading comment block, and the comment of each key it sets (dotted)."""
+    lines = text.splitlines()
+    body = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    header = "".join(f"{line}\n" for line in lines[:body])
+    comments, section = {}, ""
+    for line in lines:
+        match = re.match(r"^( *)([A-Za-z_]\w*):(.*?)(?:\s+# ?(.*))?$", line)
+        if match is None:
+            continue
+        indent, key, value, comment = match.groups()
+        if not indent:
+            section = key if not value.strip() else ""
+        dotted = f"{section}.{key}" if indent and section else key
+        if comment:
+            comments[dotted] = comment
+    return header, comments
+
+
+def _key_line(key: str, value: Any, comment: str, indent: str) -> str:
+    line = f"{indent}{key.rpartition('.')[2]}: {yaml_value(value)}"
+    return f"{line.ljust(24)}  # {comment}\n" if comment else f"{line}\n"
+
+
+def template_text(name: str) -> str:
+    """The whole YAML of a template: every key with its value and a comment (what ``python -m
+    vla_rl_lib config`` writes). Comments are the schema's descriptions, or the overlay's own
+    comment where ``params/<name>.yaml`` sets the key."""
+    header, comments, cfg = DEFAULT_HEADER, {}, VLARLConfig()
+    if name != "default":  # default.yaml itself is this text for the schema's defaults
+        header, comments = _overlay_comments(_template_path(name).read_text())
+        cfg = load_template(name)
+    values = config_to_dict(cfg)
+    out = [header, "\n"]
+    for key in VLARLConfig.model_fields:
+        if key not in SECTIONS:
+            out.append(_key_line(key, values[key], comments.get(key, field_info(key).description), ""))
+    for section, cls in SECTIONS.items():
+        out.append(f"\n{section}:  # {cls.__doc__}\n")
+        for leaf in cls.model_fields:
+            key = f"{section}.{leaf}"
+            out.append(_key_line(key, values[section][leaf], comments.get(key, field_info(key).description), "  "))
+    return "".join(out)

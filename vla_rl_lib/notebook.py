@@ -21,10 +21,11 @@ same ``VLARLConfig`` the command line builds:
 
 from __future__ import annotations
 
-import dataclasses
 import io
+import json
 import os
 import platform
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,28 +36,28 @@ from typing import Any
 import numpy as np
 
 from vla_rl_lib.config import (
+    KEY_ALIASES,
+    NOTEBOOK_SHORTCUTS,
     SECTIONS,
+    TEMPLATE_NAMES,
     ConfigError,
     VLARLConfig,
     apply_overrides,
+    field_info,
     load_config,
     load_template,
+    shortcuts,
     template_dir,
 )
 from vla_rl_lib.metrics import upgrade_eval_keys
-from vla_rl_lib.training.cli import TRAIN_FLAGS
 
 # CLI-style names a notebook may use for section keys; the CLI maps them the same way.
-SHORTCUTS: dict[str, str] = {
-    name: TRAIN_FLAGS[name]
-    for name in ("simulator", "num_parallel_envs", "learning_rate", "algorithm")
-}
-_ALIASES = {"lora_rank": "lora.rank", "lora_alpha": "lora.alpha"}
+SHORTCUTS: dict[str, str] = {name: shortcuts()[name] for name in NOTEBOOK_SHORTCUTS}
 
 
 def top_level_keys() -> list[str]:
     """The scalar top-level keys of ``VLARLConfig`` (sections excluded)."""
-    return [f.name for f in dataclasses.fields(VLARLConfig) if f.name not in SECTIONS]
+    return [name for name in VLARLConfig.model_fields if name not in SECTIONS]
 
 
 def parameter_names() -> list[str]:
@@ -99,9 +100,9 @@ def _overrides(params: Mapping[str, Any]) -> dict[str, Any]:
         if value is None or name in SECTIONS:
             continue
         flat[SHORTCUTS.get(name, name)] = value
-        if name in _ALIASES:  # the top-level alias wins over the section's copy
-            flat[_ALIASES[name]] = value
-    for alias, dotted in _ALIASES.items():
+        if name in KEY_ALIASES:  # the top-level alias wins over the section's copy
+            flat[KEY_ALIASES[name]] = value
+    for alias, dotted in KEY_ALIASES.items():
         if dotted in flat and alias not in flat:
             flat[alias] = flat[dotted]
     return flat
@@ -118,6 +119,83 @@ def config_from_notebook_parameters(
     base = load_config(config) if config is not None else load_template(template or "default")
     overrides = _overrides(params)
     return apply_overrides(base, overrides) if overrides else base
+
+
+# ---------------------------------------------------------------- the parameters cell
+
+PARAMETERS_HEADER = """\
+# Parameters (papermill), generated from the config schema (vla_rl_lib.notebook.write_parameter_cells).
+# A config key left at None keeps the value of the template/config file; a section dict changes
+# only the keys it holds. Run `papermill --help-notebook` for this list.
+"""
+NOTEBOOK_OWN = "# This notebook's own settings (not config keys):\n"
+
+
+def _cell_type(annotation: Any) -> str:
+    """How the cell annotates a key: papermill shows it in ``--help-notebook``."""
+    from vla_rl_lib.config import type_name
+
+    name = type_name(annotation).replace(" or None", "").replace("None or ", "")
+    return "list" if name.startswith("list") else name
+
+
+def _help(text: str) -> str:
+    """A description as a cell comment: papermill cannot parse a comment holding '='."""
+    return re.sub(r"\s*=\s*", ": ", text)
+
+
+def config_parameter_lines() -> str:
+    """The config part of a notebook's parameters cell: template, config, every top-level key,
+    every section and the shortcuts, each commented with the schema's description."""
+    lines = [
+        PARAMETERS_HEADER,
+        f'template: str = "fast"  # base parameter set params/<template>.yaml: {" | ".join(TEMPLATE_NAMES)}\n',
+        "config: Optional[str] = None  # a YAML config file to start from instead of the template\n",
+    ]
+    for key in top_level_keys():
+        info = field_info(key)
+        lines.append(f"{key}: Optional[{_cell_type(info.annotation)}] = None  # {_help(info.description)}\n")
+    for section, cls in SECTIONS.items():
+        first = list(cls.model_fields)[:2]
+        example = ", ".join(f"{k!r}: {cls.model_fields[k].default!r}" for k in first)
+        lines.append(f"{section}: dict = {{}}  # {cls.__doc__} Keys to change, e.g. {{{_help(example)}}}\n")
+    for short, key in SHORTCUTS.items():
+        info = field_info(key)
+        lines.append(
+            f"{short}: Optional[{_cell_type(info.annotation)}] = None  # shortcut for {key}: {_help(info.description)}\n"
+        )
+    return "".join(lines)
+
+
+def _parameters_cell(notebook: dict[str, Any]) -> dict[str, Any]:
+    cells = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"expected one cell tagged 'parameters', found {len(cells)}")
+    return cells[0]
+
+
+def parameter_cell_source(path: str | os.PathLike[str]) -> str:
+    """The source of a notebook's ``parameters`` cell."""
+    return "".join(_parameters_cell(json.loads(Path(path).read_text()))["source"])
+
+
+def write_parameter_cells(paths: list[Path] | None = None) -> list[Path]:
+    """Regenerate the config part of each notebook's parameters cell from the schema, keeping
+    the notebook's own settings (below ``NOTEBOOK_OWN``). Returns the notebooks changed."""
+    from vla_rl_lib.utils import write_text_atomic
+
+    paths = paths or [template_dir().parent / "notebooks" / f"{n}.ipynb" for n in ("01_setup", "02_train")]
+    changed = []
+    for path in paths:
+        notebook = json.loads(path.read_text())
+        cell = _parameters_cell(notebook)
+        own = "".join(cell["source"]).partition(NOTEBOOK_OWN)[2]
+        source = config_parameter_lines() + NOTEBOOK_OWN + own
+        if source != "".join(cell["source"]):
+            cell["source"] = source.splitlines(keepends=True)
+            write_text_atomic(path, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+            changed.append(path)
+    return changed
 
 
 def use_project_root() -> Path:

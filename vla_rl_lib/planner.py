@@ -31,7 +31,6 @@ they are estimates, printed with their assumptions, never measurements.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -509,10 +508,10 @@ def _with(config: VLARLConfig, **sections: dict) -> VLARLConfig:
     changed = config
     for section, values in sections.items():
         if section == "top":
-            changed = dataclasses.replace(changed, **values)
+            changed = changed.model_copy(update=values)
         else:
-            changed = dataclasses.replace(
-                changed, **{section: dataclasses.replace(getattr(changed, section), **values)}
+            changed = changed.model_copy(
+                update={section: getattr(changed, section).model_copy(update=values)}
             )
     return changed
 

@@ -12,69 +12,80 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from vla_rl_lib.config import (
+    TEMPLATE_NAMES,
     ConfigError,
+    all_keys,
     apply_overrides,
+    choices,
+    field_info,
     load_config,
     load_template,
-    template_dir,
+    read_yaml,
+    shortcuts,
+    template_text,
 )
 from vla_rl_lib.utils import write_text_atomic
 
-TEMPLATES = ("default", "fast", "full")
-
-# flag destination -> dotted config key
-TRAIN_FLAGS = {
-    "experiment_name": "experiment_name",
-    "output_dir": "output_dir",
-    "seed": "seed",
-    "device": "device",
-    "sft_checkpoint": "sft_checkpoint",
-    "pretrained": "pretrained_checkpoint",
-    "simulator": "rollout.simulator",
-    "env_id": "rollout.env_id",
-    "backend": "rollout.backend",
-    "num_parallel_envs": "rollout.num_parallel_envs",
-    "num_updates": "num_updates",
-    "num_rollouts": "rollout.num_rollouts_per_update",
-    "learning_rate": "ppo.learning_rate",
-    "num_epochs": "ppo.num_epochs",
-    "algorithm": "ppo.algorithm",
-    "temperature": "rollout.temperature",
-    "instruction": "language_instruction",
-    "use_wandb": "use_wandb",
-    "wandb_project": "wandb_project",
-    "num_demos": "sft.num_demos",
-    "sft_epochs": "sft.epochs",
-    "executor": "rollout.executor",
-    "ray_address": "rollout.ray_address",
-    "num_workers": "rollout.num_workers",
-}
+START_KEYS = ("pretrained_checkpoint", "sft_checkpoint")  # the two starts exclude each other
 
 
 class UsageError(Exception):
     """Bad input from the command line."""
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    S = argparse.SUPPRESS
-    p.add_argument("--config", help="YAML config (e.g. params/fast.yaml)")
-    p.add_argument("--template", choices=TEMPLATES, help="start from params/<template>.yaml")
-    p.add_argument("--experiment-name", default=S, help="run folder name under --output-dir")
-    p.add_argument("--output-dir", default=S, help="where runs are written (default outputs)")
-    p.add_argument("--seed", type=int, default=S)
-    p.add_argument("--device", default=S, help="cpu | cuda | auto")
-    p.add_argument("--simulator", default=S, help="mujoco | maniskill | genesis | isaacsim")
-    p.add_argument("--env-id", default=S)
-    p.add_argument("--backend", default=S, help="cpu | gpu (simulator backend)")
-    p.add_argument("--num-parallel-envs", type=int, default=S)
-    p.add_argument("--instruction", default=S, help="language instruction given to the policy")
-    p.add_argument("--num-demos", type=int, default=S, help="scripted demonstrations for SFT")
-    p.add_argument("--sft-epochs", type=int, default=S)
+def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("null", "none") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it in errors
+    return parse
+
+
+def _flag_type(annotation: Any) -> dict[str, Any]:
+    """argparse keywords for a schema type; the schema itself checks the value afterwards."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if annotation in (int, float, str) or typing.get_origin(annotation) in (Literal, Annotated):
+        return {"type": annotation if annotation in (int, float) else str}
+    if len(args) == 1 and type(None) in typing.get_args(annotation) and args[0] in (int, float, str):
+        return {"type": _optional(args[0]), "metavar": f"{args[0].__name__.upper()}|null"}
+    if len(args) == 1 and typing.get_origin(args[0]) is Annotated:  # NonBlank | None
+        return {"type": _optional(str), "metavar": "STR|null"}
+    if typing.get_origin(annotation) is list:
+        return {"nargs": "+"}
+    return {"type": read_yaml, "metavar": "YAML"}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, retarget: dict[str, str] | None = None) -> None:
+    """A flag per config key (``--seed``, ``--ppo.clip-ratio``), from the schema, plus the
+    short names marked ``shortcut=`` there (``--num-rollouts``) as aliases. Defaults are
+    suppressed, so only flags the user passes override the file. ``retarget``: shortcut ->
+    another key for this command (``sft --learning-rate`` is ``sft.learning_rate``)."""
+    names: dict[str, list[str]] = {key: [f"--{key.replace('_', '-')}"] for key in all_keys()}
+    for short, key in {**shortcuts(), **(retarget or {})}.items():
+        flag = f"--{short.replace('_', '-')}"
+        if all(flag not in flags for flags in names.values()):
+            names[key].append(flag)
+    starts = parser.add_mutually_exclusive_group()
+    for key, flags in names.items():
+        info = field_info(key)
+        allowed = choices(key)
+        hint = f" ({' | '.join(map(str, allowed))})" if allowed else ""
+        target = starts if key in START_KEYS else parser
+        target.add_argument(*flags, dest=key, default=argparse.SUPPRESS, help=f"{info.description}{hint}",
+                            **_flag_type(info.annotation))  # fmt: skip
+
+
+def _add_sources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config over the defaults (e.g. params/fast.yaml)")
+    p.add_argument("--template", choices=TEMPLATE_NAMES, help="start from params/<template>.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,22 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="RL fine-tuning (PPO or GRPO)")
-    _add_common(train)
-    start = train.add_mutually_exclusive_group()
-    start.add_argument("--sft-checkpoint", default=S, help="start RL from this SFT checkpoint")
-    start.add_argument("--pretrained", default=S, help="start from a pretrained model id or path")
+    _add_sources(train)
+    add_config_flags(train)
     train.add_argument("--render", action="store_true", help="save a GIF of every evaluation")
-    train.add_argument("--num-updates", type=int, default=S)
-    train.add_argument("--num-rollouts", type=int, default=S, help="episodes per update")
-    train.add_argument("--learning-rate", type=float, default=S)
-    train.add_argument("--num-epochs", type=int, default=S)
-    train.add_argument("--algorithm", default=S, help="ppo | grpo")
-    train.add_argument("--temperature", type=float, default=S, help="rollout sampling temperature")
-    train.add_argument("--use-wandb", action="store_true", default=S)
-    train.add_argument("--wandb-project", default=S)
-    train.add_argument("--executor", default=S, help="local | ray")
-    train.add_argument("--ray-address", default=S)
-    train.add_argument("--num-workers", type=int, default=S)
     train.add_argument(
         "--resume", nargs="?", const=True, default=False, metavar="PATH",
         help="continue a run: bare, the newest run of the experiment; PATH, that checkpoint "
@@ -123,17 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
         "split (all: every split; e.g. val,test). Default: the held-out seeds of train",
     )  # fmt: skip
 
-    cfg = sub.add_parser("config", help="write a config template")
-    cfg.add_argument("--template", choices=TEMPLATES, default="default")
+    cfg = sub.add_parser("config", help="write a config template (every key, with its description)")
+    cfg.add_argument("--template", choices=TEMPLATE_NAMES, default="default")
     cfg.add_argument("--output", "-o", help="file to write (default: print)")
 
     sft = sub.add_parser("sft", help="collect scripted demos and behaviour-clone the VLA")
-    _add_common(sft)
-    sft.add_argument("--learning-rate", type=float, default=S, dest="sft_learning_rate")
+    _add_sources(sft)
+    add_config_flags(sft, retarget={"learning_rate": "sft.learning_rate"})
 
     plan = sub.add_parser("plan", help="memory and time a config needs, before anything loads")
-    plan.add_argument("--config", help="YAML config (e.g. params/full.yaml)")
-    plan.add_argument("--template", choices=TEMPLATES, help="start from params/<template>.yaml")
+    _add_sources(plan)
     plan.add_argument("--gpus", type=int, help="learner GPUs (default: those visible, or the CPU)")
     plan.add_argument("--gpu-memory-gb", type=float, help="memory per GPU (default: detected)")
     plan.add_argument("--verbose", action="store_true", help="show the formula of every term")
@@ -150,17 +147,12 @@ def resolve_config(args: argparse.Namespace, base: str | Path | None = None):
         cfg = load_config(args.config)
     else:
         cfg = load_template(getattr(args, "template", None) or "default")
-    overrides: dict[str, Any] = {}
-    for dest, key in TRAIN_FLAGS.items():
-        if hasattr(args, dest):
-            overrides[key] = getattr(args, dest)
+    overrides = {key: getattr(args, key) for key in all_keys() if hasattr(args, key)}
     # The two starts exclude each other: the one given on the command line replaces the file's.
     if "sft_checkpoint" in overrides:
         overrides.setdefault("pretrained_checkpoint", None)
     elif "pretrained_checkpoint" in overrides:
         overrides["sft_checkpoint"] = None
-    if hasattr(args, "sft_learning_rate"):
-        overrides["sft.learning_rate"] = args.sft_learning_rate
     if overrides.get("rollout.ray_address") is not None and "rollout.executor" not in overrides:
         overrides["rollout.executor"] = "ray"
     return apply_overrides(cfg, overrides) if overrides else cfg
@@ -199,7 +191,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def check_evaluate_args(args: argparse.Namespace) -> None:
     """Every ``evaluate`` argument, checked before any model is loaded."""
-    from vla_rl_lib.config import RolloutConfig
     from vla_rl_lib.seed_ranges import TRAIN_SEED_FLOOR
 
     checkpoint = Path(args.checkpoint)
@@ -217,7 +208,7 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
             f"--seed={seed} is invalid: held-out seeds live in [0, {TRAIN_SEED_FLOOR}); "
             "training draws the seeds above"
         )
-    simulators = RolloutConfig.__dataclass_fields__["simulator"].metadata["choices"]
+    simulators = choices("rollout.simulator")
     simulator = getattr(args, "simulator", None)
     if simulator is not None and simulator not in simulators:
         raise UsageError(f"--simulator={simulator!r} is invalid: choose one of {list(simulators)}")
@@ -300,9 +291,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Write the template with its comments, after checking that it validates."""
-    load_template(args.template)
-    text = (template_dir() / f"{args.template}.yaml").read_text()
+    """Write the whole template, every key with its value and description (it validates first)."""
+    text = template_text(args.template)
     if args.output:
         write_text_atomic(Path(args.output), text)
         print(f"wrote {args.output} (template {args.template})")
