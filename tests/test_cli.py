@@ -129,3 +129,39 @@ def test_evaluate_splits_all_prints_one_row_per_split(tiny_config, capsys):
     assert table[0].split()[:3] == ["split", "episodes", "successes"] and "wilson95_high" in table[0]
     assert [line.split()[0] for line in table[2:]] == ["train", "val", "test"]
     assert all(line.split()[1] == "2" for line in table[2:])
+
+
+def test_every_config_key_is_a_flag_and_the_old_names_are_aliases():
+    from vla_rl_lib.config import all_keys
+
+    train = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    flags = {option for action in train._actions for option in action.option_strings}
+    assert {f"--{key.replace('_', '-')}" for key in all_keys()} <= flags
+    old = ["--experiment-name", "--output-dir", "--seed", "--device", "--sft-checkpoint", "--pretrained",
+           "--simulator", "--env-id", "--backend", "--num-parallel-envs", "--num-updates", "--num-rollouts",
+           "--learning-rate", "--num-epochs", "--algorithm", "--temperature", "--instruction", "--use-wandb",
+           "--wandb-project", "--num-demos", "--sft-epochs", "--executor", "--ray-address", "--num-workers"]  # fmt: skip
+    assert set(old) <= flags
+    short = _resolve(["train", "--template", "fast", "--num-rollouts", "2", "--instruction", "lift it"])
+    long = _resolve(["train", "--template", "fast", "--rollout.num-rollouts-per-update", "2",
+                     "--language-instruction", "lift it"])  # fmt: skip
+    assert short == long and short.rollout.num_rollouts_per_update == 2
+
+
+def test_schema_flags_parse_by_the_key_type():
+    cfg = _resolve([
+        "train", "--template", "fast", "--ppo.clip-ratio", "0.1", "--max-minutes", "null",
+        "--eval-splits", "val", "--no-rollout.use-binary-reward", "--use-wandb",
+        "--lora.target-modules", "[q_proj, v_proj]", "--ppo.target-kl", "0.02",
+    ])  # fmt: skip
+    assert (cfg.ppo.clip_ratio, cfg.max_minutes, cfg.eval_splits) == (0.1, None, ["val"])
+    assert cfg.rollout.use_binary_reward is False and cfg.use_wandb is True
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.ppo.target_kl == 0.02
+    sft = _resolve(["sft", "--template", "fast", "--learning-rate", "5e-4"])
+    assert sft.sft.learning_rate == 5e-4 and sft.ppo.learning_rate == load_template("fast").ppo.learning_rate
+
+
+def test_bad_schema_flag_value_is_one_line(capsys):
+    assert main(["train", "--template", "fast", "--ppo.gamma", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ppo.gamma=2.0 is invalid: must be <= 1" in err

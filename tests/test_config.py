@@ -10,15 +10,22 @@ import yaml
 from vla_rl_lib.config import (
     TEMPLATE_NAMES,
     ConfigError,
+    PPOConfig,
     VLARLConfig,
     all_keys,
     apply_overrides,
+    choices,
     config_from_dict,
     config_to_dict,
+    field_info,
     load_config,
     load_template,
+    read_yaml,
     save_config,
+    shortcuts,
+    template_dir,
     template_text,
+    validate_config,
 )
 
 
@@ -298,3 +305,64 @@ def test_a_new_seed_stream_joins_the_check_by_adding_an_entry():
     with pytest.raises(SeedRangeError, match=r"^split.ood_seed=99 is invalid: ood seeds \[99, 109\)"
                        r" \(split.ood_seed\) overlap evaluation seeds \[0, 100\) \(eval_seed\)"):
         check_disjoint([*streams, SeedStream("ood", "split.ood_seed", range(99, 109))])
+
+
+# ---------------------------------------------------------------- one schema, everything derived
+
+
+def test_default_yaml_is_generated_from_the_schema():
+    assert (template_dir() / "default.yaml").read_text() == template_text("default"), (
+        "params/default.yaml is out of date with the schema; run "
+        "`python -m vla_rl_lib config --template default -o params/default.yaml`"
+    )
+
+
+@pytest.mark.parametrize("name", ["fast", "full"])
+def test_overlays_list_only_what_differs_from_default(name):
+    raw = _flat(read_yaml((template_dir() / f"{name}.yaml").read_text()))
+    default = _flat(config_to_dict(load_template("default")))
+    assert raw and set(raw) <= set(default)
+    assert {key for key, value in raw.items() if value == default[key]} == set()
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_the_whole_template_text_loads_to_the_template(name):
+    assert config_from_dict(read_yaml(template_text(name))) == load_template(name)
+
+
+def test_every_key_is_declared_with_a_one_line_description():
+    for key in all_keys():
+        description = field_info(key).description
+        assert description and "\n" not in description, key
+
+
+def test_a_removed_key_says_so_in_one_line(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("rollout:\n  render_mode: rgb_array\n")
+    with pytest.raises(ConfigError, match=r"'rollout.render_mode' was removed: .*delete the line$") as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_bounds_and_rules_name_the_key_and_the_fix():
+    with pytest.raises(ConfigError, match=r"^rollout.max_steps=0 is invalid: must be >= 1 \(steps per episode"):
+        config_from_dict({"rollout": {"max_steps": 0}})
+    with pytest.raises(ConfigError, match=r"^output_dir=' ' is invalid: must not be empty"):
+        config_from_dict({"output_dir": " "})
+    with pytest.raises(ConfigError, match=r"^trust_remote_code=\['a', ''\] is invalid"):
+        config_from_dict({"trust_remote_code": ["a", ""]})
+    with pytest.raises(ConfigError, match=r"^rollout.camera='wrist' is invalid: choose one of \['third_person'"):
+        config_from_dict({"rollout": {"camera": "wrist"}})
+
+
+def test_validate_config_catches_an_unvalidated_copy():
+    validate_config(VLARLConfig())
+    with pytest.raises(ConfigError, match="^ppo.gamma=2.0 is invalid"):
+        validate_config(VLARLConfig().model_copy(update={"ppo": PPOConfig().model_copy(update={"gamma": 2.0})}))
+
+
+def test_shortcuts_come_from_the_schema():
+    assert shortcuts()["num_rollouts"] == "rollout.num_rollouts_per_update"
+    assert shortcuts()["pretrained"] == "pretrained_checkpoint"
+    assert shortcuts()["instruction"] == "language_instruction"
+    assert choices("ppo.algorithm") == ["ppo", "grpo"] and choices("seed") is None

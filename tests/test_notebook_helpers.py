@@ -13,14 +13,17 @@ import yaml
 
 from vla_rl_lib.config import ConfigError, config_to_dict, load_template
 from vla_rl_lib.notebook import (
+    NOTEBOOK_OWN,
     SHORTCUTS,
     config_from_notebook_parameters,
+    config_parameter_lines,
     discover_runs,
     environment_report,
     final_rows,
     find_checkpoint,
     labelled_row,
     notebook_parameters,
+    parameter_cell_source,
     parameter_names,
     seed_groups,
     success_and_failure,
@@ -297,3 +300,22 @@ def test_fast_template_has_null_wherever_a_top_level_key_may_be_null() -> None:
                 and type(None) in typing.get_args(hints[name])]  # fmt: skip
     assert nullable
     assert {name: getattr(fast, name) for name in nullable} == dict.fromkeys(nullable)
+
+
+@pytest.mark.parametrize("path", CONFIG_NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_is_generated_from_the_schema(path: Path) -> None:
+    assert parameter_cell_source(path).startswith(config_parameter_lines() + NOTEBOOK_OWN), (
+        f"{path.name}'s parameters cell is out of date with the config schema; run "
+        "python -c 'from vla_rl_lib.notebook import write_parameter_cells; write_parameter_cells()'"
+    )
+
+
+def test_help_notebook_shows_the_schema_descriptions() -> None:
+    import papermill
+
+    from vla_rl_lib.config import field_info
+
+    params = papermill.inspect_notebook(str(CONFIG_NOTEBOOKS[1]))
+    assert params["num_updates"]["help"] == field_info("num_updates").description
+    assert params["eval_interval"]["help"] == "updates between held-out evaluations; 0: never"  # papermill: no '='
+    assert params["learning_rate"]["help"].startswith("shortcut for ppo.learning_rate: ")
