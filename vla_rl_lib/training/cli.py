@@ -49,17 +49,21 @@ def _optional(convert: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def _flag_type(annotation: Any) -> dict[str, Any]:
     """argparse keywords for a schema type; the schema itself checks the value afterwards."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
-    if annotation in (int, float, str) or typing.get_origin(annotation) in (Literal, Annotated):
-        return {"type": annotation if annotation in (int, float) else str}
-    if len(args) == 1 and type(None) in typing.get_args(annotation) and args[0] in (int, float, str):
-        return {"type": _optional(args[0]), "metavar": f"{args[0].__name__.upper()}|null"}
-    if len(args) == 1 and typing.get_origin(args[0]) is Annotated:  # NonBlank | None
-        return {"type": _optional(str), "metavar": "STR|null"}
-    if typing.get_origin(annotation) is list:
-        return {"nargs": "+"}
+    if annotation in (int, float):
+        return {"type": annotation, "metavar": annotation.__name__.upper()}
+    if annotation is str or origin is Annotated:
+        return {"type": str, "metavar": "STR"}
+    if origin is Literal:
+        return {"type": str, "metavar": "{" + ",".join(map(str, args)) + "}"}
+    if origin is list:
+        return {"nargs": "+", "metavar": "STR"}
+    arms = [a for a in args if a is not type(None)]
+    if len(arms) == 1 and len(args) == 2:  # X | None: "null" (or "none") gives None
+        plain = str if typing.get_origin(arms[0]) is Annotated else arms[0]
+        return {"type": _optional(plain), "metavar": f"{plain.__name__.upper()}|null"}
     return {"type": read_yaml, "metavar": "YAML"}
 
 
@@ -76,10 +80,8 @@ def add_config_flags(parser: argparse.ArgumentParser, retarget: dict[str, str] |
     starts = parser.add_mutually_exclusive_group()
     for key, flags in names.items():
         info = field_info(key)
-        allowed = choices(key)
-        hint = f" ({' | '.join(map(str, allowed))})" if allowed else ""
         target = starts if key in START_KEYS else parser
-        target.add_argument(*flags, dest=key, default=argparse.SUPPRESS, help=f"{info.description}{hint}",
+        target.add_argument(*flags, dest=key, default=argparse.SUPPRESS, help=info.description,
                             **_flag_type(info.annotation))  # fmt: skip
 
 
