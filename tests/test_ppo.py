@@ -53,7 +53,7 @@ def make_batch(policy, size=32, seed=0, advantages=None):
 
 def settings(**changes) -> PPOConfig:
     base = PPOConfig(num_epochs=1, minibatch_size=32, micro_batch_size=32, max_grad_norm=1e6)
-    return dataclasses.replace(base, **changes)
+    return base.model_copy(update=changes)
 
 
 # ---------------------------------------------------------------- the loss

@@ -546,9 +546,9 @@ def _one_line(error: Any, data: dict[str, Any]) -> ConfigError:
     kind, loc, ctx = error["type"], error["loc"], error.get("ctx") or {}
     if isinstance(ctx.get("error"), ConfigError):
         return ctx["error"]
+    if kind in ("extra_forbidden", "invalid_key"):  # invalid_key: a key that is not a string
+        return _unknown_key(".".join(map(str, loc)))
     key = _error_key(loc)
-    if kind == "extra_forbidden":
-        return _unknown_key(key)
     if key in SECTIONS and len([p for p in loc if isinstance(p, str)]) == 1:
         return ConfigError(f"config section {key!r} must be a mapping, got {error['input']!r}")
     value = _lookup(data, key)
