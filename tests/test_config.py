@@ -338,10 +338,22 @@ def test_every_key_is_declared_with_a_one_line_description():
 
 def test_a_removed_key_says_so_in_one_line(tmp_path):
     path = tmp_path / "old.yaml"
-    path.write_text("rollout:\n  render_mode: rgb_array\n")
+    path.write_text("rollout:\n  render_mode: depth\n")
     with pytest.raises(ConfigError, match=r"'rollout.render_mode' was removed: .*delete the line$") as info:
         load_config(path)
     assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="was removed"):
+        apply_overrides(VLARLConfig(), {"rollout.render_mode": "rgb_array"})
+
+
+def test_a_run_folder_from_before_a_removal_still_loads(tmp_path):
+    """Its config.yaml holds render_mode: rgb_array, the only value the key ever took; the
+    checkpoint's recorded SHA-256 covers the file, so the line cannot be deleted by hand."""
+    path = tmp_path / "config.yaml"
+    old = config_to_dict(load_template("fast"))
+    old["rollout"]["render_mode"] = "rgb_array"
+    path.write_text(yaml.safe_dump(old, sort_keys=False))
+    assert load_config(path) == load_template("fast")
 
 
 def test_bounds_and_rules_name_the_key_and_the_fix():

@@ -356,18 +356,31 @@ SECTIONS: dict[str, type[_Section]] = {
 KEY_ALIASES = {"lora_rank": "lora.rank", "lora_alpha": "lora.alpha"}
 # The shortcuts a notebook's parameters cell declares besides the keys (the CLI takes them all).
 NOTEBOOK_SHORTCUTS = ("simulator", "num_parallel_envs", "learning_rate", "algorithm")
-# Keys that existed once; a file still holding one gets this reason.
-REMOVED_KEYS = {
-    "rollout.render_mode": "frames are always RGB arrays (rgb_array was its only value); delete the line",
+# Keys that existed once: (the only value they could hold, why they went). A file holding one
+# at that value loads with the key dropped: run folders written before the removal keep
+# resuming (a checkpoint's SHA-256 covers its config.yaml, so the line cannot be edited out).
+# Any other value gets the one-line "was removed" error.
+REMOVED_KEYS: dict[str, tuple[Any, str]] = {
+    "rollout.render_mode": ("rgb_array", "frames are always RGB arrays (rgb_array was its only value); delete the line"),
 }
 
 
 # ---------------------------------------------------------------- cross-field rules
 
 
+def _drop_removed(data: dict[str, Any]) -> None:
+    """Drop removed keys that hold the only value they ever could (see ``REMOVED_KEYS``)."""
+    for key, (legacy, _) in REMOVED_KEYS.items():
+        section, _, leaf = key.rpartition(".")
+        values = data.get(section) if section else data
+        if isinstance(values, dict) and leaf in values and values[leaf] == legacy:
+            del values[leaf]
+
+
 def _sync_aliases(data: dict[str, Any]) -> dict[str, Any]:
     """``lora_rank`` and ``lora.rank`` (and alpha) hold one value: fill the missing one."""
     data = {k: (dict(v) if k in SECTIONS and isinstance(v, dict) else v) for k, v in data.items()}
+    _drop_removed(data)
     for alias, dotted in KEY_ALIASES.items():
         section, key = dotted.split(".")
         values = data.setdefault(section, {})
@@ -500,7 +513,7 @@ def shortcuts() -> dict[str, str]:
 
 def _unknown_key(key: str) -> ConfigError:
     if key in REMOVED_KEYS:
-        return ConfigError(f"config key {key!r} was removed: {REMOVED_KEYS[key]}")
+        return ConfigError(f"config key {key!r} was removed: {REMOVED_KEYS[key][1]}")
     keys = all_keys()
     leaf = key.rsplit(".", 1)[-1]
     same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
