@@ -145,3 +145,19 @@ def test_only_prepared_masks_without_checkpointing_take_the_lean_path() -> None:
     assert not lean.accepts(square.long())
     policy.enable_gradient_checkpointing()
     assert not lean.accepts(square)
+
+
+def test_a_sharded_or_wrapped_block_sends_calls_back_to_transformers() -> None:
+    """FSDP's fully_shard swaps a block's class and gathers its weights in that block's forward."""
+    policy = make_policy(None)
+    lean = policy._lean_forward()
+    square = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    block = policy._hf_model().model.language_model.layers[1]
+    plain = type(block)
+    block.__class__ = type("FSDPLlamaDecoderLayer", (plain,), {})
+    try:
+        assert not lean.accepts(square)
+        assert "FSDPLlamaDecoderLayer" in LeanTinyVLA.unsupported_reason(policy._hf_model())
+    finally:
+        block.__class__ = plain
+    assert lean.accepts(square)

@@ -100,6 +100,7 @@ class LeanTinyVLA:
         self._projector_act = _activation_of(config.projector_hidden_act, "projector_hidden_act")
         self._text_act = _activation_of(config.text_config.hidden_act, "text hidden_act")
         self._text_head_dim = self._text.layers[0].self_attn.head_dim
+        self._blocks = [(b, type(b)) for b in [*self._vision.encoder.layers, *self._text.layers]]
 
     @classmethod
     def for_model(cls, model: nn.Module) -> LeanTinyVLA | None:
@@ -109,6 +110,8 @@ class LeanTinyVLA:
     def unsupported_reason(model: nn.Module) -> str | None:
         """None when the lean path reproduces ``model`` exactly, else a one-line reason."""
         from transformers import LlamaModel, LlavaForConditionalGeneration, SiglipVisionModel
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+        from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
         if type(model) is not LlavaForConditionalGeneration:
             return f"the model is a {type(model).__name__}, not LlavaForConditionalGeneration"
@@ -117,6 +120,13 @@ class LeanTinyVLA:
             return f"the vision tower is a {type(llava.vision_tower).__name__}, not SigLIP"
         if type(llava.language_model) is not LlamaModel:
             return f"the language model is a {type(llava.language_model).__name__}, not Llama"
+        for blocks, cls in (
+            (llava.vision_tower.encoder.layers, SiglipEncoderLayer),
+            (llava.language_model.layers, LlamaDecoderLayer),
+        ):
+            for block in blocks:
+                if type(block) is not cls:
+                    return f"a block is a {type(block).__name__} (sharded or wrapped), not {cls.__name__}"
         if not isinstance(config.vision_feature_layer, int):
             return "vision_feature_layer is a list (concatenated layers)"
         if config.vision_feature_select_strategy != "full":
@@ -131,8 +141,6 @@ class LeanTinyVLA:
             return "grouped-query attention (num_key_value_heads != num_attention_heads)"
         if text.rope_parameters.get("rope_type", "default") != "default":
             return f"rope_type={text.rope_parameters['rope_type']!r}"
-        if getattr(text, "mlp_bias", False) or getattr(text, "attention_bias", False):
-            return "a Llama with linear biases"
         for name, act in (
             ("vision hidden_act", vision.hidden_act),
             ("projector_hidden_act", config.projector_hidden_act),
@@ -159,11 +167,17 @@ class LeanTinyVLA:
     # ------------------------------------------------------------------ forward
 
     def accepts(self, attention_mask: torch.Tensor) -> bool:
-        """Whether this call can take the lean path (a prepared 4D bool mask, no checkpointing)."""
+        """Whether this call can take the lean path.
+
+        It needs a prepared 4D bool mask, no gradient checkpointing, and blocks that are still
+        the plain transformers classes: FSDP's ``fully_shard`` swaps a block's class and
+        gathers its sharded weights in the block's forward, which the lean path never calls.
+        """
         return (
             attention_mask.dim() == 4
             and attention_mask.dtype == torch.bool
             and not self._text.gradient_checkpointing
+            and all(type(block) is cls for block, cls in self._blocks)
         )
 
     def __call__(
