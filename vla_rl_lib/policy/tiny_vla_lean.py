@@ -1,9 +1,9 @@
 """A plain-torch forward of the tiny VLA: the same network and ops as transformers, less overhead.
 
 The tiny VLA (``tiny_vla.py``) is about 1M parameters over ~35 tokens, so a
-batch-8 policy step is dominated by per-module Python overhead in transformers
-and peft (output-capturing hooks, mask preparation, kwargs plumbing, the LoRA
-wrapper around each of ~45 small matmuls), not by arithmetic. ``LeanTinyVLA``
+good part of a policy step is per-module Python overhead in transformers and
+peft (output-capturing hooks, mask preparation, kwargs plumbing, the LoRA
+wrapper around each of ~45 small matmuls) rather than arithmetic. ``LeanTinyVLA``
 computes the decoder's final hidden states of a ``LlavaForConditionalGeneration``
 (SigLIP vision tower, Llama decoder, SDPA attention) with the same functional
 calls, in the same order, on the same tensors, so its output equals
@@ -14,9 +14,10 @@ transformers' to the bit (``tests/test_policy_lean_forward.py``).
   through the functional ops, so the PPO update can use the same path as the
   rollout and their log-probs stay equal.
 - LoRA layers injected by peft are honoured (``result + B(A(x)) * scaling``,
-  as peft computes it) while they are plain LoRA with one active adapter and
-  no dropout; anything else (DoRA, merged or disabled adapters, dropout,
-  another architecture or attention implementation) is refused by
+  as peft computes it; merged or disabled adapters use the base layer alone,
+  as peft does) while they are plain LoRA with one active adapter and no
+  dropout; anything else (DoRA and other variants, LoRA dropout, another
+  architecture or attention implementation) is refused by
   ``unsupported_reason`` and the caller keeps the transformers path.
 - Only a prepared 4D boolean attention mask is accepted (parallel decoding
   passes one); a 2D padding mask, a KV cache or gradient checkpointing go
