@@ -60,6 +60,7 @@ from vla_rl_lib.policy.action_tokenizer import (
 )
 from vla_rl_lib.policy.base import ActOutput, EvaluateOutput, VLAPolicy
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, action_slot_token, build_tiny_vla
+from vla_rl_lib.policy.tiny_vla_lean import LeanTinyVLA
 
 DEFAULT_PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 DECODING_MODES = ("parallel", "autoregressive")
@@ -156,7 +157,9 @@ class HFVLAPolicy(VLAPolicy):
     LoRA model's frozen base was loaded from; when None, ``save_pretrained``
     writes a copy of the base into the checkpoint. Subclasses for models whose
     forward differs from Llava's (OpenVLA) override ``preprocess_images``,
-    ``_encode_prompt_ids`` and ``_decoder_hidden``.
+    ``_encode_prompt_ids`` and ``_decoder_hidden``. ``lean_forward`` runs the
+    parallel-decoding pass of a model ``LeanTinyVLA`` reproduces (the tiny VLA)
+    in plain torch: the same bits as transformers, less per-call overhead.
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class HFVLAPolicy(VLAPolicy):
         placeholder_token_ids: list[int] | None = None,
         base_model_path: str | None = None,
         seed: int = 0,
+        lean_forward: bool = True,
     ) -> None:
         super().__init__()
         if decoding not in DECODING_MODES:
@@ -217,6 +221,8 @@ class HFVLAPolicy(VLAPolicy):
                 f"parallel decoding needs one per action dim ({action_dim})"
             )
         self._prompt_cache: dict[str, list[int]] = {}
+        self.lean_forward = lean_forward
+        self._lean: tuple[nn.Module, LeanTinyVLA | None] | None = None
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -321,6 +327,9 @@ class HFVLAPolicy(VLAPolicy):
         cache: DynamicCache | None = None,
     ) -> torch.Tensor:
         """Final (normed) decoder hidden states (B, L, H), one per input position."""
+        lean = self._lean_forward() if cache is None else None
+        if lean is not None and lean.accepts(attention_mask):
+            return lean(input_ids, attention_mask, position_ids, pixel_values)
         outputs = self._hf_model().model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -330,6 +339,19 @@ class HFVLAPolicy(VLAPolicy):
             use_cache=cache is not None,
         )
         return outputs.last_hidden_state
+
+    def _lean_forward(self) -> LeanTinyVLA | None:
+        """The plain-torch forward of the tiny VLA when ``lean_forward`` is on and it fits the model.
+
+        Rebuilt when the transformers model object changes (``merge_lora``); None for models
+        it does not reproduce bit for bit, which keep the transformers forward.
+        """
+        if not self.lean_forward:
+            return None
+        hf_model = self._hf_model()
+        if self._lean is None or self._lean[0] is not hf_model:
+            self._lean = (hf_model, LeanTinyVLA.for_model(hf_model))
+        return self._lean[1]
 
     def _bin_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., H) -> the 256 action-bin logits (..., 256), fp32."""
@@ -841,6 +863,7 @@ def build_policy(
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     value_head_width: int = 256,
     device: str | torch.device = "cpu",
+    lean_forward: bool = True,
 ) -> HFVLAPolicy:
     """A fresh tiny-VLA policy (random base weights from ``seed``); ``lora=None`` trains all weights."""
     config = config or TinyVLAConfig()
@@ -861,4 +884,5 @@ def build_policy(
         lora=lora,
         value_head_width=value_head_width,
         seed=seed,
+        lean_forward=lean_forward,
     )
