@@ -36,12 +36,13 @@ from typing import Any
 import numpy as np
 
 from lift import task
-from lift.simulator import Simulator, validate_actions, validate_env_ids
-from lift.types import CAMERAS, Observation, SimulatorConfig, StepResult
+from lift.simulator import Simulator, check_supported, validate_env_ids
+from lift.types import CAMERAS, Observation, SimulatorConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_ICD = REPO_ROOT / ".vulkan" / "lvp_icd.json"
 SIM_FREQ = 100  # Hz of PhysX steps; the control period (10 Hz) is 10 of them
+TASK_STATE_KEYS = ("success", "is_grasped", "cube_height", "gripper_to_cube_dist")
 IS_GRASPED_MIN_FORCE = 1e-3  # N: a pad "touches" the cube when their contact force exceeds this
 RENDER_HELP = (
     "ManiSkill/SAPIEN could not render ({error}). On a machine without a GPU it needs "
@@ -430,15 +431,9 @@ class _EnvCore:
     def step(self, action: np.ndarray) -> dict:
         torch = self.torch
         act = torch.as_tensor(action, dtype=torch.float32, device=self.env.device)
-        obs, reward, _, _, info = self.env.step(act)
+        obs, _, _, _, info = self.env.step(act)  # the Simulator scores the task itself
         out = self._pack(obs)
-        out["reward"] = self._np(reward).astype(np.float32).reshape(-1)
-        out.update(
-            {
-                k: self._np(info[k]).reshape(-1)
-                for k in ("success", "is_grasped", "cube_height", "gripper_to_cube_dist")
-            }
-        )
+        out.update({k: self._np(info[k]).reshape(-1) for k in TASK_STATE_KEYS})
         return out
 
     def task_state(self) -> dict[str, np.ndarray]:
@@ -608,17 +603,10 @@ class ManiSkillPickPlace(Simulator):
     """
 
     def __init__(self, config: SimulatorConfig) -> None:
-        if config.env_id != task.ENV_ID:
-            raise ValueError(
-                f"env_id={config.env_id!r} is not a ManiSkill lift task; available: [{task.ENV_ID!r}]"
-            )
-        if config.backend not in ("cpu", "gpu"):
-            raise ValueError(f"backend={config.backend!r} is unknown: use 'cpu' or 'gpu'")
+        check_supported(config, "ManiSkill", env_ids=(task.ENV_ID,), backends=("cpu", "gpu"))
         super().__init__(config, task.INSTRUCTION)
         use_project_vulkan()
         n = config.num_envs
-        self.joint_targets = np.zeros((n, task.ACTION_DIM))
-        self.elapsed_steps = np.zeros(n, dtype=np.int64)
         self._pool: _WorkerPool | None = None
         self._core: _EnvCore | None = None
         if config.backend == "gpu":
@@ -634,6 +622,7 @@ class ManiSkillPickPlace(Simulator):
         else:
             self._pool = _WorkerPool(config, n)
         self._obs: Observation | None = None
+        self._stepped: dict[str, np.ndarray] = {}  # the task state the last step returned
 
     # ----------------------------------------------------------------- dispatch
     def _all(self, command: str, args: tuple = ()) -> list[Any]:
@@ -650,8 +639,8 @@ class ManiSkillPickPlace(Simulator):
         return np.concatenate([p[key] for p in parts], axis=0)
 
     # ----------------------------------------------------------------- episodes
-    def _observe(self) -> Observation:
-        return self._obs
+    def _observe(self, env_ids: np.ndarray | None = None) -> Observation:
+        return self._obs if env_ids is None else self._obs.select(env_ids)
 
     def _start_episodes(self, ids: np.ndarray) -> None:
         if ids.size == 0:
@@ -696,11 +685,8 @@ class ManiSkillPickPlace(Simulator):
             qvel=np.zeros((n, task.STATE_DIM), dtype=np.float32),
         )
 
-    def step(self, actions: np.ndarray) -> StepResult:
-        action = validate_actions(actions, self.num_envs)
-        self.joint_targets = task.joint_targets_from_action(
-            action, self.joint_targets[:, :7], self.config.control_mode
-        )
+    def _apply_targets(self, action: np.ndarray) -> None:
+        # ManiSkill's own controllers map the action to the same targets as lift.task.
         if self._core is not None:
             parts = [self._core.step(action)]
         else:
@@ -708,38 +694,20 @@ class ManiSkillPickPlace(Simulator):
                 "step", {i: (action[i : i + 1],) for i in range(self.num_envs)}
             )
             parts = [results[i] for i in range(self.num_envs)]
-        self.elapsed_steps += 1
-        keys = ("success", "is_grasped", "cube_height", "gripper_to_cube_dist")
-        info = {key: self._stack(parts, key) for key in keys}
-        info["success"] = info["success"].astype(bool)
-        info["is_grasped"] = info["is_grasped"].astype(bool)
-        info["cube_height"] = info["cube_height"].astype(np.float32)
-        info["gripper_to_cube_dist"] = info["gripper_to_cube_dist"].astype(np.float32)
-        reward = self._stack(parts, "reward").astype(np.float32)
-        terminated = info["success"].copy()
-        truncated = (self.elapsed_steps >= self.config.max_episode_steps) & ~terminated
-        info["elapsed_steps"] = self.elapsed_steps.copy()
-
-        observation = Observation(
+        self._stepped = {key: self._stack(parts, key) for key in TASK_STATE_KEYS}
+        self._obs = Observation(
             image=self._stack(parts, "image"),
             qpos=self._stack(parts, "qpos"),
             qvel=self._stack(parts, "qvel"),
         )
-        self._obs = observation
-        final_observation = None
-        done_ids = np.flatnonzero(terminated | truncated)
-        if self.config.auto_reset and done_ids.size:
-            final_observation = observation
-            self._start_episodes(done_ids)
-            observation = self._obs
-        return StepResult(
-            observation=observation,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            info=info,
-            final_observation=final_observation,
-        )
+
+    def _task_state(self) -> dict[str, np.ndarray]:
+        info = dict(self._stepped)
+        info["success"] = info["success"].astype(bool)
+        info["is_grasped"] = info["is_grasped"].astype(bool)
+        info["cube_height"] = info["cube_height"].astype(np.float32)
+        info["gripper_to_cube_dist"] = info["gripper_to_cube_dist"].astype(np.float32)
+        return info
 
     # ----------------------------------------------------------------- state
     def task_state(self) -> dict[str, np.ndarray]:
@@ -762,16 +730,7 @@ class ManiSkillPickPlace(Simulator):
             )
 
     # ----------------------------------------------------------------- rendering
-    def render(
-        self,
-        camera: str = "third_person",
-        env_ids: np.ndarray | list[int] | None = None,
-        size: tuple[int, int] | None = None,
-    ) -> np.ndarray:
-        if camera not in CAMERAS:
-            raise ValueError(f"camera={camera!r} is unknown; choose one of {sorted(CAMERAS)}")
-        ids = validate_env_ids(env_ids, self.num_envs)
-        size = tuple(self.config.image_size if size is None else size)
+    def _render(self, camera: str, ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         if self._core is not None:
             return self._core.render(camera, ids, size)
         results = self._pool.call("render", {int(i): (camera, np.array([0]), size) for i in ids})
