@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The vla-rl checkout that holds sim/lift/backends/ (an installed wheel has no .vulkan/ there).
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 PROJECT_ICD = PROJECT_ROOT / ".vulkan" / "lvp_icd.json"
 RENDER_HELP = (
     "ManiSkill/SAPIEN could not render ({error}). On a machine without a GPU it needs "
