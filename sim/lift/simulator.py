@@ -22,6 +22,12 @@ class Simulator(ABC):
     ``(s, seed_stream, k)``, so runs are reproducible and every start differs.
     Use ``seed_stream=0`` for training and another stream (e.g. 1) for held-out
     evaluation.
+
+    A backend implements the engine's part only: :meth:`_start_episodes`,
+    :meth:`_apply_targets`, :meth:`_task_state`, :meth:`_observe`, :meth:`_render` and
+    :meth:`task_state` (and :meth:`cube_pose` / :meth:`set_cube_pose` for tools that
+    need them). :meth:`step`, :meth:`reset`, :meth:`render` and the reward rules
+    (:meth:`outcome`) are the same for every engine.
     """
 
     action_dim: int = ACTION_DIM
