@@ -155,14 +155,8 @@ class Simulator(ABC):
             final_observation = observation
             self._start_episodes(done_ids)
             observation = observation.replace_rows(done_ids, self._observe(done_ids))
-        return StepResult(
-            observation=observation,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            info=info,
-            final_observation=final_observation,
-        )
+        # The names are StepResult's fields, in its order.
+        return StepResult(observation, reward, terminated, truncated, info, final_observation)
 
     @abstractmethod
     def task_state(self) -> dict[str, np.ndarray]:

@@ -405,9 +405,7 @@ class ManiSkillPickPlace(Simulator):
         return np.concatenate([results[int(i)] for i in ids], axis=0)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-        if self._core is not None:
-            self._core.close()
-            self._core = None
+        for owned in (self._pool, self._core):
+            if owned is not None:
+                owned.close()
+        self._pool = self._core = None
