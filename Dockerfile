@@ -1,4 +1,4 @@
-# CPU image of vla-rl: the same install as `make` (torch==2.13.0 first, then -e .[dev,ray]).
+# CPU image of vla-rl: the same install as `make` (torch==2.13.0 first, then -e ./sim -e .[dev,ray]).
 #   docker compose --profile vla-rl up       # make train, outputs in ./outputs
 #   docker compose --profile vla-rl-dev up   # JupyterLab on 127.0.0.1:8888 (token in the log)
 # The GPU variant (profile vla-rl-gpu in compose.yaml) builds this file with
@@ -21,7 +21,7 @@ RUN python3 -m venv .venv
 RUN .venv/bin/python -m pip install -q --upgrade pip
 RUN PIP_EXTRA_INDEX_URL=${TORCH_INDEX_URL} .venv/bin/python -m pip install -q torch==2.13.0
 
-# The rest of `make venv`: pip install -e '.[dev,ray]' and the Jupyter kernel, then the stamp.
+# The rest of `make venv`: pip install -e ./sim -e '.[dev,ray]' and the Jupyter kernel, then the stamp.
 COPY . .
 RUN PIP_EXTRA_INDEX_URL=${TORCH_INDEX_URL} make venv
 

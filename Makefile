@@ -10,13 +10,14 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: venv train test test-slow sims test-backends test-notebooks browser-deps test-browser lint
 
-# The venv is rebuilt when pyproject.toml changes (the stamp is older than it).
+# The venv is rebuilt when a pyproject.toml changes (the stamp is older than it).
 # torch first, from the exact CPU wheel, so nothing pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# The simulator (sim/, distribution lift-sim) and vla-rl install together, both editable.
+$(STAMP): pyproject.toml sim/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,ray]'
+	$(PY) -m pip install -q -e ./sim -e '.[dev,ray]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -34,12 +35,12 @@ test-slow: $(STAMP)
 
 # Optional simulators (ManiSkill3 + Genesis) live in their own venv: they pull
 # several GB and pin their own packages. The Vulkan driver goes to .vulkan/.
-$(SIMS_STAMP): pyproject.toml scripts/install_vulkan_lavapipe.sh
+$(SIMS_STAMP): pyproject.toml sim/pyproject.toml scripts/install_vulkan_lavapipe.sh
 	bash scripts/install_vulkan_lavapipe.sh
 	test -x $(SIMS_VENV)/bin/python || $(PYTHON) -m venv $(SIMS_VENV)
 	$(SIMS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(SIMS_VENV)/bin/python -m pip install -q torch==2.13.0
-	$(SIMS_VENV)/bin/python -m pip install -q -e '.[dev,maniskill,genesis]'
+	$(SIMS_VENV)/bin/python -m pip install -q -e './sim[maniskill,genesis]' -e '.[dev,maniskill,genesis]'
 	touch $(SIMS_STAMP)
 
 sims: $(SIMS_STAMP)
@@ -59,4 +60,4 @@ test-browser: $(STAMP) browser-deps
 	$(PY) -m pytest -q -m browser tests/browser
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lift vla_rl_lib tests benchmarks
+	$(VENV)/bin/ruff check sim/lift vla_rl_lib tests benchmarks

@@ -67,7 +67,7 @@ def run_backend(name: str, args: argparse.Namespace) -> dict:
     if importlib.util.find_spec(PACKAGES[name]) is None:
         return {"error": f"package {PACKAGES[name]!r} is not installed (run `make sims`)"}
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "sim"), str(REPO_ROOT), env.get("PYTHONPATH")]))
     cold_home = None
     if name == "genesis" and args.cold_genesis:
         cold_home = tempfile.TemporaryDirectory(prefix="genesis-cold-home-")

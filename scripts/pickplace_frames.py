@@ -1,7 +1,7 @@
 """Write the README's PickPlace-CRANE-X7 frames: what the policy sees (64x64) and the
 human-resolution render (256x256) from the same third-person camera, mid-episode.
 
-    PYTHONPATH=$PWD python scripts/pickplace_frames.py --out-dir docs
+    PYTHONPATH=$PWD/sim:$PWD python scripts/pickplace_frames.py --out-dir docs
 
 Last line: ``instruction=... step=...``.
 """

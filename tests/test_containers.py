@@ -78,7 +78,7 @@ def test_the_gpu_variant_reserves_nvidia_devices_and_runs_a_valid_train_command(
 def _makefile_install_steps() -> list[str]:
     """The venv recipe of the Makefile, with its variables expanded as in the image."""
     text = (ROOT / "Makefile").read_text()
-    recipe = text.split("$(STAMP): pyproject.toml\n", 1)[1].split("\n\n", 1)[0]
+    recipe = re.split(r"^\$\(STAMP\):.*\n", text, maxsplit=1, flags=re.M)[1].split("\n\n", 1)[0]
     names = {"$(PY)": ".venv/bin/python", "$(PYTHON)": "python3", "$(VENV)": ".venv",
              "$(STAMP)": ".venv/.installed"}  # fmt: skip
     steps = []
@@ -113,6 +113,7 @@ def test_dockerfile_installs_what_the_makefile_installs() -> None:
     make_venv = [i for i, run in enumerate(runs) if shlex.split(run)[-2:] == ["make", "venv"]]
     assert len(make_venv) == 1 and torch_runs[0] < make_venv[0]
     assert any("-e '.[dev,ray]'" in step for step in steps)
+    assert any("-e ./sim -e '.[dev,ray]'" in step for step in steps)  # lift-sim beside it
     assert re.search(r"^COPY \. \.$", text, flags=re.M)
 
 

@@ -209,7 +209,7 @@ def _train_cli(config_path: Path, ranks: int, *flags: str) -> None:
 
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={ranks}", "-m"] if ranks > 1 else [sys.executable, "-m"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(str(Path(__file__).parents[1] / d) for d in ("sim", "."))}
     done = subprocess.run(
         [*launcher, "vla_rl_lib", "train", "--config", str(config_path), *flags],
         env=env, capture_output=True, text=True, timeout=600, check=False,

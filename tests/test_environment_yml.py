@@ -25,6 +25,10 @@ def test_pip_section_matches_pyproject() -> None:
     assert "-e .[dev,ray]" in pip
     listed = [p for p in pip[1:] if not p.startswith("-e ")]
     assert listed == project["dependencies"]
+    # lift-sim is this checkout's sim/: installed editable before vla-rl, as the Makefile does.
+    assert pip.index("-e ./sim") < pip.index("-e .[dev,ray]")
+    sim = tomllib.loads((ROOT / "sim" / "pyproject.toml").read_text())["project"]
+    assert f"{sim['name']}=={sim['version']}" in project["dependencies"]
 
 
 def test_python_version_matches() -> None:

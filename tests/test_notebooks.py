@@ -238,7 +238,7 @@ def test_cli_run_then_the_design_card_papermill_command_twice(tmp_path: Path) ->
     tiny = {k: v for k, v in TINY.items() if k not in ("template", "plot_every_s")}
     cfg = apply_overrides(load_template("fast"), {**tiny, "output_dir": str(tmp_path / "outputs")})
     save_config(cfg, tmp_path / "tiny.yaml")
-    env = {**os.environ, "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{ROOT / 'sim'}{os.pathsep}{ROOT}"}
     cli = subprocess.run(
         [sys.executable, "-m", "vla_rl_lib", "train", "--config", str(tmp_path / "tiny.yaml")],
         cwd=ROOT, capture_output=True, text=True, env=env,

@@ -75,7 +75,7 @@ def _write_config(root: Path, checkpoint: Path, name: str, **overrides: Any) -> 
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, MUJOCO_GL="egl", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, MUJOCO_GL="egl", HF_HUB_OFFLINE="1", PYTHONPATH=f"{ROOT / 'sim'}{os.pathsep}{ROOT}")
     env.pop("VLA_RL_DEBUG", None)
     return env
 

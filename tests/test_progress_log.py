@@ -68,7 +68,7 @@ def test_cli_training_with_stderr_in_a_pipe_prints_the_periodic_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "vla_rl_lib", "train", "--config", str(tmp_path / "piped.yaml")],
         cwd=ROOT, capture_output=True, timeout=600,  # bytes: text mode would turn \r into \n
-        env={**os.environ, "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{ROOT / 'sim'}{os.pathsep}{ROOT}"},
     )  # fmt: skip
     stderr = result.stderr.decode()
     assert result.returncode == 0, stderr[-3000:]

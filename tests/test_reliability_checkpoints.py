@@ -81,7 +81,7 @@ def _write_config(tmp_path: Path, name: str = "tiny", **overrides) -> Path:
 
 
 def _child_env() -> dict[str, str]:
-    env = dict(os.environ, MUJOCO_GL="egl", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, MUJOCO_GL="egl", HF_HUB_OFFLINE="1", PYTHONPATH=f"{ROOT / 'sim'}{os.pathsep}{ROOT}")
     env.pop("VLA_RL_DEBUG", None)
     return env
 

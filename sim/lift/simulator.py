@@ -10,7 +10,7 @@ import numpy as np
 from lift import pickplace, task
 from lift.splits import SPLITS, get_split
 from lift.task import ACTION_DIM
-from lift.types import Observation, SimulatorConfig, StepResult
+from lift.types import CAMERAS, Observation, SimulatorConfig, StepResult
 
 
 class Simulator(ABC):
@@ -22,6 +22,12 @@ class Simulator(ABC):
     ``(s, seed_stream, k)``, so runs are reproducible and every start differs.
     Use ``seed_stream=0`` for training and another stream (e.g. 1) for held-out
     evaluation.
+
+    A backend implements the engine's part only: :meth:`_start_episodes`,
+    :meth:`_apply_targets`, :meth:`_task_state`, :meth:`_observe`, :meth:`_render` and
+    :meth:`task_state` (and :meth:`cube_pose` / :meth:`set_cube_pose` for tools that
+    need them). :meth:`step`, :meth:`reset`, :meth:`render` and the reward rules
+    (:meth:`outcome`) are the same for every engine.
     """
 
     action_dim: int = ACTION_DIM
@@ -38,6 +44,9 @@ class Simulator(ABC):
         self._base_seed = config.seed
         self._seed_stream = 0
         self._episode_counter = 0
+        # The PD targets in force (N, 8: 7 arm joints, gripper) and each env's step count.
+        self.joint_targets = np.zeros((config.num_envs, ACTION_DIM))
+        self.elapsed_steps = np.zeros(config.num_envs, dtype=np.int64)
 
     @property
     def num_envs(self) -> int:
@@ -106,12 +115,65 @@ class Simulator(ABC):
         """Start the next seeded episode in each env of ``ids`` (counter order)."""
 
     @abstractmethod
-    def _observe(self) -> Observation:
-        """The current batched observation."""
+    def _observe(self, env_ids: np.ndarray | None = None) -> Observation:
+        """The current observation of ``env_ids`` (all envs when None), in that order."""
 
     @abstractmethod
+    def _apply_targets(self, action: np.ndarray) -> None:
+        """Advance the engine one control period toward ``self.joint_targets``.
+
+        ``action`` is the validated, clipped action the targets were computed from, for
+        engines whose own controller maps actions to targets (ManiSkill).
+        """
+
+    @abstractmethod
+    def _task_state(self) -> dict[str, np.ndarray]:
+        """The task state after a step (:meth:`task_state` plus engine diagnostics)."""
+
     def step(self, actions: np.ndarray) -> StepResult:
-        """Apply ``actions`` (num_envs, 8) in [-1, 1] for one control period."""
+        """Apply ``actions`` (num_envs, 8) in [-1, 1] for one control period.
+
+        The same for every backend: validate the actions, move the PD targets, let the
+        engine step (:meth:`_apply_targets`), read the task state (:meth:`_task_state`),
+        score it (:meth:`outcome`), then restart finished envs when ``auto_reset`` is on,
+        keeping the observation they ended in as ``final_observation``.
+        """
+        action = validate_actions(actions, self.num_envs, self.action_dim)
+        self.joint_targets = task.joint_targets_from_action(
+            action, self.joint_targets[:, :7], self.config.control_mode
+        )
+        self._apply_targets(action)
+        self.elapsed_steps += 1
+
+        info = self._task_state()
+        reward, terminated, truncated = self.outcome(info, self.elapsed_steps)
+
+        observation = self._observe()
+        final_observation = None
+        done_ids = np.flatnonzero(terminated | truncated)
+        if self.config.auto_reset and done_ids.size:
+            final_observation = observation
+            self._start_episodes(done_ids)
+            observation = observation.replace_rows(done_ids, self._observe(done_ids))
+        # The names are StepResult's fields, in its order.
+        return StepResult(observation, reward, terminated, truncated, info, final_observation)
+
+    @abstractmethod
+    def task_state(self) -> dict[str, np.ndarray]:
+        """success, is_grasped, cube_height and gripper_to_cube_dist, each (N,), for the
+        (named) cube as the envs stand now; tasks add their own keys."""
+
+    def cube_pose(self) -> np.ndarray:
+        """(N, 7): the (named) cube's centre position and orientation quaternion (w, x, y, z)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not report cube poses; implement cube_pose() in it"
+        )
+
+    def set_cube_pose(self, env_id: int, position: np.ndarray) -> None:
+        """Teleport the (named) cube centre of one env (orientation reset, velocity zeroed)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot move the cube; implement set_cube_pose() in it"
+        )
 
     def outcome(
         self, info: dict[str, np.ndarray], elapsed_steps: np.ndarray
@@ -140,7 +202,6 @@ class Simulator(ABC):
         info["elapsed_steps"] = elapsed_steps.copy()
         return reward, terminated, truncated
 
-    @abstractmethod
     def render(
         self,
         camera: str = "third_person",
@@ -148,6 +209,14 @@ class Simulator(ABC):
         size: tuple[int, int] | None = None,
     ) -> np.ndarray:
         """RGB frames (n, H, W, 3) uint8; ``size`` is (height, width), default the config's."""
+        if camera not in CAMERAS:
+            raise ValueError(f"camera={camera!r} is unknown; choose one of {sorted(CAMERAS)}")
+        ids = validate_env_ids(env_ids, self.num_envs)
+        return self._render(camera, ids, tuple(self.config.image_size if size is None else size))
+
+    @abstractmethod
+    def _render(self, camera: str, ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Frames of the valid ``camera`` for the sorted env ``ids`` at ``size`` (height, width)."""
 
     def get_seed_state(self) -> dict[str, Any]:
         """What :meth:`set_seed_state` needs to continue the same sequence of episode starts."""
@@ -205,3 +274,21 @@ def validate_actions(
             f"actions contain NaN or inf in env rows {rows}; expected finite values of shape {expected}"
         )
     return np.clip(array, -1.0, 1.0)
+
+
+def check_supported(
+    config: SimulatorConfig, engine: str, env_ids: tuple[str, ...], backends: tuple[str, ...]
+) -> None:
+    """Raise ValueError naming the fix when ``engine`` cannot run ``config``'s task or backend."""
+    if config.env_id not in env_ids:
+        raise ValueError(
+            f"env_id={config.env_id!r} is not a {engine} task; available: {sorted(env_ids)}"
+        )
+    if config.backend not in backends:
+        devices = " or ".join({"cpu": "the CPU", "gpu": "a CUDA GPU"}.get(b, b) for b in backends)
+        raise ValueError(
+            f"backend={config.backend!r}: {engine} runs on {devices}"
+            + (" only" if len(backends) == 1 else "")
+            + "; use "
+            + " or ".join(f"backend={b!r}" for b in backends)
+        )

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from lift import pickplace, task
-from lift.simulator import Simulator, validate_actions, validate_env_ids
-from lift.types import CAMERAS, Observation, SimulatorConfig, StepResult
+from lift.simulator import Simulator, check_supported
+from lift.types import CAMERAS, Observation, SimulatorConfig
 
 GL_HELP = (
     "MuJoCo could not load or open an offscreen OpenGL context (MUJOCO_GL={gl!r}). "
@@ -85,14 +85,7 @@ class MujocoPickPlace(Simulator):
     """
 
     def __init__(self, config: SimulatorConfig, scene_path: str | Path | None = None) -> None:
-        if config.env_id not in SCENES:
-            raise ValueError(
-                f"env_id={config.env_id!r} is not a MuJoCo task; available: {sorted(SCENES)}"
-            )
-        if config.backend != "cpu":
-            raise ValueError(
-                f"backend={config.backend!r}: the MuJoCo simulator runs on the CPU only; use backend='cpu'"
-            )
+        check_supported(config, "MuJoCo", env_ids=tuple(SCENES), backends=("cpu",))
         self.pickplace = config.env_id == task.PICKPLACE_ENV_ID
         # PickPlace has no one instruction: each episode's is in Observation.instructions.
         super().__init__(config, None if self.pickplace else task.INSTRUCTION)
@@ -103,8 +96,7 @@ class MujocoPickPlace(Simulator):
         self._find_ids()
 
         n = config.num_envs
-        self.joint_targets = np.zeros((n, task.ACTION_DIM))
-        self.elapsed_steps = np.zeros(n, dtype=np.int64)
+        self._unstable = np.zeros(n, dtype=bool)  # per env: MuJoCo reset it in the last step
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         self.state_dim = PICKPLACE_STATE_DIM if self.pickplace else None
         self.named_cube_body = np.full(n, self._cube_bodies[0])
@@ -197,11 +189,7 @@ class MujocoPickPlace(Simulator):
             d.ctrl[:] = self.joint_targets[i]
             mujoco.mj_forward(self.model, d)
 
-    def step(self, actions: np.ndarray) -> StepResult:
-        action = validate_actions(actions, self.num_envs)
-        self.joint_targets = task.joint_targets_from_action(
-            action, self.joint_targets[:, :7], self.config.control_mode
-        )
+    def _apply_targets(self, action: np.ndarray) -> None:
         unstable = np.zeros(self.num_envs, dtype=bool)
         for i, (d, targets) in enumerate(zip(self.data, self.joint_targets, strict=True)):
             d.ctrl[:] = targets
@@ -209,27 +197,12 @@ class MujocoPickPlace(Simulator):
                 d.warning[warning].number = 0
             mujoco.mj_step(self.model, d, nstep=self.substeps)
             unstable[i] = any(d.warning[warning].number for warning in INSTABILITY_WARNINGS)
-        self.elapsed_steps += 1
+        self._unstable = unstable
 
+    def _task_state(self) -> dict[str, np.ndarray]:
         info = self.task_state()
-        info["sim_unstable"] = unstable
-        reward, terminated, truncated = self.outcome(info, self.elapsed_steps)
-
-        observation = self._observe()
-        final_observation = None
-        done_ids = np.flatnonzero(terminated | truncated)
-        if self.config.auto_reset and done_ids.size:
-            final_observation = observation
-            self._start_episodes(done_ids)
-            observation = observation.replace_rows(done_ids, self._observe(done_ids))
-        return StepResult(
-            observation=observation,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            info=info,
-            final_observation=final_observation,
-        )
+        info["sim_unstable"] = self._unstable
+        return info
 
     # ----------------------------------------------------------------- state
     def task_state(self) -> dict[str, np.ndarray]:
@@ -304,6 +277,15 @@ class MujocoPickPlace(Simulator):
         parts = [d.xpos[self.gripper_body], gripper_quat, *cubes, d.xpos[self._plate_bodies].ravel(), named]
         return np.concatenate(parts).astype(np.float32)
 
+    def cube_pose(self) -> np.ndarray:
+        """(N, 7): the (named) cube's centre position and orientation quaternion (w, x, y, z)."""
+        return np.array(
+            [
+                np.concatenate([d.xpos[b], d.xquat[b]])
+                for d, b in zip(self.data, self.named_cube_body, strict=True)
+            ]
+        )
+
     def set_cube_pose(self, env_id: int, position: np.ndarray) -> None:
         """Teleport the (named) cube centre of one env (orientation reset, velocity zeroed)."""
         d = self.data[env_id]
@@ -314,18 +296,8 @@ class MujocoPickPlace(Simulator):
         mujoco.mj_forward(self.model, d)
 
     # ----------------------------------------------------------------- rendering
-    def render(
-        self,
-        camera: str = "third_person",
-        env_ids: np.ndarray | list[int] | None = None,
-        size: tuple[int, int] | None = None,
-    ) -> np.ndarray:
-        if camera not in self._camera_ids:
-            raise ValueError(
-                f"camera={camera!r} is unknown; choose one of {sorted(self._camera_ids)}"
-            )
-        ids = validate_env_ids(env_ids, self.num_envs)
-        height, width = self.config.image_size if size is None else size
+    def _render(self, camera: str, ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        height, width = size
         renderer = self._renderers.get((height, width))
         if renderer is None:
             renderer = make_renderer(self.model, height, width)

@@ -45,8 +45,8 @@ import numpy as np  # noqa: E402
 
 from lift import task  # noqa: E402
 from lift.backends import _scene  # noqa: E402
-from lift.simulator import Simulator, validate_actions, validate_env_ids  # noqa: E402
-from lift.types import CAMERAS, Observation, SimulatorConfig, StepResult  # noqa: E402
+from lift.simulator import Simulator, check_supported, validate_env_ids  # noqa: E402
+from lift.types import CAMERAS, Observation, SimulatorConfig  # noqa: E402
 
 PHYSICS_DT = 0.005  # s; the control period (0.1 s at 10 Hz) is 20 physics steps
 CACHE_DIRS = ("~/.cache/quadrants", "~/.cache/genesis")
@@ -87,21 +87,12 @@ class GenesisPickPlace(Simulator):
     """
 
     def __init__(self, config: SimulatorConfig) -> None:
-        if config.env_id != task.ENV_ID:
-            raise ValueError(
-                f"env_id={config.env_id!r} is not a Genesis lift task; available: [{task.ENV_ID!r}]"
-            )
-        if config.backend not in ("cpu", "gpu"):
-            raise ValueError(f"backend={config.backend!r} is unknown: use 'cpu' or 'gpu'")
+        check_supported(config, "Genesis", env_ids=(task.ENV_ID,), backends=("cpu", "gpu"))
         super().__init__(config, task.INSTRUCTION)
         gs = _init_genesis(config.backend)
         self._gs = gs
-        n = config.num_envs
-        self.joint_targets = np.zeros((n, task.ACTION_DIM))
-        self.elapsed_steps = np.zeros(n, dtype=np.int64)
         self.substeps = max(1, round(1.0 / (config.control_freq * PHYSICS_DT)))
         self._build(gs)
-        self._obs: Observation | None = None
 
     # ----------------------------------------------------------------- setup
     def _build(self, gs) -> None:
@@ -193,35 +184,14 @@ class GenesisPickPlace(Simulator):
         self.cube.set_pos(positions, envs_idx=ids, zero_velocity=True)
         self.cube.set_quat(quat, envs_idx=ids, zero_velocity=True)
 
-    def step(self, actions: np.ndarray) -> StepResult:
-        action = validate_actions(actions, self.num_envs)
-        self.joint_targets = task.joint_targets_from_action(
-            action, self.joint_targets[:, :7], self.config.control_mode
-        )
+    def _apply_targets(self, action: np.ndarray) -> None:
         targets = np.concatenate([self.joint_targets, self.joint_targets[:, 7:8]], axis=1)
         self.robot.control_dofs_position(targets, self._dofs)
         for _ in range(self.substeps):
             self.scene.step(update_visualizer=False, refresh_visualizer=False)
-        self.elapsed_steps += 1
 
-        info = self.task_state()
-        reward, terminated, truncated = self.outcome(info, self.elapsed_steps)
-
-        observation = self._observe()
-        final_observation = None
-        done_ids = np.flatnonzero(terminated | truncated)
-        if self.config.auto_reset and done_ids.size:
-            final_observation = observation
-            self._start_episodes(done_ids)
-            observation = self._observe()
-        return StepResult(
-            observation=observation,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            info=info,
-            final_observation=final_observation,
-        )
+    def _task_state(self) -> dict[str, np.ndarray]:
+        return self.task_state()
 
     # ----------------------------------------------------------------- state
     @staticmethod
@@ -270,25 +240,19 @@ class GenesisPickPlace(Simulator):
         ids = validate_env_ids([env_id], self.num_envs)
         self._place_cube(ids, np.asarray(position, dtype=np.float64).reshape(1, 3))
 
-    def _observe(self) -> Observation:
+    def _observe(self, env_ids: np.ndarray | None = None) -> Observation:
+        ids = np.arange(self.num_envs) if env_ids is None else env_ids
         qpos = self._np(self.robot.get_dofs_position(self._dofs)).reshape(self.num_envs, -1)
         qvel = self._np(self.robot.get_dofs_velocity(self._dofs)).reshape(self.num_envs, -1)
         image = None
         if self.config.obs_mode == "rgb":
-            image = self.render(self.config.camera)
-        return Observation(image=image, qpos=qpos.astype(np.float32), qvel=qvel.astype(np.float32))
+            image = self.render(self.config.camera, ids)
+        return Observation(
+            image=image, qpos=qpos[ids].astype(np.float32), qvel=qvel[ids].astype(np.float32)
+        )
 
     # ----------------------------------------------------------------- rendering
-    def render(
-        self,
-        camera: str = "third_person",
-        env_ids: np.ndarray | list[int] | None = None,
-        size: tuple[int, int] | None = None,
-    ) -> np.ndarray:
-        if camera not in self.cameras:
-            raise ValueError(f"camera={camera!r} is unknown; choose one of {sorted(self.cameras)}")
-        ids = validate_env_ids(env_ids, self.num_envs)
-        size = tuple(self.config.image_size if size is None else size)
+    def _render(self, camera: str, ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         cam = self.cameras[camera]
         if camera == "hand_camera":
             cam.move_to_attach()

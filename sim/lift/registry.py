@@ -56,7 +56,10 @@ def _entry(name: str) -> SimulatorEntry:
 def _install_hint(entry: SimulatorEntry) -> str:
     if entry.extra is None:
         return ""
-    return f"; install it with `pip install -e .[{entry.extra}]`"
+    return (
+        f"; install it with `pip install -e .[{entry.extra}]` in the vla-rl checkout "
+        f"(lift-sim alone: `pip install -e './sim[{entry.extra}]'`)"
+    )
 
 
 def _resolve(entry: SimulatorEntry) -> Factory:

@@ -25,15 +25,14 @@ from lift.types import Observation
 
 
 class MujocoMirror(MujocoPickPlace):
-    """Kinematic copy of ``source`` (a backend with ``cube_pose()``, ``joint_targets``, ``elapsed_steps``)."""
+    """Kinematic copy of ``source`` (a backend that implements :meth:`Simulator.cube_pose`)."""
 
     def __init__(self, source: Simulator) -> None:
-        for needed in ("cube_pose", "joint_targets", "elapsed_steps"):
-            if not hasattr(source, needed):
-                raise TypeError(
-                    f"{type(source).__name__} has no {needed!r}; a MujocoMirror needs a backend "
-                    "exposing cube_pose(), joint_targets and elapsed_steps"
-                )
+        if type(source).cube_pose is Simulator.cube_pose:
+            raise TypeError(
+                f"{type(source).__name__} does not implement cube_pose(); a MujocoMirror copies "
+                "the cube pose, joint_targets and elapsed_steps from its source"
+            )
         config = replace(source.config, obs_mode="state", backend="cpu", auto_reset=False)
         super().__init__(config)
         self.source = source
