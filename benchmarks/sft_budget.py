@@ -5,7 +5,7 @@
 Collects ``--num-demos`` scripted demonstrations on ``train`` (the config's demo seed),
 behaviour-clones a fresh tiny VLA on them, and evaluates the greedy policy on the
 ``val`` split (the same held-out seeds as training runs use) after each epoch count in
-``--epochs``. Training continues from one count to the next; the optimizer's moments
+``--epochs`` (each saved under ``--out-dir``). Training continues from one count to the next; the optimizer's moments
 restart at each count (a pilot, close to but not exactly one SFT run of that length).
 Tunes on ``val`` only. Last line: ``num_demos=... epochs=... val_success=...`` per count.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +37,8 @@ def main() -> None:
     parser.add_argument("--num-demos", type=int, default=100)
     parser.add_argument("--epochs", type=int, nargs="+", default=[10, 20, 40])
     parser.add_argument("--episodes", type=int, default=50, help="val episodes per evaluation")
+    parser.add_argument("--out-dir", type=Path, default=Path("outputs/sft_budget"),
+                        help="SFT checkpoints go to <out-dir>/demos<N>_epochs<E> (train --sft-checkpoint)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="config override, dotted key and YAML value (repeatable)",
@@ -66,21 +67,20 @@ def main() -> None:
     collectors = SplitCollectors(cfg, policy, num_envs=r.num_parallel_envs)
     seeds = evaluation_seeds(cfg.eval_seed, args.episodes)
     done, results = 0, []
-    with tempfile.TemporaryDirectory() as tmp:
-        for epochs in args.epochs:
-            t1 = time.perf_counter()
-            out = run_sft(policy, dataset, unnorm_key=unnorm_key, epochs=epochs - done,
-                          batch_size=s.batch_size, learning_rate=s.learning_rate,
-                          seed=cfg.seed + done, out_dir=Path(tmp) / f"e{epochs}", progress=False)
-            sft_s = time.perf_counter() - t1
-            done = epochs
-            val = evaluate_splits(collectors, ["val"], seeds, temperature=r.temperature,
-                                  record_frames=0)["val"]
-            results.append((epochs, val.success_rate))
-            print(f"epochs={epochs} loss={out['history'][-1]['loss']:.3f} sft_s={sft_s:.0f} "
-                  f"val_success={val.success_rate:.3f} [{val.interval[0]:.2f}, {val.interval[1]:.2f}] "
-                  f"({val.episodes} episodes) eval_s={time.perf_counter() - t1 - sft_s:.0f}",
-                  flush=True)
+    for epochs in args.epochs:
+        t1 = time.perf_counter()
+        out = run_sft(policy, dataset, unnorm_key=unnorm_key, epochs=epochs - done,
+                      batch_size=s.batch_size, learning_rate=s.learning_rate, seed=cfg.seed + done,
+                      out_dir=args.out_dir / f"demos{s.num_demos}_epochs{epochs}", progress=False)
+        sft_s = time.perf_counter() - t1
+        done = epochs
+        val = evaluate_splits(collectors, ["val"], seeds, temperature=r.temperature,
+                              record_frames=0)["val"]
+        results.append((epochs, val.success_rate))
+        print(f"epochs={epochs} loss={out['history'][-1]['loss']:.3f} sft_s={sft_s:.0f} "
+              f"val_success={val.success_rate:.3f} [{val.interval[0]:.2f}, {val.interval[1]:.2f}] "
+              f"({val.episodes} episodes) eval_s={time.perf_counter() - t1 - sft_s:.0f}",
+              flush=True)
     collectors.close()
     print(" ".join(f"num_demos={s.num_demos} epochs={e} val_success={v:.3f}" for e, v in results))
 

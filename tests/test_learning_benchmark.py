@@ -145,7 +145,7 @@ def test_learning_end_to_end_toy_size_and_resume_skips(tmp_path):
            "--rows", "sft", "ppo", "--output-dir", str(out), "--results", str(results),
            "--test-episodes", "2", "--ood-episodes", "1",
            "--set", "sft.num_demos=2", "--set", "sft.epochs=1", "--set", "num_updates=2",
-           "--set", "eval_interval=1", "--set", "num_eval_episodes=2", "--set", "max_minutes=null",
+           "--set", "eval_interval=1", "--set", "num_eval_episodes=1", "--set", "max_minutes=null",
            "--set", "rollout.num_parallel_envs=2", "--set", "rollout.num_rollouts_per_update=2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
@@ -164,3 +164,9 @@ def test_learning_end_to_end_toy_size_and_resume_skips(tmp_path):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished before: skipped") == 2
+
+
+def test_the_readme_holds_the_table_block():
+    text = (ROOT / "README.md").read_text()
+    assert text.count(learning.TABLE_START) == 1 and text.count(learning.TABLE_END) == 1
+    assert text.index(learning.TABLE_START) < text.index(learning.TABLE_END)
