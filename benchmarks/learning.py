@@ -229,9 +229,10 @@ def plan_run(row: str, seed: int, runs: dict[str, Any], output_dir: Path, resume
         return "skip"
     if row not in RL_ROWS:
         return "start"  # an SFT row reuses its finished SFT policy and re-plays only the evaluation
+    from vla_rl_lib.training.runs import run_folders
+
     experiment = output_dir / run_name(row, seed)
-    started = experiment.is_dir() and any(experiment.glob("run_*"))
-    if not started:
+    if not run_folders(experiment):
         return "start"
     if not resume:
         raise LearningError(
@@ -327,6 +328,10 @@ def run_rl_row(row: str, seed: int, extra: dict[str, Any], output_dir: Path, res
     experiment = output_dir / run_name(row, seed)
     done_file = experiment / "train_summary.json"
     if not done_file.is_file():  # else training finished and only the evaluation was cut short
+        from vla_rl_lib.training.runs import newest_resumable
+
+        # killed before its first checkpoint: nothing to continue, a new run folder starts
+        resume = resume and newest_resumable(experiment) is not None
         print(f"[{run_name(row, seed)}] {'resuming' if resume else 'starting'} RL", flush=True)
         trainer = Trainer(cfg, resume=resume, progress=False, progress_lines=sys.stderr)
         try:

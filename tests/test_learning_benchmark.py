@@ -81,7 +81,7 @@ def test_plan_skips_finished_runs_and_asks_for_resume(tmp_path):
     assert learning.plan_run("ppo", 0, runs, tmp_path, resume=False) == "skip"
     assert learning.plan_run("ppo", 1, runs, tmp_path, resume=False) == "start"
     assert learning.plan_run("sft", 1, runs, tmp_path, resume=False) == "start"
-    (tmp_path / "ppo_seed1" / "run_000").mkdir(parents=True)
+    (tmp_path / "ppo_seed1" / "20261130-150000").mkdir(parents=True)  # a run folder
     with pytest.raises(learning.LearningError, match="--resume"):
         learning.plan_run("ppo", 1, runs, tmp_path, resume=False)
     assert learning.plan_run("ppo", 1, runs, tmp_path, resume=True) == "resume"
