@@ -27,7 +27,11 @@ from vla_rl_lib.rollout.collector import evaluation_seeds  # noqa: E402
 from vla_rl_lib.sft.demos import ensure_demonstrations, load_demonstrations  # noqa: E402
 from vla_rl_lib.sft.trainer import run_sft  # noqa: E402
 from vla_rl_lib.training.evaluate import SplitCollectors, evaluate_splits  # noqa: E402
-from vla_rl_lib.training.policy_factory import build_sft_policy, sft_unnorm_key  # noqa: E402
+from vla_rl_lib.training.policy_factory import (  # noqa: E402
+    _load_base,
+    build_sft_policy,
+    sft_unnorm_key,
+)
 from vla_rl_lib.training.trainer import configure_cpu_threads  # noqa: E402
 
 
@@ -39,13 +43,15 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50, help="val episodes per evaluation")
     parser.add_argument("--out-dir", type=Path, default=Path("outputs/sft_budget"),
                         help="SFT checkpoints go to <out-dir>/demos<N>_epochs<E> (train --sft-checkpoint)")
+    parser.add_argument("--init", type=Path, help="continue from this SFT checkpoint (same demos)")
+    parser.add_argument("--init-epochs", type=int, default=0, help="epochs --init was trained for")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="config override, dotted key and YAML value (repeatable)",
     )
     args = parser.parse_args()
-    if sorted(args.epochs) != args.epochs or args.epochs[0] < 1:
-        parser.error(f"--epochs {args.epochs}: give increasing counts >= 1, e.g. 10 20 40")
+    if sorted(args.epochs) != args.epochs or args.epochs[0] <= args.init_epochs:
+        parser.error(f"--epochs {args.epochs}: give increasing counts above --init-epochs, e.g. 10 20 40")
     overrides = {"rollout.env_id": "PickPlace-CRANE-X7", "rollout.max_steps": 100,
                  "sft.num_demos": args.num_demos}
     overrides.update({k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)})
@@ -63,10 +69,11 @@ def main() -> None:
     print(f"demos: {s.num_demos} episodes, {len(dataset)} steps, {time.perf_counter() - t0:.0f} s",
           flush=True)
     unnorm_key = sft_unnorm_key(cfg)
-    policy = build_sft_policy(cfg, dataset.statistics, unnorm_key)
+    policy = (_load_base(cfg, "sft", str(args.init)) if args.init
+              else build_sft_policy(cfg, dataset.statistics, unnorm_key))
     collectors = SplitCollectors(cfg, policy, num_envs=r.num_parallel_envs)
     seeds = evaluation_seeds(cfg.eval_seed, args.episodes)
-    done, results = 0, []
+    done, results = args.init_epochs, []
     for epochs in args.epochs:
         t1 = time.perf_counter()
         out = run_sft(policy, dataset, unnorm_key=unnorm_key, epochs=epochs - done,
