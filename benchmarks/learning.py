@@ -63,6 +63,9 @@ TABLE_START = "<!-- learning-table:start (benchmarks/learning.py --table) -->"
 TABLE_END = "<!-- learning-table:end -->"
 
 # The recipe on PickPlace (README "Headline"), on top of params/default.yaml; tuned on val only.
+# Not yet confirmed: 100 demos x 20 epochs gave val 0/30 (loss 2.64, still falling); the SFT
+# epochs must reach val success 0.10-0.40 (benchmarks/sft_budget.py) before the table runs.
+# Budget per seed on 2 free cores: demos ~1 min + SFT (~240k samples at ~160/s, ~25 min) + RL 60.
 RECIPE: dict[str, Any] = {
     "rollout.env_id": TASK,
     "rollout.max_steps": 100,  # the expert needs up to 74 steps
