@@ -1,76 +1,528 @@
-"""The headline: scripted demos -> SFT -> PPO on a 2-core CPU, measured on held-out seeds.
+"""The headline table: SFT, SFT on more demos, SFT -> PPO and SFT -> GRPO on PickPlace, over seeds.
 
-    python benchmarks/learning.py                       # params/default.yaml, about an hour
-    python benchmarks/learning.py --experiment-name grpo --set ppo.algorithm=grpo
-    python benchmarks/learning.py --sft-checkpoint outputs/headline/<run>/sft --set rollout.temperature=1.6
+    python benchmarks/learning.py --seeds 0 1 2                         # every row, every seed
+    python benchmarks/learning.py --seeds 0 1 2 --rows sft ppo          # one process ...
+    python benchmarks/learning.py --seeds 0 1 2 --rows sft_more grpo    # ... and another beside it
+    python benchmarks/learning.py --seeds 0 1 2 --resume                # after a kill: continue
+    python benchmarks/learning.py --table                               # README table + figure
 
-It runs exactly what ``python -m vla_rl_lib train --config params/default.yaml``
-runs (warm start included, unless --sft-checkpoint reuses one) and reads the
-held-out evaluations back from ``metrics.jsonl``: the reference is the SFT
-policy's own success at update 0 on the same seeds, in the same run. Not part of CI.
-Last line: ``baseline_success=... final_success=... minutes=...``.
+Rows (issue 13): ``sft`` (a) scripted demos on ``train`` -> behaviour cloning; ``sft_more``
+(b) the same on ``SFT_MORE_FACTOR`` times the demos; ``ppo`` (c) and ``grpo`` (d) RL with
+the binary reward, starting from row (a)'s SFT checkpoint of the same seed. Seed ``s``
+has its own demo seeds (``sft.demo_seed + s * DEMO_SEED_STRIDE``), SFT and RL run.
+Each run's config is ``params/default.yaml`` + ``RECIPE`` + the row's overrides + ``--set``,
+all recorded in the results. Model selection uses ``val`` only (``checkpoint_best``);
+the final evaluation plays ``--test-episodes`` greedy ``test`` episodes and
+``--ood-episodes`` on ``val`` and each OOD split, with a 95% Wilson interval per run.
+
+Every finished (row, seed) is a record in ``--results`` (``benchmarks/results/learning.json``,
+with the git commit, the run's config, minutes and env steps) and is never re-run; an
+interrupted RL run continues from its ``checkpoint_latest`` with ``--resume``
+(the trainer's own resume). Rows and seeds can run as separate processes: each
+process rewrites the results file under a lock, from what is there plus its own run.
+Last line: ``sft_test=... rl_test=... gain_points=... sft_ood=... rl_ood=... seeds=...
+minutes_per_seed=...`` (means over seeds; rl = the ppo row).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
+import math
 import os
+import shutil
+import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import yaml  # noqa: E402
 
-from vla_rl_lib.config import apply_overrides, load_config  # noqa: E402
-from vla_rl_lib.metrics import load_metrics  # noqa: E402
-from vla_rl_lib.training.trainer import Trainer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = ("sft", "sft_more", "ppo", "grpo")
+RL_ROWS = ("ppo", "grpo")
+ROW_LABELS = {
+    "sft": "(a) SFT",
+    "sft_more": "(b) SFT on 5x the demos",
+    "ppo": "(c) SFT -> PPO",
+    "grpo": "(d) SFT -> GRPO",
+}
+SFT_MORE_FACTOR = 5
+DEMO_SEED_STRIDE = 100_000  # seed s's demos start here * s above sft.demo_seed (5x demos fit)
+TASK = "PickPlace-CRANE-X7"
+SPLITS = ("test", "ood_position", "ood_combination", "ood_instruction", "ood_visual")
+TABLE_START = "<!-- learning-table:start (benchmarks/learning.py --table) -->"
+TABLE_END = "<!-- learning-table:end -->"
+
+# The recipe on PickPlace (README "Headline"), on top of params/default.yaml; tuned on val only.
+# Not yet confirmed: 100 demos x 20 epochs gave val 0/30 (loss 2.64, still falling); the SFT
+# epochs must reach val success 0.10-0.40 (benchmarks/sft_budget.py) before the table runs.
+# Budget per seed on 2 free cores: demos ~1 min + SFT (~240k samples at ~160/s, ~25 min) + RL 60.
+RECIPE: dict[str, Any] = {
+    "rollout.env_id": TASK,
+    "rollout.max_steps": 100,  # the expert needs up to 74 steps
+    "sft.num_demos": 100,
+    "sft.epochs": 40,
+    "num_updates": 100_000,  # the wall-clock budget stops RL (max_minutes)
+    "max_minutes": 60,
+    "eval_interval": 20,
+    "save_interval": 10,
+    "num_eval_episodes": 50,  # val and test at every evaluation (the learning curve)
+}
+ROW_OVERRIDES: dict[str, dict[str, Any]] = {
+    "sft": {},
+    "sft_more": {"sft.num_demos": SFT_MORE_FACTOR * RECIPE["sft.num_demos"]},
+    "ppo": {"ppo.algorithm": "ppo"},
+    "grpo": {"ppo.algorithm": "grpo"},
+}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="params/default.yaml")
-    parser.add_argument("--experiment-name", default="headline")
-    parser.add_argument("--sft-checkpoint", help="reuse an SFT checkpoint instead of a warm start")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="config override, dotted key and YAML value (repeatable)",
-    )
-    args = parser.parse_args()
+class LearningError(RuntimeError):
+    """The benchmark cannot go on; the message says why and what to do."""
 
-    overrides = {"experiment_name": args.experiment_name}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    if args.sft_checkpoint:
-        overrides["sft_checkpoint"] = args.sft_checkpoint
-    cfg = apply_overrides(load_config(args.config), overrides)
 
-    t0 = time.perf_counter()
-    trainer = Trainer(cfg, progress=False)
+# ---------------------------------------------------------------------- configs and paths
+def run_overrides(row: str, seed: int, extra: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    """Everything a run changes in ``params/default.yaml`` (recorded with its result)."""
+    overrides = {**RECIPE, **ROW_OVERRIDES[row], **extra}
+    if row == "sft_more" and "sft.num_demos" in extra:  # --set sft.num_demos scales row (b) too
+        overrides["sft.num_demos"] = SFT_MORE_FACTOR * int(extra["sft.num_demos"])
+    overrides.update({
+        "seed": seed,
+        "sft.demo_seed": int(overrides.get("sft.demo_seed", 12345)) + seed * DEMO_SEED_STRIDE,
+        "sft.dataset_dir": str(output_dir / "demos"),
+        "output_dir": str(output_dir),
+        "experiment_name": run_name(row, seed),
+    })
+    return overrides
+
+
+def run_name(row: str, seed: int) -> str:
+    return f"{row}_seed{seed}"
+
+
+def sft_dir(output_dir: Path, row: str, seed: int) -> Path:
+    """Where the SFT policy of an SFT row lives (row ``sft``'s is also the RL rows' start)."""
+    return output_dir / run_name(row, seed) / "sft"
+
+
+def git_commit() -> str:
     try:
-        summary = trainer.train()
-    finally:
-        trainer.close()
-    minutes = (time.perf_counter() - t0) / 60
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out + ("-dirty" if dirty else "")
 
-    records = load_metrics(trainer.run_dir)
-    evals = [r for r in records if "val/success" in r]
-    report = "test" if "test/success" in evals[0] else "val"  # a task without splits has val only
-    print(f"run: {trainer.run_dir}  stopped by {summary['stopped_by']} after {summary['updates']} updates")
-    print(f"held-out seeds: {cfg.eval_seed} .. {cfg.eval_seed + cfg.num_eval_episodes - 1} (greedy) "
-          f"on splits {', '.join(trainer.eval_splits)}")
-    print(f"update  env_steps  val_success  {report}_success  {report} 95% Wilson interval")
-    for r in evals:
-        print(f"{r['update']:6d}  {r['env_steps']:9d}  {r['val/success']:11.3f}  "
-              f"{r[f'{report}/success']:12.3f}  "
-              f"[{r[f'{report}/success_low']:.3f}, {r[f'{report}/success_high']:.3f}]")
-    baseline, final = evals[0][f"{report}/success"], evals[-1][f"{report}/success"]
-    chosen = max(evals, key=lambda r: r["val/success"])  # checkpoint_best: first val maximum
-    print(f"baseline_success={baseline:.3f} final_success={final:.3f} "
-          f"best_val_success={chosen['val/success']:.3f} {report}_at_best_val={chosen[f'{report}/success']:.3f} "
-          f"gain_points={100 * (final - baseline):.1f} updates={summary['updates']} "
-          f"env_steps={summary['env_steps']} minutes={minutes:.1f}")
+
+# ---------------------------------------------------------------------- results file
+@contextmanager
+def locked_results(path: Path) -> Iterator[dict[str, Any]]:
+    """The results document, read under an exclusive lock and written back atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = read_results(path)
+        yield doc
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"runs": {}}
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LearningError(f"{path} is not valid JSON ({exc}); restore it from git") from exc
+    if not isinstance(doc.get("runs"), dict):
+        raise LearningError(f"{path} has no 'runs' mapping; restore it from git")
+    return doc
+
+
+def record_run(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Add one finished run to the results and recompute every aggregate."""
+    with locked_results(path) as doc:
+        doc["runs"][f"{result['row']}/seed{result['seed']}"] = result
+        doc.update(summarize(doc["runs"]))
+        doc["git_commit"] = git_commit()
+    return doc
+
+
+# ---------------------------------------------------------------------- statistics
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (0 for one value), min and max over seeds."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n_seeds": len(values),
+        "values": list(values),
+    }
+
+
+def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per row and split: the spread over seeds of each run's success; the summary line."""
+    rows: dict[str, dict[str, Any]] = {}
+    for row in ROWS:
+        mine = sorted((r for r in runs.values() if r["row"] == row), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        splits = [s for s in mine[0]["splits"] if all(s in r["splits"] for r in mine)]
+        rows[row] = {
+            "seeds": [r["seed"] for r in mine],
+            "splits": {s: spread([r["splits"][s]["success"] for r in mine]) for s in splits},
+            "train_minutes": spread([r["train_minutes"] for r in mine]),
+            "env_steps": spread([r["env_steps"] for r in mine]),
+        }
+    return {"rows": rows, "summary": summary_fields(rows, runs)}
+
+
+def _ood_mean(row: dict[str, Any]) -> float:
+    ood = [v["mean"] for k, v in row["splits"].items() if k.startswith("ood_")]
+    return statistics.fmean(ood) if ood else math.nan
+
+
+def summary_fields(rows: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    nan = math.nan
+    sft, rl = rows.get("sft"), rows.get("ppo")
+    sft_test = sft["splits"]["test"]["mean"] if sft else nan
+    rl_test = rl["splits"]["test"]["mean"] if rl else nan
+    per_seed = [runs[f"sft/seed{s}"]["train_minutes"] + runs[f"ppo/seed{s}"]["train_minutes"]
+                for s in (rl["seeds"] if rl else []) if f"sft/seed{s}" in runs]
+    return {
+        "sft_test": sft_test,
+        "rl_test": rl_test,
+        "gain_points": 100 * (rl_test - sft_test),
+        "sft_ood": _ood_mean(sft) if sft else nan,
+        "rl_ood": _ood_mean(rl) if rl else nan,
+        "seeds": len(rl["seeds"]) if rl else 0,
+        "minutes_per_seed": statistics.fmean(per_seed) if per_seed else nan,
+    }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    def fmt(key: str, digits: int) -> str:
+        value = summary[key]
+        return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.{digits}f}"
+
+    return (f"sft_test={fmt('sft_test', 3)} rl_test={fmt('rl_test', 3)} "
+            f"gain_points={fmt('gain_points', 1)} sft_ood={fmt('sft_ood', 3)} "
+            f"rl_ood={fmt('rl_ood', 3)} seeds={summary['seeds']} "
+            f"minutes_per_seed={fmt('minutes_per_seed', 1)}")
+
+
+# ---------------------------------------------------------------------- planning (resume)
+def plan_run(row: str, seed: int, runs: dict[str, Any], output_dir: Path, resume: bool) -> str:
+    """``skip`` (finished), ``start`` or ``resume`` (an interrupted RL run); an interrupted
+    run without ``--resume`` is an error, so nothing it wrote is lost."""
+    if f"{row}/seed{seed}" in runs:
+        return "skip"
+    if row not in RL_ROWS:
+        return "start"  # an SFT row reuses its finished SFT policy and re-plays only the evaluation
+    from vla_rl_lib.training.runs import run_folders
+
+    experiment = output_dir / run_name(row, seed)
+    if not run_folders(experiment):
+        return "start"
+    if not resume:
+        raise LearningError(
+            f"{row} seed {seed} was started before ({experiment}) and did not finish; pass "
+            f"--resume to continue it, or delete {experiment} to start it again"
+        )
+    return "resume"
+
+
+# ---------------------------------------------------------------------- one run
+def build_config(row: str, seed: int, extra: dict[str, Any], output_dir: Path):
+    from vla_rl_lib.config import apply_overrides, load_config
+
+    overrides = run_overrides(row, seed, extra, output_dir)
+    return apply_overrides(load_config(ROOT / "params" / "default.yaml"), overrides), overrides
+
+
+def ensure_sft(row: str, seed: int, extra: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    """Row ``row``'s SFT policy for ``seed``, trained once (a finished one is reused); returns
+    its warm-start record (demo env steps, seconds)."""
+    from vla_rl_lib.training.policy_factory import run_warm_start
+
+    target = sft_dir(output_dir, row, seed)
+    record_file = target / "warm_start.json"
+    if record_file.is_file():
+        return json.loads(record_file.read_text())
+    cfg, _ = build_config(row, seed, extra, output_dir)
+    tmp = target.with_name(f"sft.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[{run_name(row, seed)}] demos + SFT ({cfg.sft.num_demos} demos, {cfg.sft.epochs} epochs)",
+          flush=True)
+    out = run_warm_start(cfg, tmp, progress=False)
+    from vla_rl_lib.sft.demos import read_meta
+
+    meta = read_meta(out["dataset"])
+    record = {"seconds": out["seconds"], "demo_seconds": out["demo_seconds"],
+              "demo_env_steps": int(out["num_transitions"]), "num_demos": cfg.sft.num_demos,
+              "demo_meta": {k: meta.get(k) for k in ("num_episodes", "failed_attempts") if k in meta},
+              "final_loss": out["epoch_losses"][-1]}
+    (tmp / "warm_start.json").write_text(json.dumps(record, indent=1) + "\n")
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished the same (deterministic) SFT first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return json.loads(record_file.read_text())
+
+
+def final_evaluation(checkpoint: Path, cfg, test_episodes: int, ood_episodes: int) -> dict[str, Any]:
+    """Greedy success with its 95% Wilson interval on ``test`` and on ``val`` + each OOD split."""
+    from vla_rl_lib.training.evaluate import available_splits, evaluate_checkpoint
+
+    others = [s for s in available_splits(cfg.rollout.env_id) if s not in ("train", "test")]
+    out: dict[str, Any] = {}
+    for names, episodes in ((["test"], test_episodes), (others, ood_episodes)):
+        result = evaluate_checkpoint(checkpoint, num_episodes=episodes, config=cfg, splits=names)
+        for row in result.rows():
+            out[row["split"]] = {"success": row["success_rate"], "successes": row["successes"],
+                                 "episodes": row["episodes"],
+                                 "wilson95": [row["wilson95_low"], row["wilson95_high"]]}
+    return out
+
+
+def learning_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's held-out evaluations: update, env steps, val and test success."""
+    from vla_rl_lib.metrics import load_metrics
+
+    return [{"update": r["update"], "env_steps": r["env_steps"], "val": r["val/success"],
+             "test": r.get("test/success")}
+            for r in load_metrics(run_dir) if "val/success" in r]
+
+
+def run_sft_row(row: str, seed: int, extra: dict[str, Any], output_dir: Path,
+                test_episodes: int, ood_episodes: int) -> dict[str, Any]:
+    cfg, overrides = build_config(row, seed, extra, output_dir)
+    warm = ensure_sft(row, seed, extra, output_dir)
+    t0 = time.perf_counter()
+    splits = final_evaluation(sft_dir(output_dir, row, seed), cfg, test_episodes, ood_episodes)
+    return {"checkpoint": str(sft_dir(output_dir, row, seed)), "splits": splits,
+            "train_minutes": warm["seconds"] / 60, "eval_minutes": (time.perf_counter() - t0) / 60,
+            "env_steps": warm["demo_env_steps"], "warm_start": warm,
+            "config": _config_dict(cfg), "overrides": overrides}
+
+
+def run_rl_row(row: str, seed: int, extra: dict[str, Any], output_dir: Path, resume: bool,
+               test_episodes: int, ood_episodes: int, final_checkpoint: str) -> dict[str, Any]:
+    from vla_rl_lib.config import apply_overrides
+    from vla_rl_lib.training.trainer import Trainer
+
+    ensure_sft("sft", seed, extra, output_dir)  # row (a)'s policy of this seed is the start
+    cfg, overrides = build_config(row, seed, extra, output_dir)
+    overrides["sft_checkpoint"] = str(sft_dir(output_dir, "sft", seed).absolute())
+    cfg = apply_overrides(cfg, {"sft_checkpoint": overrides["sft_checkpoint"]})
+    experiment = output_dir / run_name(row, seed)
+    done_file = experiment / "train_summary.json"
+    if not done_file.is_file():  # else training finished and only the evaluation was cut short
+        from vla_rl_lib.training.runs import newest_resumable
+
+        # killed before its first checkpoint: nothing to continue, a new run folder starts
+        resume = resume and newest_resumable(experiment) is not None
+        print(f"[{run_name(row, seed)}] {'resuming' if resume else 'starting'} RL", flush=True)
+        trainer = Trainer(cfg, resume=resume, progress=False, progress_lines=sys.stderr)
+        try:
+            summary = trainer.train()
+        finally:
+            trainer.close()
+        done_file.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    summary = json.loads(done_file.read_text())
+    run_dir = Path(summary["run_dir"])
+    t0 = time.perf_counter()
+    splits = final_evaluation(run_dir / f"checkpoint_{final_checkpoint}", cfg, test_episodes,
+                              ood_episodes)
+    return {"checkpoint": str(run_dir / f"checkpoint_{final_checkpoint}"), "splits": splits,
+            "train_minutes": summary["wall_minutes"], "eval_minutes": (time.perf_counter() - t0) / 60,
+            "env_steps": summary["env_steps"], "updates": summary["updates"],
+            "stopped_by": summary["stopped_by"], "best_val_success": summary["best_eval_success"],
+            "curve": learning_curve(run_dir), "config": _config_dict(cfg), "overrides": overrides}
+
+
+def _config_dict(cfg) -> dict[str, Any]:
+    from vla_rl_lib.config import config_to_dict
+
+    return config_to_dict(cfg)
+
+
+# ---------------------------------------------------------------------- table and figure
+def _cell(stats: dict[str, Any] | None) -> str:
+    if stats is None:
+        return "–"
+    if stats["n_seeds"] == 1:
+        return f"{stats['mean']:.2f} (1 seed)"
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f} [{stats['min']:.2f}, {stats['max']:.2f}]"
+
+
+def table_markdown(doc: dict[str, Any]) -> str:
+    """Rows (a)-(d), columns test + each OOD split: mean ± std over seeds [min, max]."""
+    rows = doc.get("rows", {})
+    head = "| row | seeds | " + " | ".join(f"`{s}`" for s in SPLITS) + " | minutes (train) | env steps |"
+    lines = [head, "|" + "---|" * (len(SPLITS) + 4)]
+    for row in ROWS:
+        if row not in rows:
+            continue
+        r = rows[row]
+        cells = [_cell(r["splits"].get(s)) for s in SPLITS]
+        lines.append(f"| {ROW_LABELS[row]} | {len(r['seeds'])} | " + " | ".join(cells)
+                     + f" | {r['train_minutes']['mean']:.0f} | {r['env_steps']['mean'] / 1000:.0f}k |")
+    return "\n".join(lines)
+
+
+def write_table(doc: dict[str, Any], readme: Path) -> None:
+    """Replace the README's block between the learning-table markers with the table."""
+    text = readme.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        raise LearningError(f"{readme} has no '{TABLE_START}' ... '{TABLE_END}' block; add one")
+    before, rest = text.split(TABLE_START, 1)
+    _, after = rest.split(TABLE_END, 1)
+    body = table_markdown(doc) + f"\n\n{summary_line(doc['summary'])} (commit {doc.get('git_commit')})"
+    readme.write_text(f"{before}{TABLE_START}\n{body}\n{TABLE_END}{after}")
+
+
+def curve_bands(runs: dict[str, Any], row: str, key: str) -> dict[str, list[float]] | None:
+    """Mean, min and max over seeds of ``key`` success at each evaluation the seeds share
+    (by index), against the mean env steps there."""
+    curves = [r["curve"] for r in runs.values() if r["row"] == row and r.get("curve")]
+    if not curves:
+        return None
+    n = min(len(c) for c in curves)
+    points = [[c[i] for c in curves] for i in range(n)]
+    if any(p[key] is None for pts in points for p in pts):
+        return None
+    return {
+        "env_steps": [statistics.fmean(p["env_steps"] for p in pts) for pts in points],
+        "mean": [statistics.fmean(p[key] for p in pts) for pts in points],
+        "low": [min(p[key] for p in pts) for pts in points],
+        "high": [max(p[key] for p in pts) for pts in points],
+        "n_seeds": len(curves),
+    }
+
+
+def write_figure(doc: dict[str, Any], path: Path) -> None:
+    """val and test success against env steps per RL row: mean over seeds, min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = {"ppo": "tab:blue", "grpo": "tab:orange"}
+    for row in RL_ROWS:
+        for key, style in (("val", "--"), ("test", "-")):
+            band = curve_bands(doc["runs"], row, key)
+            if band is None:
+                continue
+            ax.plot(band["env_steps"], band["mean"], style, color=colors[row],
+                    label=f"{ROW_LABELS[row]} {key} ({band['n_seeds']} seeds)")
+            ax.fill_between(band["env_steps"], band["low"], band["high"], color=colors[row],
+                            alpha=0.15 if key == "test" else 0.07)
+    for row, color in (("sft", "gray"), ("sft_more", "green")):
+        stats = doc.get("rows", {}).get(row, {}).get("splits", {}).get("test")
+        if stats:
+            ax.axhline(stats["mean"], color=color, linestyle=":", label=f"{ROW_LABELS[row]} test")
+    ax.set_xlabel("RL environment steps")
+    ax.set_ylabel("greedy success")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{TASK}: held-out success (mean over seeds, band min-max)")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- command line
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LearningError(f"--set {item!r}: write KEY=VALUE, e.g. --set ppo.learning_rate=3e-5")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument("--resume", action="store_true", help="continue interrupted RL runs")
+    parser.add_argument("--table", action="store_true",
+                        help="only write the README table and the figure from --results")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "outputs" / "learning")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "learning.json")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "learning_curve.png")
+    parser.add_argument("--test-episodes", type=int, default=200)
+    parser.add_argument("--ood-episodes", type=int, default=100, help="val and each OOD split")
+    parser.add_argument("--final-checkpoint", choices=("best", "latest"), default="best",
+                        help="RL policy evaluated at the end: best on val, or the last update")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run, dotted key and YAML value (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        return _main(args)
+    except LearningError as exc:
+        print(f"learning.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.table:
+        doc = read_results(args.results)
+        if not doc["runs"]:
+            raise LearningError(f"{args.results} holds no finished run; run the benchmark first")
+        write_table(doc, args.readme)
+        write_figure(doc, args.figure)
+        print(f"wrote the table into {args.readme} and the figure {args.figure}")
+        print(summary_line(doc["summary"]))
+        return 0
+    if args.test_episodes < 1 or args.ood_episodes < 1:
+        raise LearningError("--test-episodes and --ood-episodes must be >= 1 (the issue asks 200 and 100)")
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        raise LearningError(f"--seeds {args.seeds}: give distinct seeds >= 0")
+    extra = parse_sets(args.set)
+    for row in args.rows:  # every config is checked before anything runs
+        build_config(row, args.seeds[0], extra, args.output_dir.absolute())
+    output_dir = args.output_dir.absolute()
+    doc = read_results(args.results)
+    for seed in args.seeds:
+        for row in args.rows:
+            action = plan_run(row, seed, read_results(args.results)["runs"], output_dir, args.resume)
+            if action == "skip":
+                print(f"[{run_name(row, seed)}] finished before: skipped", flush=True)
+                continue
+            if row in RL_ROWS:
+                result = run_rl_row(row, seed, extra, output_dir, action == "resume",
+                                    args.test_episodes, args.ood_episodes, args.final_checkpoint)
+            else:
+                result = run_sft_row(row, seed, extra, output_dir, args.test_episodes,
+                                     args.ood_episodes)
+            result = {"row": row, "seed": seed, "git_commit": git_commit(), **result}
+            doc = record_run(args.results, result)
+            print(f"[{run_name(row, seed)}] " + " ".join(
+                f"{s}={v['success']:.3f}" for s, v in result["splits"].items()), flush=True)
+    if "summary" in doc:
+        print(summary_line(doc["summary"]))
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -79,3 +79,5 @@ def test_cli_training_with_stderr_in_a_pipe_prints_the_periodic_line(tmp_path):
     assert "\r" not in stderr, stderr[:2000]
     (folder,) = [line for line in stderr.splitlines() if line.startswith("run folder: ")]
     assert Path(folder.removeprefix("run folder: ")).parent == tmp_path / "outputs" / "piped"
+    last = result.stdout.decode().splitlines()[-1]  # make train ends with test before/after RL
+    assert last.startswith("test success (") and "before RL" in last and "(update 4)" in last, last

@@ -77,3 +77,20 @@ def test_eval_splits_defaults_and_what_passes():
     pickplace = {"rollout": {"env_id": "PickPlace-CRANE-X7"}, "language_instruction": None}
     assert config_from_dict({**pickplace, "eval_splits": ["val", "ood_visual"]}).eval_splits[1] == "ood_visual"
     assert config_from_dict({"eval_splits": ["test"], "eval_interval": 0}).eval_interval == 0  # nothing chosen
+
+
+def test_end_of_run_line_gives_test_success_before_and_after_rl():
+    from vla_rl_lib.training.trainer import before_after_rl
+
+    def ev(update, split, rate):
+        return {"update": update, f"{split}/success": rate, f"{split}/success_low": rate - 0.1,
+                f"{split}/success_high": rate + 0.1, f"{split}/episodes": 20}
+
+    records = [ev(0, "test", 0.25) | ev(0, "val", 0.3), {"update": 1, "train/success_rate": 1.0},
+               ev(50, "test", 0.5), ev(100, "test", 0.75) | ev(100, "ood_visual", 0.1)]
+    assert before_after_rl(records) == (
+        "test success (20 greedy episodes): before RL 0.250 [0.150, 0.350] (update 0) -> "
+        "after RL 0.750 [0.650, 0.850] (update 100)")
+    lift = before_after_rl([ev(0, "train", 0.2), ev(10, "train", 0.4)])  # a task without splits
+    assert lift.startswith("train success") and "before RL 0.200" in lift
+    assert before_after_rl([ev(10, "test", 0.5)]) is None  # no evaluation at update 0

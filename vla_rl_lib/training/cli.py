@@ -184,6 +184,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     print(json.dumps(summary, indent=1))
+    if summary.get("run_dir"):  # rank 0: the test success before and after RL, last
+        from vla_rl_lib.metrics import load_metrics
+        from vla_rl_lib.training.trainer import before_after_rl
+
+        line = before_after_rl(load_metrics(summary["run_dir"]))
+        if line is not None:
+            print(line)
     if summary.get("best_eval_success") is None:
         from vla_rl_lib.training.trainer import NO_EVALUATION
 

@@ -533,6 +533,24 @@ class Trainer:
         distributed.destroy_process_group(self.launch)
 
 
+def before_after_rl(records: list[dict[str, Any]]) -> str | None:
+    """The end-of-run line: held-out success before RL (update 0) and after (the last
+    evaluation), on ``test`` (a task without it: held-out ``train`` seeds), with Wilson
+    intervals; None when the run has no evaluation at update 0."""
+    split = "test" if any("test/success" in r for r in records) else "train"
+    evals = [r for r in records if f"{split}/success" in r]
+    if not evals or evals[0]["update"] != 0:
+        return None
+
+    def one(r: dict[str, Any]) -> str:
+        return (f"{r[f'{split}/success']:.3f} [{r[f'{split}/success_low']:.3f}, "
+                f"{r[f'{split}/success_high']:.3f}] (update {r['update']})")
+
+    episodes = evals[-1].get(f"{split}/episodes", "?")
+    return (f"{split} success ({episodes} greedy episodes): before RL {one(evals[0])} -> "
+            f"after RL {one(evals[-1])}")
+
+
 def _grad_norm(params: list[torch.nn.Parameter]) -> float:
     """L2 norm of the gradients of ``params`` (0.0 when none has a gradient)."""
     grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]

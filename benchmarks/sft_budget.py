@@ -1,0 +1,96 @@
+"""Pilot for the SFT budget: greedy ``val`` success of behaviour cloning against epochs.
+
+    python benchmarks/sft_budget.py --num-demos 100 --epochs 10 20 40 --episodes 50
+
+Collects ``--num-demos`` scripted demonstrations on ``train`` (the config's demo seed),
+behaviour-clones a fresh tiny VLA on them, and evaluates the greedy policy on the
+``val`` split (the same held-out seeds as training runs use) after each epoch count in
+``--epochs`` (each saved under ``--out-dir``). Training continues from one count to the next; the optimizer's moments
+restart at each count (a pilot, close to but not exactly one SFT run of that length).
+Tunes on ``val`` only. Last line: ``num_demos=... epochs=... val_success=...`` per count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import yaml  # noqa: E402
+
+from vla_rl_lib.config import apply_overrides, load_config  # noqa: E402
+from vla_rl_lib.rollout.collector import evaluation_seeds  # noqa: E402
+from vla_rl_lib.sft.demos import ensure_demonstrations, load_demonstrations  # noqa: E402
+from vla_rl_lib.sft.trainer import run_sft  # noqa: E402
+from vla_rl_lib.training.evaluate import SplitCollectors, evaluate_splits  # noqa: E402
+from vla_rl_lib.training.policy_factory import (  # noqa: E402
+    _load_base,
+    build_sft_policy,
+    sft_unnorm_key,
+)
+from vla_rl_lib.training.trainer import configure_cpu_threads  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="params/default.yaml")
+    parser.add_argument("--num-demos", type=int, default=100)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 20, 40])
+    parser.add_argument("--episodes", type=int, default=50, help="val episodes per evaluation")
+    parser.add_argument("--out-dir", type=Path, default=Path("outputs/sft_budget"),
+                        help="SFT checkpoints go to <out-dir>/demos<N>_epochs<E> (train --sft-checkpoint)")
+    parser.add_argument("--init", type=Path, help="continue from this SFT checkpoint (same demos)")
+    parser.add_argument("--init-epochs", type=int, default=0, help="epochs --init was trained for")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="config override, dotted key and YAML value (repeatable)",
+    )
+    args = parser.parse_args()
+    if sorted(args.epochs) != args.epochs or args.epochs[0] <= args.init_epochs:
+        parser.error(f"--epochs {args.epochs}: give increasing counts above --init-epochs, e.g. 10 20 40")
+    overrides = {"rollout.env_id": "PickPlace-CRANE-X7", "rollout.max_steps": 100,
+                 "sft.num_demos": args.num_demos}
+    overrides.update({k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)})
+    cfg = apply_overrides(load_config(args.config), overrides)
+    configure_cpu_threads(__import__("torch").device("cpu"))
+    s, r = cfg.sft, cfg.rollout
+    t0 = time.perf_counter()
+    dataset_dir = ensure_demonstrations(
+        s.dataset_dir, s.num_demos, s.demo_seed, simulator=r.simulator, env_id=r.env_id,
+        num_envs=r.num_parallel_envs, image_size=r.image_size, camera=r.camera,
+        control_mode=r.control_mode, max_episode_steps=r.max_steps,
+        instruction=cfg.language_instruction, progress=False,
+    )
+    dataset = load_demonstrations(dataset_dir)
+    print(f"demos: {s.num_demos} episodes, {len(dataset)} steps, {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    unnorm_key = sft_unnorm_key(cfg)
+    policy = (_load_base(cfg, "sft", str(args.init)) if args.init
+              else build_sft_policy(cfg, dataset.statistics, unnorm_key))
+    collectors = SplitCollectors(cfg, policy, num_envs=r.num_parallel_envs)
+    seeds = evaluation_seeds(cfg.eval_seed, args.episodes)
+    done, results = args.init_epochs, []
+    for epochs in args.epochs:
+        t1 = time.perf_counter()
+        out = run_sft(policy, dataset, unnorm_key=unnorm_key, epochs=epochs - done,
+                      batch_size=s.batch_size, learning_rate=s.learning_rate, seed=cfg.seed + done,
+                      out_dir=args.out_dir / f"demos{s.num_demos}_epochs{epochs}", progress=False)
+        sft_s = time.perf_counter() - t1
+        done = epochs
+        val = evaluate_splits(collectors, ["val"], seeds, temperature=r.temperature,
+                              record_frames=0)["val"]
+        results.append((epochs, val.success_rate))
+        print(f"epochs={epochs} loss={out['history'][-1]['loss']:.3f} sft_s={sft_s:.0f} "
+              f"val_success={val.success_rate:.3f} [{val.interval[0]:.2f}, {val.interval[1]:.2f}] "
+              f"({val.episodes} episodes) eval_s={time.perf_counter() - t1 - sft_s:.0f}",
+              flush=True)
+    collectors.close()
+    print(" ".join(f"num_demos={s.num_demos} epochs={e} val_success={v:.3f}" for e, v in results))
+
+
+if __name__ == "__main__":
+    main()
