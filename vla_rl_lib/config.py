@@ -74,6 +74,11 @@ class RolloutConfig:
     num_workers: int = 1
     worker_num_cpus: float = 1.0
     worker_num_gpus: float = 0.0
+    # The batch is stepped in this many groups of envs (one simulator each; CPU backends only);
+    # overlap runs one group's policy call while another's simulator steps. Both leave the
+    # episodes unchanged: overlap on or off plays the same rollout to the bit.
+    env_groups: int = 2
+    overlap: bool = True
 
 
 @dataclass
@@ -441,6 +446,7 @@ def validate_config(cfg: VLARLConfig) -> None:
     _check(r.num_workers >= 1, "rollout.num_workers", r.num_workers, "must be >= 1")
     _check(r.worker_num_cpus > 0, "rollout.worker_num_cpus", r.worker_num_cpus, "must be > 0")
     _check(r.worker_num_gpus >= 0, "rollout.worker_num_gpus", r.worker_num_gpus, "must be >= 0")
+    _check(r.env_groups >= 1, "rollout.env_groups", r.env_groups, "must be >= 1 (1: no groups)")
     _check(
         r.executor == "ray" or r.ray_address is None,
         "rollout.ray_address",

@@ -110,7 +110,9 @@ def evaluate_checkpoint(
         env_settings["rollout.env_id"] = env_id
     env = make_rollout_env(apply_overrides(cfg, env_settings))
     try:
-        collector = RolloutCollector(env, policy, cfg.language_instruction, r.use_binary_reward)
+        collector = RolloutCollector(
+            env, policy, cfg.language_instruction, r.use_binary_reward, overlap=r.overlap
+        )
         result = evaluate_policy(
             collector, seeds, temperature=r.temperature, record_frames=num_videos if render else 0,
             frame_size=256,
