@@ -104,6 +104,8 @@ class PPOConfig:
     value_loss_type: str = field(default="mse", metadata=_choices("mse", "huber"))
     normalize_advantages: bool = True
     group_size: int = 4  # GRPO: rollouts that share one start state
+    # torch intra-op threads during the update on CPU (rollouts keep one); 0 = one per core
+    update_threads: int = 0
 
 
 @dataclass
@@ -446,6 +448,12 @@ def validate_config(cfg: VLARLConfig) -> None:
     _check(r.num_workers >= 1, "rollout.num_workers", r.num_workers, "must be >= 1")
     _check(r.worker_num_cpus > 0, "rollout.worker_num_cpus", r.worker_num_cpus, "must be > 0")
     _check(r.worker_num_gpus >= 0, "rollout.worker_num_gpus", r.worker_num_gpus, "must be >= 0")
+    _check(
+        cfg.ppo.update_threads >= 0,
+        "ppo.update_threads",
+        cfg.ppo.update_threads,
+        "must be >= 0 (0: one per core)",
+    )
     _check(r.env_groups >= 1, "rollout.env_groups", r.env_groups, "must be >= 1 (1: no groups)")
     _check(
         r.executor == "ray" or r.ray_address is None,

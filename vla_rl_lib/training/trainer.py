@@ -34,6 +34,7 @@ from vla_rl_lib.rollout.collector import (
 )
 from vla_rl_lib.rollout.executor import make_executor, make_rollout_env
 from vla_rl_lib.training import checkpoint as ckpt
+from vla_rl_lib.training.cpu_threads import phase_threads, update_threads
 from vla_rl_lib.training.evaluate import EvalResult, evaluate_policy
 from vla_rl_lib.training.policy_factory import build_training_policy
 
@@ -106,6 +107,7 @@ class Trainer:
         self.env_steps = 0
         self.best_eval = -1.0
         self.elapsed_s = 0.0
+        self.cpu_s = {"rollout": 0.0, "update": 0.0}  # process CPU seconds of the last update's phases
         self.skipped_updates = 0
         self.consecutive_skips = 0
         self.wall_before_s = 0.0  # wall-clock of train() in earlier (resumed) processes
@@ -278,15 +280,17 @@ class Trainer:
         if self.progress:
             updates = progress_bar(updates, total=len(updates), desc="updates", interactive=True)
         for update in updates:
-            t0 = time.perf_counter()
+            t0, cpu_rollout = time.perf_counter(), time.process_time()
             torch.manual_seed(derive_seed(cfg.seed, update, 1))
             seeds = training_episode_seeds(cfg.seed, update, r.num_rollouts_per_update, group_size)
             rollout = self.collector.collect(seeds, temperature=r.temperature)
             batch = rollout_to_batch(rollout, p.algorithm, p.gamma, p.gae_lambda, group_size)
             generator = torch.Generator().manual_seed(derive_seed(cfg.seed, update, 2))
-            t_update = time.perf_counter()
-            stats = ppo_update(self.policy, self.optimizer, batch, p, r.temperature, generator)
+            t_update, cpu_update = time.perf_counter(), time.process_time()
+            with phase_threads(update_threads(p.update_threads, self.device)):
+                stats = ppo_update(self.policy, self.optimizer, batch, p, r.temperature, generator)
             update_s = time.perf_counter() - t_update
+            self.cpu_s = {"rollout": cpu_update - cpu_rollout, "update": time.process_time() - cpu_update}
             self._count_skips(stats, update)
             self.env_steps += rollout.env_steps
             step_s = time.perf_counter() - t0
@@ -348,6 +352,9 @@ class Trainer:
             "perf/sim_s": rollout.seconds_sim,
             "perf/policy_s": rollout.seconds_policy,
             "perf/update_s": update_s,
+            # CPU seconds of the process (all its threads) in each phase: the cores' ceiling
+            "perf/rollout_cpu_s": self.cpu_s["rollout"],
+            "perf/update_cpu_s": self.cpu_s["update"],
             "perf/skipped_updates": self.skipped_updates,
             "time_s": self.elapsed_s,
         }
