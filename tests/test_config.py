@@ -58,7 +58,7 @@ def test_default_template_equals_dataclass_defaults():
 def test_template_sizes():
     fast, default, full = (load_template(n) for n in ("fast", "default", "full"))
     assert (fast.num_updates, fast.rollout.num_parallel_envs) == (100, 2)
-    assert (default.num_updates, default.rollout.num_parallel_envs) == (1000, 4)
+    assert (default.num_updates, default.rollout.num_parallel_envs) == (1000, 8)
     assert (full.num_updates, full.rollout.num_parallel_envs) == (5000, 8)
     assert fast.model.name == default.model.name == "tiny"
     assert fast.rollout.image_size == 64 and full.model.name == "openvla"

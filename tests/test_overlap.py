@@ -157,7 +157,8 @@ def test_simulator_faults_in_one_group_replay_the_same_with_overlap():
 
 def test_rollout_env_is_grouped_on_cpu_and_env_groups_is_validated(tmp_path):
     cfg = apply_overrides(load_template("fast"), {
-        "output_dir": str(tmp_path), "rollout": {"num_parallel_envs": 3, "image_size": 32},
+        "output_dir": str(tmp_path),
+        "rollout": {"num_parallel_envs": 3, "image_size": 32, "env_groups": 2},
         "model": {"image_size": 32},
     })  # fmt: skip
     env = make_rollout_env(cfg)

@@ -61,7 +61,7 @@ class RolloutConfig:
     env_id: str = "PickPlace-CRANE-X7"
     backend: str = field(default="cpu", metadata=_choices("cpu", "gpu"))
     render_mode: str = field(default="rgb_array", metadata=_choices("rgb_array"))
-    num_parallel_envs: int = 4
+    num_parallel_envs: int = 8
     num_rollouts_per_update: int = 8  # episodes per update
     max_steps: int = 60  # per episode; a longer episode is truncated (and bootstrapped)
     use_binary_reward: bool = True
@@ -75,10 +75,11 @@ class RolloutConfig:
     worker_num_cpus: float = 1.0
     worker_num_gpus: float = 0.0
     # The batch is stepped in this many groups of envs (one simulator each; CPU backends only);
-    # overlap runs one group's policy call while another's simulator steps. Both leave the
-    # episodes unchanged: overlap on or off plays the same rollout to the bit.
-    env_groups: int = 2
-    overlap: bool = True
+    # overlap runs one group's policy call while another's simulator steps, and plays the same
+    # rollout as overlap off, to the bit. Off by default: on the tiny VLA a policy call costs
+    # nearly as much for half the batch, and the GIL serializes both threads' Python.
+    env_groups: int = 1
+    overlap: bool = False
 
 
 @dataclass
@@ -104,8 +105,10 @@ class PPOConfig:
     value_loss_type: str = field(default="mse", metadata=_choices("mse", "huber"))
     normalize_advantages: bool = True
     group_size: int = 4  # GRPO: rollouts that share one start state
-    # torch intra-op threads during the update on CPU (rollouts keep one); 0 = one per core
-    update_threads: int = 0
+    # torch intra-op threads during the update on CPU (rollouts keep one); 0 = one per core.
+    # 1 by default: on a busy 2-core machine 2 threads made the update 13x slower (spinning
+    # OpenMP workers waiting for a descheduled peer); raise it on an idle machine.
+    update_threads: int = 1
 
 
 @dataclass

@@ -2,10 +2,14 @@
 
 Rollouts run the policy on one thread: its matrices are too small to split,
 and spinning OpenMP workers starve the simulator's software renderer
-(llvmpipe). The PPO update multiplies micro-batches of a few thousand token
-rows and gains from every core. ``phase_threads`` switches the count for one
-block and restores it after, so the rollout that follows runs on one thread
-again. ``OMP_NUM_THREADS`` set by the user wins over both.
+(llvmpipe). The PPO update multiplies micro-batches of a thousand or more
+token rows and can use more cores (``ppo.update_threads``), but only on a
+machine with idle cores: on a busy 2-core machine 2 threads made the update
+13x slower (99 against 6.5 samples/s; the worker spins at every barrier while
+its peer is descheduled; ``OMP_WAIT_POLICY=PASSIVE`` cut that to 1.6x slower).
+``phase_threads`` switches the count for one block and restores it after, so
+the rollout that follows runs on one thread again. ``OMP_NUM_THREADS`` set by
+the user wins over both.
 """
 
 from __future__ import annotations
