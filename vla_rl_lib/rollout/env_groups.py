@@ -105,6 +105,9 @@ class EnvGroups(Simulator):
             for group, local in zip(self.groups, self._split(ids), strict=True)
             if local.size
         ]
+        if not frames:
+            height, width = self.config.image_size if size is None else size
+            return np.empty((0, height, width, 3), dtype=np.uint8)
         return np.concatenate(frames)
 
     def close(self) -> None:
