@@ -20,7 +20,9 @@ same work. The load average is printed with each run: on a busy machine the
 wall-clock figures are not comparable to an idle one's.
 
 Last line: ``sync_steps_per_min=... new_steps_per_min=... speedup=...
-ceiling_speedup=... policy_step_ms_b8=...``.
+ceiling_speedup=... policy_step_ms_b8=... cpu_speedup=... max_load=...``
+(``cpu_speedup``: the sync run's CPU seconds per env step over the new run's,
+a figure the load moves far less than the wall-clock ``speedup``).
 """
 
 from __future__ import annotations
@@ -152,6 +154,9 @@ def main() -> None:
     ceiling_s_per_step = sync["cpu_s"] / cores / sync["env_steps"]
     ceiling_speedup = sync_s_per_step / ceiling_s_per_step
     speedup = new["steps_per_min"] / sync["steps_per_min"]
+    # CPU seconds per env step move far less with the machine's load than wall-clock does.
+    cpu_speedup = (sync["cpu_s"] / sync["env_steps"]) / (new["cpu_s"] / new["env_steps"])
+    load = max(run["load"] for run in runs.values())
     print(
         f"ceiling: {sync['cpu_s']:.2f} CPU s per update / {cores} cores = "
         f"{60 / ceiling_s_per_step:.0f} steps/min; new reaches {speedup / ceiling_speedup:.0%} of it"
@@ -159,7 +164,8 @@ def main() -> None:
     print(f"policy step (batch 8, one thread): {step_ms:.2f} ms")
     print(
         f"sync_steps_per_min={sync['steps_per_min']:.0f} new_steps_per_min={new['steps_per_min']:.0f} "
-        f"speedup={speedup:.2f} ceiling_speedup={ceiling_speedup:.2f} policy_step_ms_b8={step_ms:.2f}"
+        f"speedup={speedup:.2f} ceiling_speedup={ceiling_speedup:.2f} policy_step_ms_b8={step_ms:.2f} "
+        f"cpu_speedup={cpu_speedup:.2f} max_load={load:.2f}"
     )
 
 
