@@ -172,3 +172,48 @@ def test_rollout_env_is_grouped_on_cpu_and_env_groups_is_validated(tmp_path):
     single.close()
     with pytest.raises(ConfigError, match="rollout.env_groups"):
         apply_overrides(cfg, {"rollout": {"env_groups": 0}})
+
+
+@pytest.mark.slow  # starts Ray and two workers: about a minute on 2 busy cores
+def test_ray_workers_with_overlapped_groups_play_the_local_synchronous_episodes(tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is the optional `ray` extra")
+    import logging
+
+    from tests.conftest import TINY_OVERRIDES
+    from vla_rl_lib.rollout.executor import LocalExecutor, make_collector
+    from vla_rl_lib.rollout.ray_executor import RayExecutor
+    from vla_rl_lib.training.policy_factory import build_training_policy
+
+    if ray.is_initialized():
+        pytest.skip("needs to start its own Ray")
+    grouped = {"num_parallel_envs": 3, "env_groups": 2, "num_workers": 2}
+    cfg = apply_overrides(load_template("fast"), {
+        **TINY_OVERRIDES, "output_dir": str(tmp_path), "experiment_name": "tiny",
+        "rollout": {**TINY_OVERRIDES["rollout"], **grouped, "overlap": False},
+    })  # fmt: skip
+    run_dir = tmp_path / "tiny"
+    policy, base = build_training_policy(cfg, run_dir, progress=False)
+    seeds = training_episode_seeds(0, 0, 7)
+    torch.set_num_threads(1)
+    env = make_rollout_env(cfg)
+    try:
+        torch.manual_seed(11)
+        local = LocalExecutor(make_collector(cfg, env, policy), num_shards=2).collect(seeds)
+    finally:
+        env.close()
+    remote_cfg = apply_overrides(cfg, {"rollout": {"executor": "ray", "overlap": True}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        executor = RayExecutor(remote_cfg, policy, base, run_dir)
+        try:
+            torch.manual_seed(11)
+            remote = executor.collect(seeds)
+        finally:
+            executor.close()
+    finally:
+        ray.shutdown()
+    assert [(e.index, e.seed, e.env_id, e.length) for e in local.episodes] == [
+        (e.index, e.seed, e.env_id, e.length) for e in remote.episodes
+    ]
+    for name in ("images", "token_ids", "log_probs", "values", "next_values", "valid"):
+        assert_same_bits(getattr(local, name), getattr(remote, name), name)
