@@ -85,6 +85,12 @@ class RolloutConfig:
     num_workers: int = 1
     worker_num_cpus: float = 1.0
     worker_num_gpus: float = 0.0
+    # The batch is stepped in this many groups of envs (one simulator each; CPU backends only);
+    # overlap runs one group's policy call while another's simulator steps, and plays the same
+    # rollout as overlap off, to the bit. Off by default: on the tiny VLA a policy call costs
+    # nearly as much for half the batch, and the GIL serializes both threads' Python.
+    env_groups: int = 1
+    overlap: bool = False
 
 
 @dataclass
@@ -110,6 +116,10 @@ class PPOConfig:
     value_loss_type: str = field(default="mse", metadata=_choices("mse", "huber"))
     normalize_advantages: bool = True  # PPO only: GRPO's advantages are normalized per group
     group_size: int = 4  # GRPO: rollouts that share one start state
+    # torch intra-op threads during the update on CPU (rollouts keep one); 0 = one per core.
+    # 1 by default: on a busy 2-core machine 2 threads made the update 13x slower (spinning
+    # OpenMP workers waiting for a descheduled peer); raise it on an idle machine.
+    update_threads: int = 1
 
 
 @dataclass
@@ -468,6 +478,13 @@ def validate_config(cfg: VLARLConfig) -> None:
     _check(r.num_workers >= 1, "rollout.num_workers", r.num_workers, "must be >= 1")
     _check(r.worker_num_cpus > 0, "rollout.worker_num_cpus", r.worker_num_cpus, "must be > 0")
     _check(r.worker_num_gpus >= 0, "rollout.worker_num_gpus", r.worker_num_gpus, "must be >= 0")
+    _check(
+        cfg.ppo.update_threads >= 0,
+        "ppo.update_threads",
+        cfg.ppo.update_threads,
+        "must be >= 0 (0: one per core)",
+    )
+    _check(r.env_groups >= 1, "rollout.env_groups", r.env_groups, "must be >= 1 (1: no groups)")
     _check(
         r.executor == "ray" or r.ray_address is None,
         "rollout.ray_address",

@@ -24,18 +24,20 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from vla_rl_lib.rollout.env_groups import EnvGroups
 from vla_rl_lib.seed_ranges import SEED_CEILING, TRAIN_SEED_FLOOR
 
 if TYPE_CHECKING:
     from lift import Simulator
     from lift.types import Observation, StepResult
-    from vla_rl_lib.policy.base import VLAPolicy
+    from vla_rl_lib.policy.base import ActOutput, VLAPolicy
 
 # A start that faults this often is a bug in the simulator or the task, not bad luck.
 MAX_EPISODE_REPLAYS = 3
@@ -123,6 +125,16 @@ class Rollout:
 class RolloutCollector:
     """Plays seeded episodes on a batched simulator with a VLA policy.
 
+    The environments are stepped in groups: one group per simulator of an
+    ``EnvGroups`` (see ``env_groups.py``), else the whole batch. At every step
+    each group in turn gets its actions from one policy call on its own rows,
+    then its simulator steps. With ``overlap`` the policy call for the next
+    group runs on a second thread while this thread steps the current group;
+    the calls happen in the same order, on the same rows, with the same
+    random stream, so the rollout is the synchronous one to the bit. The
+    simulator stays on the calling thread (a GL context belongs to the thread
+    that made it current).
+
     ``instruction`` None prompts the policy with each episode's own instruction from
     the observation (``Observation.instructions``); a string overrides it for every
     episode (single-instruction tasks).
@@ -134,14 +146,38 @@ class RolloutCollector:
         policy: VLAPolicy,
         instruction: str | None = None,
         use_binary_reward: bool = True,
+        overlap: bool = False,
     ) -> None:
         self.env = env
         self.policy = policy
         self.instruction = instruction
         self.use_binary_reward = use_binary_reward
+        self.overlap = overlap
 
-    def prompts(self, observation: Observation) -> list[str]:
-        return policy_prompts(observation, self.env, self.instruction)
+    def groups(self) -> list[tuple[Simulator, np.ndarray]]:
+        """Each group's simulator and the batch columns it holds."""
+        if isinstance(self.env, EnvGroups):
+            return list(zip(self.env.groups, self.env.group_envs, strict=True))
+        return [(self.env, np.arange(self.env.num_envs))]
+
+    def act(
+        self,
+        env: Simulator,
+        observation: Observation,
+        rows: np.ndarray,
+        temperature: float,
+        greedy: bool,
+    ) -> ActOutput:
+        """The policy's output for the listed rows of one group's (``env``'s) observation.
+
+        The one place a rollout calls the policy; it may run on the overlap thread
+        (where grad mode is off only if set here: it is thread-local).
+        """
+        prompts = policy_prompts(observation, env, self.instruction)
+        with torch.no_grad():
+            return self.policy.act(
+                observation.image[rows], [prompts[i] for i in rows], temperature, greedy
+            )
 
     def collect(
         self,
@@ -153,164 +189,265 @@ class RolloutCollector:
         on_episode: Callable[[Episode], None] | None = None,
     ) -> Rollout:
         """Play one episode per seed; record third-person frames of the first ``record_frames``."""
-        env, n = self.env, self.env.num_envs
         t_start = time.perf_counter()
-        sim_s = policy_s = 0.0
-        queue = deque(enumerate(seeds))
-        episodes: list[Episode] = []
-        by_index: dict[int, Episode] = {}  # the episodes now playing (or finished), by index
-        current = np.full(n, -1, dtype=np.int64)  # episode index each env is playing, -1 idle
-        rows: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("images", "instructions", "token_ids", "log_probs", "values", "rewards",
-                            "terminated", "truncated", "final_values", "valid", "episode_index")
-        }
-        sim_faults = 0
-        replays: dict[int, int] = {}  # episode index -> times it was dropped
+        play = _Playthrough(self, seeds, temperature, record_frames, frame_size)
+        policy_s = 0.0
 
-        def start(env_ids: list[int]):
-            starts = [queue.popleft() for _ in env_ids]
-            for env_id, (index, seed) in zip(env_ids, starts, strict=True):
-                current[env_id] = index
-                ep = Episode(index=index, seed=seed, env_id=env_id)
-                if index < record_frames:
-                    ep.frames = []
-                episodes.append(ep)
-                by_index[index] = ep
-            return reset_episodes(env, env_ids, [s for _, s in starts])
-
-        def drop(env_ids: Sequence[int], cause: str, error: Exception | None = None) -> None:
-            """Forget the episodes playing in ``env_ids`` and queue each again from its seed."""
-            nonlocal sim_faults
-            again = []
-            for env_id in env_ids:
-                index = int(current[env_id])
-                ep = by_index.pop(index)
-                replays[index] = replays.get(index, 0) + 1
-                if replays[index] > MAX_EPISODE_REPLAYS:
-                    raise SimulatorFaultError(
-                        f"the simulator failed {replays[index]} times on the episode with start "
-                        f"seed {ep.seed} (last: {cause}); this is not a one-off fault: reproduce it "
-                        f"with lift.make_env(...).reset(seed={ep.seed}) and fix the simulator or task"
-                    ) from error
-                for t, playing in enumerate(rows["episode_index"]):
-                    if playing[env_id] == index:
-                        playing[env_id] = -1
-                        rows["valid"][t][env_id] = False
-                        rows["rewards"][t][env_id] = 0.0
-                        rows["terminated"][t][env_id] = rows["truncated"][t][env_id] = False
-                episodes[:] = [e for e in episodes if e is not ep]
-                current[env_id] = -1
-                sim_faults += 1
-                again.append((index, ep.seed))
-                log.warning(
-                    "simulator fault in env %d (%s); replaying episode %d from seed %d",
-                    env_id, cause, index, ep.seed,
-                )
-            queue.extendleft(reversed(again))
-
-        first = list(range(min(n, len(queue))))
-        t0 = time.perf_counter()
-        obs = start(first)
-        sim_s += time.perf_counter() - t0
-
-        action_dim = self.policy.action_dim
-        frame_hw = None if frame_size is None else (frame_size, frame_size)
-        while (current >= 0).any():
-            active = np.flatnonzero(current >= 0)
-            for env_id in active:
-                ep = by_index[current[env_id]]
-                if ep.frames is not None:
-                    ep.frames.append(env.render("third_person", env_ids=[env_id], size=frame_hw)[0])
-            instructions = self.prompts(obs)
+        def timed_act(
+            env: Simulator, observation: Observation, rows: np.ndarray
+        ) -> tuple[ActOutput, float]:
             t0 = time.perf_counter()
-            with torch.no_grad():
-                out = self.policy.act(
-                    obs.image[active], [instructions[i] for i in active], temperature, greedy
-                )
-            policy_s += time.perf_counter() - t0
+            out = self.act(env, observation, rows, temperature, greedy)
+            return out, time.perf_counter() - t0
 
-            actions = np.zeros((n, action_dim), dtype=np.float32)
-            actions[active] = out.actions
-            t0 = time.perf_counter()
-            try:
-                res = env.step(actions)
-            except Exception as exc:  # a failed batched step leaves no env's state trustworthy
-                drop(active, f"env.step raised {type(exc).__name__}: {exc}", exc)
-                obs = start(list(active))
-                sim_s += time.perf_counter() - t0
-                continue
-            sim_s += time.perf_counter() - t0
-            blown_up = active[~finite_rows(res, active)]
-            if blown_up.size:  # a physics blow-up: NaN/inf joint state or reward
-                drop(blown_up, "non-finite joint state or reward")
-            reset_by_sim = np.setdiff1d(active[unstable_rows(res, active)], blown_up)
-            if reset_by_sim.size:  # the physics engine reset the state itself (MuJoCo's warning)
-                drop(reset_by_sim, "the simulator reset an unstable state (info['sim_unstable'])")
-                blown_up = np.union1d(blown_up, reset_by_sim)
+        with ThreadPoolExecutor(1, "policy") if self.overlap else _Inline() as pool:
 
-            success = np.asarray(res.info["success"], dtype=bool)
-            reward = success.astype(np.float32) if self.use_binary_reward else res.reward.astype(np.float32)
-            valid = current >= 0
-            terminated = res.terminated & valid
-            truncated = res.truncated & ~res.terminated & valid
-            token_ids = np.zeros((n, action_dim), dtype=np.int64)
-            token_ids[active] = out.token_ids.cpu().numpy()
-            log_probs = np.zeros(n, dtype=np.float32)
-            log_probs[active] = out.log_probs.float().cpu().numpy()
-            values = np.zeros(n, dtype=np.float32)
-            values[active] = out.values.float().cpu().numpy()
+            def submit(group: int | None) -> Future | None:
+                if group is None:
+                    return None
+                env = play.groups[group][0]
+                return pool.submit(timed_act, env, play.obs[group], play.active_rows(group))
 
-            final_values = np.zeros(n, dtype=np.float32)
-            cut = np.flatnonzero(truncated)
-            if cut.size:  # bootstrap a time-limit cut from the value of where it stopped
-                final = res.final_observation if res.final_observation is not None else res.observation
-                final_prompts = self.prompts(final)
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    final_values[cut] = (
-                        self.policy.act(final.image[cut], [final_prompts[i] for i in cut], temperature, True)
-                        .values.float().cpu().numpy()
-                    )
-                policy_s += time.perf_counter() - t0
-
-            rows["images"].append(obs.image)
-            rows["instructions"].append(np.array(instructions, dtype=object))
-            rows["token_ids"].append(token_ids)
-            rows["log_probs"].append(log_probs)
-            rows["values"].append(values)
-            rows["rewards"].append(np.where(valid, reward, 0.0).astype(np.float32))
-            rows["terminated"].append(terminated)
-            rows["truncated"].append(truncated)
-            rows["final_values"].append(final_values)
-            rows["valid"].append(valid.copy())
-            rows["episode_index"].append(current.copy())
-
-            obs = res.observation
-            finished = []
-            for env_id in np.flatnonzero(valid):
-                ep = by_index[current[env_id]]
-                ep.length += 1
-                ep.reward_sum += float(reward[env_id])
-                ep.success = ep.success or bool(success[env_id])
-                if terminated[env_id] or truncated[env_id]:
-                    current[env_id] = -1
-                    finished.append(env_id)
+            group = play.next_group(after=-1)
+            pending = submit(group)
+            while group is not None:
+                out, seconds = pending.result()
+                policy_s += seconds
+                # The next group's policy call runs while this group's simulator steps.
+                following = play.next_group(after=group)
+                pending = submit(following)
+                for ep in play.advance(group, out):
                     if on_episode is not None:
                         on_episode(ep)
-            restart = [*blown_up.tolist(), *finished][: len(queue)]  # replays are queued first
-            if restart:
-                t0 = time.perf_counter()
-                obs = start(restart)
-                sim_s += time.perf_counter() - t0
+                if following is None and play.group_active(group):
+                    following = group
+                    pending = submit(group)
+                group = following
+        return play.rollout(policy_s, time.perf_counter() - t_start)
 
-        stacked = {k: np.stack(v) for k, v in rows.items()}
+
+class _Inline:
+    """A stand-in for the overlap thread pool that runs each call at once, on this thread."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:  # re-raised by result(), as the thread pool does
+            future.set_exception(exc)
+        return future
+
+
+ROW_FIELDS = {  # per-step arrays of a rollout and the fill of a step no episode played
+    "token_ids": 0, "log_probs": 0.0, "values": 0.0, "rewards": 0.0, "terminated": False,
+    "truncated": False, "final_values": 0.0, "valid": False, "episode_index": -1,
+}  # fmt: skip
+
+
+class _Playthrough:
+    """The state of one ``collect``: which env plays which episode, and the recorded steps.
+
+    Row ``t`` holds every group's ``t``-th step (groups step in lockstep, a group
+    that has nothing left to play stops). Everything here runs on the calling
+    thread; only the policy calls may run elsewhere.
+    """
+
+    def __init__(
+        self,
+        collector: RolloutCollector,
+        seeds: Sequence[int],
+        temperature: float,
+        record_frames: int,
+        frame_size: int | None,
+    ) -> None:
+        self.collector = collector
+        self.temperature = temperature
+        self.record_frames = record_frames
+        self.frame_hw = None if frame_size is None else (frame_size, frame_size)
+        self.groups = collector.groups()
+        n = sum(len(cols) for _, cols in self.groups)
+        self.n = n
+        self.action_dim = collector.policy.action_dim
+        self.queue = deque(enumerate(seeds))
+        self.episodes: list[Episode] = []
+        self.by_index: dict[int, Episode] = {}  # the episodes now playing (or finished), by index
+        self.current = np.full(n, -1, dtype=np.int64)  # episode index each env is playing, -1 idle
+        self.rows: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("images", "instructions", *ROW_FIELDS)
+        }
+        self.steps = [0] * len(self.groups)  # the row each group fills next
+        self.sim_faults = 0
+        self.replays: dict[int, int] = {}  # episode index -> times it was dropped
+        self.sim_s = 0.0
+        self.obs: list[Observation | None] = []  # each group's latest observation
+        for group, (_, cols) in enumerate(self.groups):
+            idle = list(range(min(len(cols), len(self.queue))))
+            self.obs.append(self.start(group, idle) if idle else None)
+
+    # ------------------------------------------------------------------ schedule
+    def group_active(self, group: int) -> bool:
+        return bool((self.current[self.groups[group][1]] >= 0).any())
+
+    def active_rows(self, group: int) -> np.ndarray:
+        return np.flatnonzero(self.current[self.groups[group][1]] >= 0)
+
+    def next_group(self, after: int) -> int | None:
+        """The next group (in cyclic order, not ``after`` itself) with an episode playing."""
+        count = len(self.groups)
+        for step in range(1, count + 1):
+            group = (after + step) % count
+            if group != after and self.group_active(group):
+                return group
+        return None
+
+    # ------------------------------------------------------------------ episodes
+    def start(self, group: int, rows: list[int]) -> Observation:
+        """Start the next queued episodes in ``rows`` of ``group``; its whole observation."""
+        env, cols = self.groups[group]
+        starts = [self.queue.popleft() for _ in rows]
+        for row, (index, seed) in zip(rows, starts, strict=True):
+            self.current[cols[row]] = index
+            ep = Episode(index=index, seed=seed, env_id=int(cols[row]))
+            if index < self.record_frames:
+                ep.frames = []
+            self.episodes.append(ep)
+            self.by_index[index] = ep
+        t0 = time.perf_counter()
+        obs = reset_episodes(env, rows, [s for _, s in starts])
+        self.sim_s += time.perf_counter() - t0
+        return obs
+
+    def drop(self, env_ids: Sequence[int], cause: str, error: Exception | None = None) -> None:
+        """Forget the episodes playing in ``env_ids`` and queue each again from its seed."""
+        again = []
+        for env_id in env_ids:
+            index = int(self.current[env_id])
+            ep = self.by_index.pop(index)
+            self.replays[index] = self.replays.get(index, 0) + 1
+            if self.replays[index] > MAX_EPISODE_REPLAYS:
+                raise SimulatorFaultError(
+                    f"the simulator failed {self.replays[index]} times on the episode with start "
+                    f"seed {ep.seed} (last: {cause}); this is not a one-off fault: reproduce it "
+                    f"with lift.make_env(...).reset(seed={ep.seed}) and fix the simulator or task"
+                ) from error
+            for t, playing in enumerate(self.rows["episode_index"]):
+                if playing[env_id] == index:
+                    playing[env_id] = -1
+                    self.rows["valid"][t][env_id] = False
+                    self.rows["rewards"][t][env_id] = 0.0
+                    self.rows["terminated"][t][env_id] = self.rows["truncated"][t][env_id] = False
+            self.episodes[:] = [e for e in self.episodes if e is not ep]
+            self.current[env_id] = -1
+            self.sim_faults += 1
+            again.append((index, ep.seed))
+            log.warning(
+                "simulator fault in env %d (%s); replaying episode %d from seed %d",
+                env_id, cause, index, ep.seed,
+            )
+        self.queue.extendleft(reversed(again))
+
+    def row(self, t: int) -> dict[str, np.ndarray]:
+        """Row ``t`` of every per-step array (views to write into), added when first reached."""
+        while len(self.rows["valid"]) <= t:
+            for name, fill in ROW_FIELDS.items():
+                shape = (self.n, self.action_dim) if name == "token_ids" else (self.n,)
+                dtype = {"token_ids": np.int64, "episode_index": np.int64}.get(
+                    name, bool if isinstance(fill, bool) else np.float32
+                )
+                self.rows[name].append(np.full(shape, fill, dtype=dtype))
+            self.rows["images"].append(None)
+            self.rows["instructions"].append(np.full(self.n, "", dtype=object))
+        return {name: self.rows[name][t] for name in ROW_FIELDS}
+
+    # ------------------------------------------------------------------ one group's step
+    def advance(self, group: int, out: ActOutput) -> list[Episode]:
+        """Step ``group`` with the policy's output for its active rows; the episodes that ended."""
+        env, cols = self.groups[group]
+        obs = self.obs[group]
+        rows = self.active_rows(group)
+        for row in rows:
+            ep = self.by_index[self.current[cols[row]]]
+            if ep.frames is not None:
+                ep.frames.append(env.render("third_person", env_ids=[row], size=self.frame_hw)[0])
+        actions = np.zeros((len(cols), self.action_dim), dtype=np.float32)
+        actions[rows] = out.actions
+        t0 = time.perf_counter()
+        try:
+            res = env.step(actions)
+        except Exception as exc:  # a failed batched step leaves no env of the group trustworthy
+            self.drop(cols[rows], f"env.step raised {type(exc).__name__}: {exc}", exc)
+            self.obs[group] = self.start(group, rows[: len(self.queue)].tolist())
+            self.sim_s += time.perf_counter() - t0
+            return []
+        self.sim_s += time.perf_counter() - t0
+        blown_up = rows[~finite_rows(res, rows)]
+        if blown_up.size:  # a physics blow-up: NaN/inf joint state or reward
+            self.drop(cols[blown_up], "non-finite joint state or reward")
+        reset_by_sim = np.setdiff1d(rows[unstable_rows(res, rows)], blown_up)
+        if reset_by_sim.size:  # the physics engine reset the state itself (MuJoCo's warning)
+            self.drop(
+                cols[reset_by_sim], "the simulator reset an unstable state (info['sim_unstable'])"
+            )
+            blown_up = np.union1d(blown_up, reset_by_sim)
+
+        success = np.asarray(res.info["success"], dtype=bool)
+        reward = success.astype(np.float32) if self.collector.use_binary_reward else res.reward.astype(np.float32)
+        valid = self.current[cols] >= 0
+        terminated = res.terminated & valid
+        truncated = res.truncated & ~res.terminated & valid
+        t = self.steps[group]
+        self.steps[group] += 1
+        row = self.row(t)
+        if self.rows["images"][t] is None:
+            self.rows["images"][t] = np.zeros((self.n, *obs.image.shape[1:]), dtype=obs.image.dtype)
+        self.rows["images"][t][cols] = obs.image
+        self.rows["instructions"][t][cols] = policy_prompts(obs, env, self.collector.instruction)
+        row["token_ids"][cols[rows]] = out.token_ids.cpu().numpy()
+        row["log_probs"][cols[rows]] = out.log_probs.float().cpu().numpy()
+        row["values"][cols[rows]] = out.values.float().cpu().numpy()
+        row["rewards"][cols] = np.where(valid, reward, 0.0)
+        row["terminated"][cols] = terminated
+        row["truncated"][cols] = truncated
+        row["valid"][cols] = valid
+        row["episode_index"][cols] = self.current[cols]
+        cut = np.flatnonzero(truncated)
+        if cut.size:  # bootstrap a time-limit cut from the value of where it stopped
+            final = res.final_observation if res.final_observation is not None else res.observation
+            value = self.collector.act(env, final, cut, self.temperature, True).values
+            row["final_values"][cols[cut]] = value.float().cpu().numpy()
+
+        self.obs[group] = res.observation
+        finished = []
+        for local in np.flatnonzero(valid):
+            ep = self.by_index[self.current[cols[local]]]
+            ep.length += 1
+            ep.reward_sum += float(reward[local])
+            ep.success = ep.success or bool(success[local])
+            if terminated[local] or truncated[local]:
+                self.current[cols[local]] = -1
+                finished.append(ep)
+        ended = [ep.env_id - int(cols[0]) for ep in finished]
+        restart = [*blown_up.tolist(), *ended][: len(self.queue)]  # replays are queued first
+        if restart:
+            self.obs[group] = self.start(group, restart)
+        return finished
+
+    # ------------------------------------------------------------------ result
+    def rollout(self, policy_s: float, total_s: float) -> Rollout:
+        stacked = {k: np.stack(v) for k, v in self.rows.items()}
         values = stacked["values"]
         next_values = np.zeros_like(values)
         next_values[:-1] = values[1:]  # same env, same episode, one step later (if it continued)
         done = stacked["terminated"] | stacked["truncated"]
         next_values = np.where(done, 0.0, next_values)
         next_values = np.where(stacked["truncated"], stacked["final_values"], next_values)
-        episodes.sort(key=lambda e: e.index)
+        self.episodes.sort(key=lambda e: e.index)
         return Rollout(
             images=stacked["images"],
             instructions=stacked["instructions"],
@@ -323,12 +460,22 @@ class RolloutCollector:
             next_values=next_values.astype(np.float32),
             valid=stacked["valid"],
             episode_index=stacked["episode_index"],
-            episodes=episodes,
-            seconds_sim=sim_s,
+            episodes=self.episodes,
+            seconds_sim=self.sim_s,
             seconds_policy=policy_s,
-            seconds_total=time.perf_counter() - t_start,
-            sim_faults=sim_faults,
+            seconds_total=total_s,
+            sim_faults=self.sim_faults,
         )
+
+
+def finite_rows(result: StepResult, env_ids: np.ndarray) -> np.ndarray:
+    """Per listed env, whether its joint state and reward are finite (False: a blow-up)."""
+    obs = result.observation
+    return (
+        np.isfinite(obs.qpos[env_ids]).all(axis=1)
+        & np.isfinite(obs.qvel[env_ids]).all(axis=1)
+        & np.isfinite(np.asarray(result.reward, dtype=np.float64)[env_ids])
+    )
 
 
 def policy_prompts(observation: Observation, env: Simulator, override: str | None) -> list[str]:
@@ -344,16 +491,6 @@ def policy_prompts(observation: Observation, env: Simulator, override: str | Non
             "set language_instruction to the task's instruction"
         )
     return [env.instruction] * env.num_envs
-
-
-def finite_rows(result: StepResult, env_ids: np.ndarray) -> np.ndarray:
-    """Per listed env, whether its joint state and reward are finite (False: a blow-up)."""
-    obs = result.observation
-    return (
-        np.isfinite(obs.qpos[env_ids]).all(axis=1)
-        & np.isfinite(obs.qvel[env_ids]).all(axis=1)
-        & np.isfinite(np.asarray(result.reward, dtype=np.float64)[env_ids])
-    )
 
 
 def unstable_rows(result: StepResult, env_ids: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ import torch
 
 from lift import make_env
 from vla_rl_lib.rollout.collector import Episode, Rollout, RolloutCollector
+from vla_rl_lib.rollout.env_groups import EnvGroups, group_sizes
 
 if TYPE_CHECKING:
     from lift import Simulator
@@ -50,21 +51,39 @@ class RolloutExecutor(Protocol):
 
 def make_rollout_env(config: VLARLConfig, split: str = "train") -> Simulator:
     """The batched simulator of a run, built from its rollout settings, playing ``split``
-    (``lift.list_splits(env_id)``)."""
+    (``lift.list_splits(env_id)``).
+
+    On the CPU backend it holds ``rollout.env_groups`` simulators (``EnvGroups``),
+    so that the collector can step one group while the policy acts for another;
+    a GPU backend steps its whole batch in one call and stays one simulator.
+    """
     r = config.rollout
-    return make_env(
-        r.simulator,
-        r.env_id,
-        split=split,
-        num_envs=r.num_parallel_envs,
-        backend=r.backend,
-        camera=r.camera,
-        image_size=r.image_size,
-        control_mode=r.control_mode,
-        max_episode_steps=r.max_steps,
-        reward_mode="binary" if r.use_binary_reward else "dense",
-        auto_reset=False,
-        seed=config.seed,
+    groups = group_sizes(r.num_parallel_envs, r.env_groups if r.backend == "cpu" else 1)
+    envs = [
+        make_env(
+            r.simulator,
+            r.env_id,
+            split=split,
+            num_envs=size,
+            backend=r.backend,
+            camera=r.camera,
+            image_size=r.image_size,
+            control_mode=r.control_mode,
+            max_episode_steps=r.max_steps,
+            reward_mode="binary" if r.use_binary_reward else "dense",
+            auto_reset=False,
+            seed=config.seed,
+        )
+        for size in groups
+    ]
+    return envs[0] if len(envs) == 1 else EnvGroups(envs)
+
+
+def make_collector(config: VLARLConfig, env: Simulator, policy: VLAPolicy) -> RolloutCollector:
+    """The collector of a run: its instruction, reward and overlap settings."""
+    r = config.rollout
+    return RolloutCollector(
+        env, policy, config.language_instruction, r.use_binary_reward, overlap=r.overlap
     )
 
 
@@ -78,8 +97,7 @@ def make_executor(
     """The executor ``config.rollout.executor`` names; ``base`` is the factory's base record."""
     r = config.rollout
     if r.executor == "local":
-        collector = RolloutCollector(env, policy, config.language_instruction, r.use_binary_reward)
-        return LocalExecutor(collector, num_shards=r.num_workers)
+        return LocalExecutor(make_collector(config, env, policy), num_shards=r.num_workers)
     if r.executor == "ray":
         from vla_rl_lib.rollout.ray_executor import RayExecutor
 

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vla_rl_lib.rollout.collector import Episode, Rollout, RolloutCollector
+from vla_rl_lib.rollout.collector import Episode, Rollout
 from vla_rl_lib.rollout.executor import (
+    make_collector,
     make_rollout_env,
     merge_shards,
     play_shard,
@@ -84,10 +85,7 @@ class RolloutWorker:
             )
         policy = _load_base(config, base_kind, base_path)
         policy.to(torch.device(device))
-        env = make_rollout_env(config)
-        self.collector = RolloutCollector(
-            env, policy, config.language_instruction, config.rollout.use_binary_reward
-        )
+        self.collector = make_collector(config, make_rollout_env(config), policy)
         self.device = device
         self._exit_after: int | None = None
 
