@@ -16,13 +16,18 @@ step that raises leaves no environment of the batch trustworthy, so it drops
 every running episode. ``Rollout.sim_faults`` counts the dropped episodes; an
 episode that faults more than ``MAX_EPISODE_REPLAYS`` times raises
 ``SimulatorFaultError``.
+
+Parts: ``EpisodeQueue`` (``episode_queue.py``) decides which env plays which
+seeded episode and puts a spoiled one back first; ``RolloutBuffer``
+(``buffer.py``) holds the preallocated time-major arrays and forgets a spoiled
+episode's rows; ``RolloutCollector.collect`` is the step loop: act, step, record,
+restart the envs whose episodes ended.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from vla_rl_lib.rollout.buffer import RolloutBuffer
 from vla_rl_lib.rollout.env_groups import EnvGroups
+from vla_rl_lib.rollout.episode_queue import EpisodeQueue
 from vla_rl_lib.seed_ranges import SEED_CEILING, TRAIN_SEED_FLOOR
 
 if TYPE_CHECKING:
@@ -137,7 +144,8 @@ class RolloutCollector:
 
     ``instruction`` None prompts the policy with each episode's own instruction from
     the observation (``Observation.instructions``); a string overrides it for every
-    episode (single-instruction tasks).
+    episode (single-instruction tasks). The reward is the simulator's
+    (``StepResult.reward``: its ``reward_mode`` decides binary or dense).
     """
 
     def __init__(
@@ -145,13 +153,11 @@ class RolloutCollector:
         env: Simulator,
         policy: VLAPolicy,
         instruction: str | None = None,
-        use_binary_reward: bool = True,
         overlap: bool = False,
     ) -> None:
         self.env = env
         self.policy = policy
         self.instruction = instruction
-        self.use_binary_reward = use_binary_reward
         self.overlap = overlap
 
     def groups(self) -> list[tuple[Simulator, np.ndarray]]:
@@ -190,14 +196,11 @@ class RolloutCollector:
     ) -> Rollout:
         """Play one episode per seed; record third-person frames of the first ``record_frames``."""
         t_start = time.perf_counter()
-        play = _Playthrough(self, seeds, temperature, record_frames, frame_size)
-        policy_s = 0.0
+        play = _Playthrough(self, seeds, record_frames, frame_size)
 
-        def timed_act(
-            env: Simulator, observation: Observation, rows: np.ndarray
-        ) -> tuple[ActOutput, float]:
+        def timed_act(group: int, observation: Observation, rows: np.ndarray) -> tuple[ActOutput, float]:
             t0 = time.perf_counter()
-            out = self.act(env, observation, rows, temperature, greedy)
+            out = self.act(play.groups[group][0], observation, rows, temperature, greedy)
             return out, time.perf_counter() - t0
 
         with ThreadPoolExecutor(1, "policy") if self.overlap else _Inline() as pool:
@@ -205,25 +208,22 @@ class RolloutCollector:
             def submit(group: int | None) -> Future | None:
                 if group is None:
                     return None
-                env = play.groups[group][0]
-                return pool.submit(timed_act, env, play.obs[group], play.active_rows(group))
+                return pool.submit(timed_act, group, play.obs[group], play.active_rows(group))
 
             group = play.next_group(after=-1)
             pending = submit(group)
             while group is not None:
                 out, seconds = pending.result()
-                policy_s += seconds
-                # The next group's policy call runs while this group's simulator steps.
+                play.policy_s += seconds
                 following = play.next_group(after=group)
-                pending = submit(following)
-                for ep in play.advance(group, out):
+                pending = submit(following)  # its policy call runs while this group steps
+                for ep in play.step(group, out, temperature):
                     if on_episode is not None:
                         on_episode(ep)
                 if following is None and play.group_active(group):
-                    following = group
-                    pending = submit(group)
+                    following, pending = group, submit(group)
                 group = following
-        return play.rollout(policy_s, time.perf_counter() - t_start)
+        return play.rollout(time.perf_counter() - t_start)
 
 
 class _Inline:
@@ -244,58 +244,38 @@ class _Inline:
         return future
 
 
-ROW_FIELDS = {  # per-step arrays of a rollout and the fill of a step no episode played
-    "token_ids": 0, "log_probs": 0.0, "values": 0.0, "rewards": 0.0, "terminated": False,
-    "truncated": False, "final_values": 0.0, "valid": False, "episode_index": -1,
-}  # fmt: skip
-
-
 class _Playthrough:
-    """The state of one ``collect``: which env plays which episode, and the recorded steps.
+    """The state of one ``collect``: the episode queue, the episodes, the recorded steps.
 
-    Row ``t`` holds every group's ``t``-th step (groups step in lockstep, a group
-    that has nothing left to play stops). Everything here runs on the calling
-    thread; only the policy calls may run elsewhere.
+    Everything here runs on the calling thread; only the policy calls of
+    ``RolloutCollector.collect`` may run elsewhere. Group rows are a group's own
+    env indices; ``cols[rows]`` are the same envs' columns in the batch.
     """
 
     def __init__(
-        self,
-        collector: RolloutCollector,
-        seeds: Sequence[int],
-        temperature: float,
-        record_frames: int,
-        frame_size: int | None,
+        self, collector: RolloutCollector, seeds: Sequence[int], record_frames: int, frame_size: int | None
     ) -> None:
         self.collector = collector
-        self.temperature = temperature
         self.record_frames = record_frames
         self.frame_hw = None if frame_size is None else (frame_size, frame_size)
         self.groups = collector.groups()
-        n = sum(len(cols) for _, cols in self.groups)
-        self.n = n
-        self.action_dim = collector.policy.action_dim
-        self.queue = deque(enumerate(seeds))
-        self.episodes: list[Episode] = []
-        self.by_index: dict[int, Episode] = {}  # the episodes now playing (or finished), by index
-        self.current = np.full(n, -1, dtype=np.int64)  # episode index each env is playing, -1 idle
-        self.rows: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("images", "instructions", *ROW_FIELDS)
-        }
-        self.steps = [0] * len(self.groups)  # the row each group fills next
+        num_envs = sum(len(cols) for _, cols in self.groups)
+        self.queue = EpisodeQueue(seeds, num_envs)
+        self.buffer = RolloutBuffer(num_envs, collector.policy.action_dim)
+        self.episodes: dict[int, Episode] = {}  # the episodes playing or finished, by index
+        self.steps = [0] * len(self.groups)  # the buffer row each group fills next
         self.sim_faults = 0
-        self.replays: dict[int, int] = {}  # episode index -> times it was dropped
-        self.sim_s = 0.0
-        self.obs: list[Observation | None] = []  # each group's latest observation
-        for group, (_, cols) in enumerate(self.groups):
-            idle = list(range(min(len(cols), len(self.queue))))
-            self.obs.append(self.start(group, idle) if idle else None)
+        self.sim_s = self.policy_s = 0.0
+        self.obs: list[Observation | None] = [  # each group's latest observation
+            self.start(group, np.arange(len(cols))) for group, (_, cols) in enumerate(self.groups)
+        ]
 
     # ------------------------------------------------------------------ schedule
-    def group_active(self, group: int) -> bool:
-        return bool((self.current[self.groups[group][1]] >= 0).any())
-
     def active_rows(self, group: int) -> np.ndarray:
-        return np.flatnonzero(self.current[self.groups[group][1]] >= 0)
+        return np.flatnonzero(self.queue.active(self.groups[group][1]))
+
+    def group_active(self, group: int) -> bool:
+        return bool(self.queue.active(self.groups[group][1]).any())
 
     def next_group(self, after: int) -> int | None:
         """The next group (in cyclic order, not ``after`` itself) with an episode playing."""
@@ -307,85 +287,109 @@ class _Playthrough:
         return None
 
     # ------------------------------------------------------------------ episodes
-    def start(self, group: int, rows: list[int]) -> Observation:
-        """Start the next queued episodes in ``rows`` of ``group``; its whole observation."""
+    def start(self, group: int, rows: np.ndarray | list[int]) -> Observation | None:
+        """Start the next queued episodes in ``rows`` of ``group`` (while the queue lasts);
+        the group's whole observation, None when nothing started."""
         env, cols = self.groups[group]
-        starts = [self.queue.popleft() for _ in rows]
-        for row, (index, seed) in zip(rows, starts, strict=True):
-            self.current[cols[row]] = index
-            ep = Episode(index=index, seed=seed, env_id=int(cols[row]))
-            if index < self.record_frames:
-                ep.frames = []
-            self.episodes.append(ep)
-            self.by_index[index] = ep
+        started = self.queue.assign([int(cols[row]) for row in rows])
+        if not started:
+            return None
+        for env_id, index, seed in started:
+            frames: list[np.ndarray] | None = [] if index < self.record_frames else None
+            self.episodes[index] = Episode(index=index, seed=seed, env_id=env_id, frames=frames)
         t0 = time.perf_counter()
-        obs = reset_episodes(env, rows, [s for _, s in starts])
+        obs = reset_episodes(env, [env_id - int(cols[0]) for env_id, _, _ in started],
+                             [seed for _, _, seed in started])  # fmt: skip
         self.sim_s += time.perf_counter() - t0
         return obs
 
     def drop(self, env_ids: Sequence[int], cause: str, error: Exception | None = None) -> None:
-        """Forget the episodes playing in ``env_ids`` and queue each again from its seed."""
-        again = []
-        for env_id in env_ids:
-            index = int(self.current[env_id])
-            ep = self.by_index.pop(index)
-            self.replays[index] = self.replays.get(index, 0) + 1
-            if self.replays[index] > MAX_EPISODE_REPLAYS:
+        """Forget the episodes playing in ``env_ids`` (batch columns) and queue each again
+        from its seed, ahead of the episodes not yet started."""
+        for env_id, (index, seed, times) in zip(env_ids, self.queue.requeue(env_ids), strict=True):
+            if times > MAX_EPISODE_REPLAYS:
                 raise SimulatorFaultError(
-                    f"the simulator failed {self.replays[index]} times on the episode with start "
-                    f"seed {ep.seed} (last: {cause}); this is not a one-off fault: reproduce it "
-                    f"with lift.make_env(...).reset(seed={ep.seed}) and fix the simulator or task"
+                    f"the simulator failed {times} times on the episode with start "
+                    f"seed {seed} (last: {cause}); this is not a one-off fault: reproduce it "
+                    f"with lift.make_env(...).reset(seed={seed}) and fix the simulator or task"
                 ) from error
-            for t, playing in enumerate(self.rows["episode_index"]):
-                if playing[env_id] == index:
-                    playing[env_id] = -1
-                    self.rows["valid"][t][env_id] = False
-                    self.rows["rewards"][t][env_id] = 0.0
-                    self.rows["terminated"][t][env_id] = self.rows["truncated"][t][env_id] = False
-            self.episodes[:] = [e for e in self.episodes if e is not ep]
-            self.current[env_id] = -1
+            self.buffer.invalidate(int(env_id), index)
+            del self.episodes[index]
             self.sim_faults += 1
-            again.append((index, ep.seed))
             log.warning(
                 "simulator fault in env %d (%s); replaying episode %d from seed %d",
-                env_id, cause, index, ep.seed,
-            )
-        self.queue.extendleft(reversed(again))
+                env_id, cause, index, seed,
+            )  # fmt: skip
 
-    def row(self, t: int) -> dict[str, np.ndarray]:
-        """Row ``t`` of every per-step array (views to write into), added when first reached."""
-        while len(self.rows["valid"]) <= t:
-            for name, fill in ROW_FIELDS.items():
-                shape = (self.n, self.action_dim) if name == "token_ids" else (self.n,)
-                dtype = {"token_ids": np.int64, "episode_index": np.int64}.get(
-                    name, bool if isinstance(fill, bool) else np.float32
-                )
-                self.rows[name].append(np.full(shape, fill, dtype=dtype))
-            self.rows["images"].append(None)
-            self.rows["instructions"].append(np.full(self.n, "", dtype=object))
-        return {name: self.rows[name][t] for name in ROW_FIELDS}
+    def rollout(self, total_s: float) -> Rollout:
+        return Rollout(
+            **self.buffer.finish(),
+            episodes=sorted(self.episodes.values(), key=lambda e: e.index),
+            seconds_sim=self.sim_s,
+            seconds_policy=self.policy_s,
+            seconds_total=total_s,
+            sim_faults=self.sim_faults,
+        )
 
     # ------------------------------------------------------------------ one group's step
-    def advance(self, group: int, out: ActOutput) -> list[Episode]:
-        """Step ``group`` with the policy's output for its active rows; the episodes that ended."""
+    def step(self, group: int, out: ActOutput, temperature: float) -> list[Episode]:
+        """Step ``group`` with the policy's output for its playing rows; the episodes that ended."""
         env, cols = self.groups[group]
-        obs = self.obs[group]
-        rows = self.active_rows(group)
-        for row in rows:
-            ep = self.by_index[self.current[cols[row]]]
-            if ep.frames is not None:
-                ep.frames.append(env.render("third_person", env_ids=[row], size=self.frame_hw)[0])
-        actions = np.zeros((len(cols), self.action_dim), dtype=np.float32)
+        obs, rows = self.obs[group], self.active_rows(group)
+        self.film(group, rows)
+        actions = np.zeros((len(cols), self.collector.policy.action_dim), dtype=np.float32)
         actions[rows] = out.actions
         t0 = time.perf_counter()
         try:
             res = env.step(actions)
         except Exception as exc:  # a failed batched step leaves no env of the group trustworthy
             self.drop(cols[rows], f"env.step raised {type(exc).__name__}: {exc}", exc)
-            self.obs[group] = self.start(group, rows[: len(self.queue)].tolist())
+            self.obs[group] = self.start(group, rows)
             self.sim_s += time.perf_counter() - t0
             return []
         self.sim_s += time.perf_counter() - t0
+        faulted = self.drop_faults(res, cols, rows)
+
+        valid = self.queue.active(cols)
+        terminated = res.terminated & valid
+        truncated = res.truncated & ~res.terminated & valid
+        reward = np.asarray(res.reward).astype(np.float32)
+        row = self.buffer.row(self.steps[group], obs.image.shape[1:], obs.image.dtype)
+        self.steps[group] += 1
+        row["images"][cols] = obs.image
+        row["instructions"][cols] = policy_prompts(obs, env, self.collector.instruction)
+        row["token_ids"][cols[rows]] = out.token_ids.cpu().numpy()
+        row["log_probs"][cols[rows]] = out.log_probs.float().cpu().numpy()
+        row["values"][cols[rows]] = out.values.float().cpu().numpy()
+        row["rewards"][cols] = np.where(valid, reward, 0.0)
+        row["terminated"][cols] = terminated
+        row["truncated"][cols] = truncated
+        row["valid"][cols] = valid
+        row["episode_index"][cols] = self.queue.playing[cols]
+        cut = np.flatnonzero(truncated)
+        if cut.size:  # bootstrap a time-limit cut from the value of where it stopped
+            row["final_values"][cols[cut]] = self.final_values(env, res, cut, temperature)
+
+        self.obs[group] = res.observation
+        success = np.asarray(res.info["success"], dtype=bool)
+        finished = self.tally(cols, valid, reward, success, terminated | truncated)
+        restart = [*faulted.tolist(), *(ep.env_id - int(cols[0]) for ep in finished)]
+        started = self.start(group, restart)  # replays are queued first
+        if started is not None:
+            self.obs[group] = started
+        return finished
+
+    def film(self, group: int, rows: np.ndarray) -> None:
+        """A third-person frame of each playing episode that records frames."""
+        env, cols = self.groups[group]
+        for row in rows:
+            ep = self.episodes[int(self.queue.playing[cols[row]])]
+            if ep.frames is not None:
+                ep.frames.append(env.render("third_person", env_ids=[row], size=self.frame_hw)[0])
+
+    def drop_faults(self, res: StepResult, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Drop the episodes a step spoiled (non-finite state or reward, or a state the engine
+        reset itself); the group rows they played, to restart."""
         blown_up = rows[~finite_rows(res, rows)]
         if blown_up.size:  # a physics blow-up: NaN/inf joint state or reward
             self.drop(cols[blown_up], "non-finite joint state or reward")
@@ -395,77 +399,33 @@ class _Playthrough:
                 cols[reset_by_sim], "the simulator reset an unstable state (info['sim_unstable'])"
             )
             blown_up = np.union1d(blown_up, reset_by_sim)
+        return blown_up
 
-        success = np.asarray(res.info["success"], dtype=bool)
-        reward = success.astype(np.float32) if self.collector.use_binary_reward else res.reward.astype(np.float32)
-        valid = self.current[cols] >= 0
-        terminated = res.terminated & valid
-        truncated = res.truncated & ~res.terminated & valid
-        t = self.steps[group]
-        self.steps[group] += 1
-        row = self.row(t)
-        if self.rows["images"][t] is None:
-            self.rows["images"][t] = np.zeros((self.n, *obs.image.shape[1:]), dtype=obs.image.dtype)
-        self.rows["images"][t][cols] = obs.image
-        self.rows["instructions"][t][cols] = policy_prompts(obs, env, self.collector.instruction)
-        row["token_ids"][cols[rows]] = out.token_ids.cpu().numpy()
-        row["log_probs"][cols[rows]] = out.log_probs.float().cpu().numpy()
-        row["values"][cols[rows]] = out.values.float().cpu().numpy()
-        row["rewards"][cols] = np.where(valid, reward, 0.0)
-        row["terminated"][cols] = terminated
-        row["truncated"][cols] = truncated
-        row["valid"][cols] = valid
-        row["episode_index"][cols] = self.current[cols]
-        cut = np.flatnonzero(truncated)
-        if cut.size:  # bootstrap a time-limit cut from the value of where it stopped
-            final = res.final_observation if res.final_observation is not None else res.observation
-            value = self.collector.act(env, final, cut, self.temperature, True).values
-            row["final_values"][cols[cut]] = value.float().cpu().numpy()
+    def final_values(
+        self, env: Simulator, res: StepResult, cut: np.ndarray, temperature: float
+    ) -> np.ndarray:
+        """V(where each truncated episode of ``cut`` stopped)."""
+        final = res.final_observation if res.final_observation is not None else res.observation
+        t0 = time.perf_counter()
+        values = self.collector.act(env, final, cut, temperature, True).values
+        self.policy_s += time.perf_counter() - t0
+        return values.float().cpu().numpy()
 
-        self.obs[group] = res.observation
+    def tally(
+        self, cols: np.ndarray, valid: np.ndarray, reward: np.ndarray, success: np.ndarray,
+        done: np.ndarray,
+    ) -> list[Episode]:
+        """Count one step of each valid row's episode; the episodes that ended (rows freed)."""
         finished = []
-        for local in np.flatnonzero(valid):
-            ep = self.by_index[self.current[cols[local]]]
+        for row in np.flatnonzero(valid):
+            ep = self.episodes[int(self.queue.playing[cols[row]])]
             ep.length += 1
-            ep.reward_sum += float(reward[local])
-            ep.success = ep.success or bool(success[local])
-            if terminated[local] or truncated[local]:
-                self.current[cols[local]] = -1
+            ep.reward_sum += float(reward[row])
+            ep.success = ep.success or bool(success[row])
+            if done[row]:
+                self.queue.finish(int(cols[row]))
                 finished.append(ep)
-        ended = [ep.env_id - int(cols[0]) for ep in finished]
-        restart = [*blown_up.tolist(), *ended][: len(self.queue)]  # replays are queued first
-        if restart:
-            self.obs[group] = self.start(group, restart)
         return finished
-
-    # ------------------------------------------------------------------ result
-    def rollout(self, policy_s: float, total_s: float) -> Rollout:
-        stacked = {k: np.stack(v) for k, v in self.rows.items()}
-        values = stacked["values"]
-        next_values = np.zeros_like(values)
-        next_values[:-1] = values[1:]  # same env, same episode, one step later (if it continued)
-        done = stacked["terminated"] | stacked["truncated"]
-        next_values = np.where(done, 0.0, next_values)
-        next_values = np.where(stacked["truncated"], stacked["final_values"], next_values)
-        self.episodes.sort(key=lambda e: e.index)
-        return Rollout(
-            images=stacked["images"],
-            instructions=stacked["instructions"],
-            token_ids=stacked["token_ids"],
-            log_probs=stacked["log_probs"],
-            values=values,
-            rewards=stacked["rewards"],
-            terminated=stacked["terminated"],
-            truncated=stacked["truncated"],
-            next_values=next_values.astype(np.float32),
-            valid=stacked["valid"],
-            episode_index=stacked["episode_index"],
-            episodes=self.episodes,
-            seconds_sim=self.sim_s,
-            seconds_policy=policy_s,
-            seconds_total=total_s,
-            sim_faults=self.sim_faults,
-        )
 
 
 def finite_rows(result: StepResult, env_ids: np.ndarray) -> np.ndarray:
