@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lift import make_env
+from vla_rl_lib.config import apply_overrides
 from vla_rl_lib.metrics import load_metrics
 from vla_rl_lib.policy.base import ActOutput
 from vla_rl_lib.rollout import executor as executor_module
@@ -168,6 +169,8 @@ def test_training_survives_simulator_faults(tiny_config, monkeypatch):
         return faulty
 
     monkeypatch.setattr(executor_module, "make_env", make_faulty_env)  # make_rollout_env builds it
+    # One simulator for the batch, so the plan's step counts and env ids are the batch's.
+    tiny_config = apply_overrides(tiny_config, {"rollout": {"env_groups": 1}})
     trainer = Trainer(tiny_config, progress=False)
     try:
         summary = trainer.train()

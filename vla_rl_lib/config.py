@@ -128,6 +128,10 @@ class RolloutConfig(_Section):
     num_workers: int = setting(1, "rollout workers (ray)", ge=1, shortcut="num_workers")
     worker_num_cpus: float = setting(1.0, "CPUs reserved per Ray worker", gt=0)
     worker_num_gpus: float = setting(0.0, "GPUs reserved per Ray worker", ge=0)
+    env_groups: int = setting(
+        1, "the batch is stepped in this many groups of envs, one simulator each (CPU backends)", ge=1)  # fmt: skip
+    overlap: bool = setting(
+        False, "one group's policy call runs while another group's simulator steps; same rollout to the bit")  # fmt: skip
 
     @model_validator(mode="after")
     def _ray_address_needs_ray(self) -> RolloutConfig:
@@ -170,6 +174,8 @@ class PPOConfig(_Section):
         True, "per batch, before the epochs (PPO; GRPO keeps its per-group ones)"
     )
     group_size: int = setting(4, "GRPO only: rollouts from one start state (divides num_rollouts_per_update)", ge=1)
+    update_threads: int = setting(
+        1, "torch threads during the update on CPU (rollouts keep one); 0 = one per core", ge=0)  # fmt: skip
 
     @model_validator(mode="after")
     def _consistent(self) -> PPOConfig:

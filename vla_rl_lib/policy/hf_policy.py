@@ -223,6 +223,7 @@ class HFVLAPolicy(VLAPolicy):
         self._prompt_cache: dict[str, list[int]] = {}
         self.lean_forward = lean_forward
         self._lean: tuple[nn.Module, LeanTinyVLA | None] | None = None
+        self._normalization_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -279,10 +280,21 @@ class HFVLAPolicy(VLAPolicy):
         if getattr(image_processor, "do_rescale", True):
             x = x * float(getattr(image_processor, "rescale_factor", 1 / 255))
         if getattr(image_processor, "do_normalize", True):
-            mean = torch.tensor(image_processor.image_mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(image_processor.image_std, device=x.device).view(1, -1, 1, 1)
+            mean, std = self._normalization(x.device)
             x = (x - mean) / std
         return x.to(self._hf_model().dtype)
+
+    def _normalization(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image processor's mean and std as (1, C, 1, 1) tensors, made once per device."""
+        cached = self._normalization_cache.get(device)
+        if cached is None:
+            image_processor = self.processor.image_processor
+            cached = tuple(
+                torch.tensor(values, device=device).view(1, -1, 1, 1)
+                for values in (image_processor.image_mean, image_processor.image_std)
+            )
+            self._normalization_cache[device] = cached
+        return cached
 
     def prompt_text(self, instruction: str) -> str:
         image_token = getattr(self.processor, "image_token", None) or ""
@@ -306,11 +318,9 @@ class HFVLAPolicy(VLAPolicy):
             raise ValueError(f"got {len(images)} images but {len(instructions)} instructions")
         rows = [self._encode_prompt_ids(text) for text in instructions]
         length = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.bool)
-        for i, row in enumerate(rows):
-            input_ids[i, length - len(row) :] = torch.tensor(row)
-            attention_mask[i, length - len(row) :] = True
+        # Left-padded in Python, then one tensor each: per-row tensor writes cost more.
+        input_ids = torch.tensor([[self.pad_token_id] * (length - len(r)) + r for r in rows])
+        attention_mask = torch.tensor([[False] * (length - len(r)) + [True] * len(r) for r in rows])
         device = self.device
         return _Prompts(
             input_ids.to(device), attention_mask.to(device), self.preprocess_images(images)
@@ -355,10 +365,12 @@ class HFVLAPolicy(VLAPolicy):
 
     def _bin_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., H) -> the 256 action-bin logits (..., 256), fp32."""
-        logits = self._hf_model().get_output_embeddings()(hidden)
-        return logits[
-            ..., self.action_tokenizer.action_token_begin : self.action_tokenizer.vocab_end
-        ].float()
+        head = self._hf_model().get_output_embeddings()
+        actions = slice(self.action_tokenizer.action_token_begin, self.action_tokenizer.vocab_end)
+        if type(head) is nn.Linear:  # only the 256 action rows of the head (LoRA-wrapped: all)
+            bias = None if head.bias is None else head.bias[actions]
+            return F.linear(hidden, head.weight[actions], bias).float()
+        return head(hidden)[..., actions].float()
 
     def _parallel_scores(self, prompts: _Prompts) -> _Scores:
         batch, prompt_len = prompts.input_ids.shape

@@ -16,18 +16,32 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import numpy as np
 import torch
 
 from lift import make_env
 from vla_rl_lib.rollout.collector import Episode, Rollout, RolloutCollector
+from vla_rl_lib.rollout.env_groups import EnvGroups, group_sizes
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
     from lift import Simulator
     from vla_rl_lib.config import VLARLConfig
     from vla_rl_lib.policy.base import VLAPolicy
+
+
+class CollectOptions(TypedDict, total=False):
+    """The keyword arguments of ``RolloutCollector.collect`` (its defaults apply), which an
+    executor hands on to the collector of each shard."""
+
+    temperature: float
+    greedy: bool
+    record_frames: int  # of the whole collect: each shard films its share
+    frame_size: int | None
+    on_episode: Callable[[Episode], None] | None
 
 
 class RolloutExecutor(Protocol):
@@ -35,37 +49,46 @@ class RolloutExecutor(Protocol):
 
     metrics: dict[str, float]  # figures of the last collect, logged with the update
 
-    def collect(
-        self,
-        seeds: Sequence[int],
-        temperature: float = 1.0,
-        greedy: bool = False,
-        record_frames: int = 0,
-        frame_size: int | None = None,
-        on_episode: Callable[[Episode], None] | None = None,
-    ) -> Rollout: ...
+    def collect(self, seeds: Sequence[int], **options: Unpack[CollectOptions]) -> Rollout: ...
 
     def close(self) -> None: ...
 
 
 def make_rollout_env(config: VLARLConfig, split: str = "train") -> Simulator:
     """The batched simulator of a run, built from its rollout settings, playing ``split``
-    (``lift.list_splits(env_id)``)."""
+    (``lift.list_splits(env_id)``).
+
+    On the CPU backend it holds ``rollout.env_groups`` simulators (``EnvGroups``),
+    so that the collector can step one group while the policy acts for another;
+    a GPU backend steps its whole batch in one call and stays one simulator.
+    """
     r = config.rollout
-    return make_env(
-        r.simulator,
-        r.env_id,
-        split=split,
-        num_envs=r.num_parallel_envs,
-        backend=r.backend,
-        camera=r.camera,
-        image_size=r.image_size,
-        control_mode=r.control_mode,
-        max_episode_steps=r.max_steps,
-        reward_mode="binary" if r.use_binary_reward else "dense",
-        auto_reset=False,
-        seed=config.seed,
-    )
+    groups = group_sizes(r.num_parallel_envs, r.env_groups if r.backend == "cpu" else 1)
+    envs = [
+        make_env(
+            r.simulator,
+            r.env_id,
+            split=split,
+            num_envs=size,
+            backend=r.backend,
+            camera=r.camera,
+            image_size=r.image_size,
+            control_mode=r.control_mode,
+            max_episode_steps=r.max_steps,
+            reward_mode="binary" if r.use_binary_reward else "dense",
+            auto_reset=False,
+            seed=config.seed,
+        )
+        for size in groups
+    ]
+    return envs[0] if len(envs) == 1 else EnvGroups(envs)
+
+
+def make_collector(config: VLARLConfig, env: Simulator, policy: VLAPolicy) -> RolloutCollector:
+    """The collector of a run: its instruction and overlap settings (the reward mode is
+    the simulator's: ``make_rollout_env``)."""
+    r = config.rollout
+    return RolloutCollector(env, policy, config.language_instruction, overlap=r.overlap)
 
 
 def make_executor(
@@ -78,8 +101,7 @@ def make_executor(
     """The executor ``config.rollout.executor`` names; ``base`` is the factory's base record."""
     r = config.rollout
     if r.executor == "local":
-        collector = RolloutCollector(env, policy, config.language_instruction, r.use_binary_reward)
-        return LocalExecutor(collector, num_shards=r.num_workers)
+        return LocalExecutor(make_collector(config, env, policy), num_shards=r.num_workers)
     if r.executor == "ray":
         from vla_rl_lib.rollout.ray_executor import RayExecutor
 
@@ -116,22 +138,24 @@ def play_shard(
     collector: RolloutCollector,
     seeds: Sequence[int],
     sampling_seed: int,
-    temperature: float,
-    greedy: bool,
-    record_frames: int,
-    frame_size: int | None,
-    on_episode: Callable[[Episode], None] | None = None,
+    **options: Unpack[CollectOptions],
 ) -> Rollout:
     """One shard's episodes with torch (CPU and CUDA) seeded for this shard alone."""
     torch.manual_seed(sampling_seed)
-    return collector.collect(
-        seeds,
-        temperature=temperature,
-        greedy=greedy,
-        record_frames=record_frames,
-        frame_size=frame_size,
-        on_episode=on_episode,
-    )
+    return collector.collect(seeds, **options)
+
+
+def shard_options(options: CollectOptions, offset: int, column: int) -> CollectOptions:
+    """``options`` for the shard whose episodes start at index ``offset`` and column
+    ``column`` of the merged rollout: its share of the filmed episodes, and
+    ``on_episode`` called with each episode as it sits in the merged rollout."""
+    mine = CollectOptions(**options)
+    if "record_frames" in options:
+        mine["record_frames"] = shard_record_frames(options["record_frames"], offset)
+    on_episode = options.get("on_episode")
+    if on_episode is not None:
+        mine["on_episode"] = lambda ep: on_episode(relabel(ep, offset, column))
+    return mine
 
 
 def shard_record_frames(record_frames: int, offset: int) -> int:
@@ -217,15 +241,7 @@ class LocalExecutor:
     def policy(self) -> VLAPolicy:
         return self.collector.policy
 
-    def collect(
-        self,
-        seeds: Sequence[int],
-        temperature: float = 1.0,
-        greedy: bool = False,
-        record_frames: int = 0,
-        frame_size: int | None = None,
-        on_episode: Callable[[Episode], None] | None = None,
-    ) -> Rollout:
+    def collect(self, seeds: Sequence[int], **options: Unpack[CollectOptions]) -> Rollout:
         shards = shard_seeds(seeds, self.num_shards)
         sampling = shard_sampling_seeds(len(shards))
         columns = self.collector.env.num_envs
@@ -233,27 +249,9 @@ class LocalExecutor:
         # Shards reseed torch; the driver's stream after collect must not depend on the executor.
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=cuda):
-            for shard, ((offset, shard_seeds_), sampling_seed) in enumerate(
-                zip(shards, sampling, strict=True)
-            ):
-                callback = None
-                if on_episode is not None:
-                    column = shard * columns
-
-                    def callback(ep: Episode, offset: int = offset, column: int = column) -> None:
-                        on_episode(relabel(ep, offset, column))
-
-                rollout = play_shard(
-                    self.collector,
-                    shard_seeds_,
-                    sampling_seed,
-                    temperature,
-                    greedy,
-                    shard_record_frames(record_frames, offset),
-                    frame_size,
-                    callback,
-                )
-                played.append((offset, rollout))
+            for shard, ((offset, seeds_), sampling_seed) in enumerate(zip(shards, sampling, strict=True)):
+                mine = shard_options(options, offset, shard * columns)
+                played.append((offset, play_shard(self.collector, seeds_, sampling_seed, **mine)))
         return merge_shards(played)
 
     def close(self) -> None:

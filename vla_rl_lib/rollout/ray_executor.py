@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vla_rl_lib.rollout.collector import Episode, Rollout, RolloutCollector
+from vla_rl_lib.rollout.collector import Episode, Rollout
 from vla_rl_lib.rollout.executor import (
+    CollectOptions,
+    make_collector,
     make_rollout_env,
     merge_shards,
     play_shard,
     relabel,
-    shard_record_frames,
+    shard_options,
     shard_sampling_seeds,
     shard_seeds,
 )
@@ -44,6 +46,8 @@ except ImportError as exc:  # ray is the optional `ray` extra
     ) from exc
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
     from vla_rl_lib.config import VLARLConfig
     from vla_rl_lib.policy.base import VLAPolicy
 
@@ -84,10 +88,7 @@ class RolloutWorker:
             )
         policy = _load_base(config, base_kind, base_path)
         policy.to(torch.device(device))
-        env = make_rollout_env(config)
-        self.collector = RolloutCollector(
-            env, policy, config.language_instruction, config.rollout.use_binary_reward
-        )
+        self.collector = make_collector(config, make_rollout_env(config), policy)
         self.device = device
         self._exit_after: int | None = None
 
@@ -104,22 +105,11 @@ class RolloutWorker:
         weights: dict[str, torch.Tensor],
         seeds: list[int],
         sampling_seed: int,
-        temperature: float,
-        greedy: bool,
-        record_frames: int,
-        frame_size: int | None,
+        options: CollectOptions,
     ) -> Rollout:
         self.collector.policy.load_trainable_state_dict(weights)
-        return play_shard(
-            self.collector,
-            seeds,
-            sampling_seed,
-            temperature,
-            greedy,
-            record_frames,
-            frame_size,
-            self._fault_injection(),
-        )
+        injected = self._fault_injection()
+        return play_shard(self.collector, seeds, sampling_seed, **options, on_episode=injected)
 
     def exit_after_episodes(self, count: int) -> None:
         """Fault drill: this process exits abruptly once ``count`` more episodes have finished."""
@@ -233,17 +223,10 @@ class RayExecutor:
         ray.kill(self.workers[index], no_restart=True)
         self.workers[index] = self._spawn()
 
-    def collect(
-        self,
-        seeds: Sequence[int],
-        temperature: float = 1.0,
-        greedy: bool = False,
-        record_frames: int = 0,
-        frame_size: int | None = None,
-        on_episode: Callable[[Episode], None] | None = None,
-    ) -> Rollout:
+    def collect(self, seeds: Sequence[int], **options: Unpack[CollectOptions]) -> Rollout:
         """Same contract as ``RolloutCollector.collect``; ``on_episode`` runs as shards arrive."""
         t_start = time.perf_counter()
+        on_episode = options.pop("on_episode", None)  # called here, not on the workers
         shards = shard_seeds(seeds, len(self.workers))
         sampling = shard_sampling_seeds(len(shards))
         weights = {k: v.detach().cpu() for k, v in self.policy.trainable_state_dict().items()}
@@ -252,15 +235,8 @@ class RayExecutor:
 
         def submit(shard: int) -> Any:
             offset, shard_seeds_ = shards[shard]
-            return self.workers[shard].collect.remote(
-                weights_ref,
-                shard_seeds_,
-                sampling[shard],
-                temperature,
-                greedy,
-                shard_record_frames(record_frames, offset),
-                frame_size,
-            )
+            mine = shard_options(options, offset, column=0)  # on_episode was taken out above
+            return self.workers[shard].collect.remote(weights_ref, shard_seeds_, sampling[shard], mine)
 
         pending = {submit(shard): shard for shard in range(len(shards))}
         results: dict[int, Rollout] = {}

@@ -79,6 +79,7 @@ from vla_rl_lib.policy.action_tokenizer import (
     write_dataset_statistics,
 )
 from vla_rl_lib.rollout.collector import policy_prompts, reset_episodes
+from vla_rl_lib.rollout.episode_queue import EpisodeQueue
 from vla_rl_lib.seed_ranges import TRAIN_SEED_FLOOR, demo_attempts
 
 FORMAT_NAME = "vla-rl-demonstrations"
@@ -216,26 +217,20 @@ def _play_attempts(
     exactly 0..K-1, where K is the first index at which ``num_demos`` of them
     have succeeded, however many environments run at once.
     """
-    n = env.num_envs
+    queue = EpisodeQueue(range(seed, seed + max_attempts), env.num_envs)
     running: dict[int, _Attempt] = {}  # env id -> attempt
     finished: dict[int, _Attempt] = {}  # attempt index -> attempt, until yielded
-    next_attempt = next_to_yield = successes = 0
+    next_to_yield = successes = 0
 
     def launch(env_ids: list[int]) -> Any:
-        nonlocal next_attempt
-        chosen, attempts = [], []
-        for env_id in env_ids:
-            if successes + len(running) >= num_demos or next_attempt >= max_attempts:
-                break
-            attempt = _Attempt(index=next_attempt, seed=seed + next_attempt)
-            next_attempt += 1
-            running[env_id] = attempt
-            chosen.append(env_id)
-            attempts.append(attempt)
+        started = queue.assign(env_ids, limit=num_demos - successes - len(running))
+        for env_id, index, start_seed in started:
+            running[env_id] = _Attempt(index=index, seed=start_seed)
         # The same start-state rule as evaluation, so demo and evaluation seeds compare.
-        return reset_episodes(env, chosen, [a.seed for a in attempts]) if chosen else None
+        chosen, seeds = [env_id for env_id, _, _ in started], [s for _, _, s in started]
+        return reset_episodes(env, chosen, seeds) if started else None
 
-    observation = launch(list(range(n)))
+    observation = launch(list(range(env.num_envs)))
     while running:
         actions = np.asarray(expert.act(), dtype=np.float32)
         prompts = policy_prompts(observation, env, instruction)
@@ -255,9 +250,10 @@ def _play_attempts(
             if done[env_id]:
                 ended.append(env_id)
                 del running[env_id]
+                queue.finish(env_id)
                 finished[attempt.index] = attempt
                 successes += int(success[env_id])
-                bar.set_postfix(attempts=next_attempt, refresh=False)
+                bar.set_postfix(attempts=len(queue.seeds), refresh=False)
         if ended:
             restarted = launch(ended)
             if restarted is not None:
@@ -265,6 +261,61 @@ def _play_attempts(
         while next_to_yield in finished:
             yield finished.pop(next_to_yield)
             next_to_yield += 1
+
+
+def _checked_attempts(
+    num_demos: int, seed: int, max_attempts: int | None, out_dir: Path, overwrite: bool
+) -> int:
+    """``max_attempts`` (its default filled in) once the request is known to be valid."""
+    if num_demos < 1:
+        raise ValueError(f"num_demos={num_demos} is invalid: ask for at least 1 demonstration")
+    if max_attempts is None:
+        max_attempts = demo_attempts(num_demos)
+    if max_attempts < num_demos:
+        raise ValueError(f"max_attempts={max_attempts} is smaller than num_demos={num_demos}")
+    if seed < 0 or seed + max_attempts > TRAIN_SEED_FLOOR:
+        raise ValueError(
+            f"seed={seed} with up to {max_attempts} attempts leaves the held-out start range "
+            f"[0, {TRAIN_SEED_FLOOR}) that RL training never draws from; pick a smaller seed"
+        )
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already exists; load it with load_demonstrations({str(out_dir)!r}), "
+            "pass overwrite=True, or choose another out_dir"
+        )
+    return max_attempts
+
+
+def _shortfall(
+    kept: int, attempted: int, out_of_steps: int, seed: int, num_demos: int, max_episode_steps: int
+) -> RuntimeError:
+    """The error for an expert that solved fewer than ``num_demos`` attempts, with the fix."""
+    failed = attempted - kept
+    fix = (
+        f"{out_of_steps} of the {failed} failed attempts ran out of steps at "
+        f"max_episode_steps={max_episode_steps}: raise the step limit (rollout.max_steps; "
+        "the README lists the expert's episode lengths per task)"
+        if out_of_steps * 2 >= failed
+        else "raise max_attempts, or check the expert on this simulator and control mode"
+    )
+    return RuntimeError(
+        f"the scripted expert solved only {kept} of {attempted} attempts "
+        f"(seeds {seed}..{seed + attempted - 1}), short of num_demos={num_demos}; {fix}"
+    )
+
+
+def _write_statistics(directory: Path, actions: np.ndarray, num_trajectories: int) -> None:
+    """The action statistics of the kept demonstrations (gripper left unnormalized)."""
+    statistics = ActionStatistics.from_actions(
+        actions, mask=np.arange(actions.shape[1]) < actions.shape[1] - 1
+    )
+    write_dataset_statistics(
+        directory / DATASET_STATISTICS_FILE,
+        STATISTICS_KEY,
+        statistics,
+        num_transitions=len(actions),
+        num_trajectories=num_trajectories,
+    )
 
 
 def collect_demonstrations(
@@ -299,35 +350,13 @@ def collect_demonstrations(
     from lift.expert import ScriptedExpert
 
     out_dir = Path(out_dir)
-    if num_demos < 1:
-        raise ValueError(f"num_demos={num_demos} is invalid: ask for at least 1 demonstration")
-    if max_attempts is None:
-        max_attempts = demo_attempts(num_demos)
-    if max_attempts < num_demos:
-        raise ValueError(f"max_attempts={max_attempts} is smaller than num_demos={num_demos}")
-    if seed < 0 or seed + max_attempts > TRAIN_SEED_FLOOR:
-        raise ValueError(
-            f"seed={seed} with up to {max_attempts} attempts leaves the held-out start range "
-            f"[0, {TRAIN_SEED_FLOOR}) that RL training never draws from; pick a smaller seed"
-        )
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already exists; load it with load_demonstrations({str(out_dir)!r}), "
-            "pass overwrite=True, or choose another out_dir"
-        )
+    max_attempts = _checked_attempts(num_demos, seed, max_attempts, out_dir, overwrite)
 
     env = lift.make_env(
-        simulator,
-        env_id,
-        num_envs=num_envs,
-        image_size=image_size,
-        camera=camera,
-        control_mode=control_mode,
-        max_episode_steps=max_episode_steps,
-        obs_mode="rgb",
-        auto_reset=True,
-        seed=seed,
-    )
+        simulator, env_id, num_envs=num_envs, image_size=image_size, camera=camera,
+        control_mode=control_mode, max_episode_steps=max_episode_steps, obs_mode="rgb",
+        auto_reset=True, seed=seed,
+    )  # fmt: skip
     kept_seeds: list[int] = []
     kept_lengths: list[int] = []
     attempted = out_of_steps = 0
@@ -350,29 +379,10 @@ def collect_demonstrations(
                     kept_lengths.append(len(attempt.actions))
                     bar.update(1)
             if len(kept_seeds) < num_demos:
-                failed = attempted - len(kept_seeds)
-                fix = (
-                    f"{out_of_steps} of the {failed} failed attempts ran out of steps at "
-                    f"max_episode_steps={max_episode_steps}: raise the step limit (rollout.max_steps; "
-                    "the README lists the expert's episode lengths per task)"
-                    if out_of_steps * 2 >= failed
-                    else "raise max_attempts, or check the expert on this simulator and control mode"
+                raise _shortfall(
+                    len(kept_seeds), attempted, out_of_steps, seed, num_demos, max_episode_steps
                 )
-                raise RuntimeError(
-                    f"the scripted expert solved only {len(kept_seeds)} of {attempted} attempts "
-                    f"(seeds {seed}..{seed + attempted - 1}), short of num_demos={num_demos}; {fix}"
-                )
-            action_array = np.stack(actions)
-            statistics = ActionStatistics.from_actions(
-                action_array, mask=np.arange(action_array.shape[1]) < action_array.shape[1] - 1
-            )
-            write_dataset_statistics(
-                tmp / DATASET_STATISTICS_FILE,
-                STATISTICS_KEY,
-                statistics,
-                num_transitions=len(action_array),
-                num_trajectories=len(kept_seeds),
-            )
+            _write_statistics(tmp, np.stack(actions), num_trajectories=len(kept_seeds))
             meta = _meta(
                 env, simulator, instruction or env.instruction, seed, kept_seeds, kept_lengths, attempted
             )

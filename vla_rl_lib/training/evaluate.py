@@ -115,20 +115,19 @@ class SplitCollectors:
     (episodes of a split can only be played by an env made for it); ``close`` closes them."""
 
     def __init__(self, config: VLARLConfig, policy: Any, num_envs: int | None = None) -> None:
-        from vla_rl_lib.rollout.executor import make_rollout_env
+        from vla_rl_lib.rollout.executor import make_collector, make_rollout_env
 
         if num_envs is not None:
             config = apply_overrides(config, {"rollout.num_parallel_envs": num_envs})
         self.config, self.policy, self._make_env = config, policy, make_rollout_env
+        self._make_collector = make_collector
         self._collectors: dict[str, RolloutCollector] = {}
 
     def __call__(self, split: str) -> RolloutCollector:
         if split not in self._collectors:
             cfg = self.config
             env = self._make_env(cfg, split)
-            self._collectors[split] = RolloutCollector(
-                env, self.policy, cfg.language_instruction, cfg.rollout.use_binary_reward
-            )
+            self._collectors[split] = self._make_collector(cfg, env, self.policy)
         return self._collectors[split]
 
     def close(self) -> None:

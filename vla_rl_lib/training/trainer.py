@@ -37,6 +37,7 @@ from vla_rl_lib.rollout.collector import (
 from vla_rl_lib.rollout.executor import make_executor, make_rollout_env
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training import distributed, runs
+from vla_rl_lib.training.cpu_threads import phase_threads, update_threads
 from vla_rl_lib.training.evaluate import (
     SELECTION_SPLIT,
     SplitCollectors,
@@ -154,6 +155,7 @@ class Trainer:
         self.env_steps = 0
         self.best_eval: float | None = None  # None until an evaluation has run
         self.elapsed_s = 0.0
+        self.cpu_s = {"rollout": 0.0, "update": 0.0}  # process CPU seconds of the last update's phases
         self.skipped_updates = 0
         self.consecutive_skips = 0
         self.wall_before_s = 0.0  # wall-clock of train() in earlier (resumed) processes
@@ -405,7 +407,7 @@ class Trainer:
         if self.progress and self.launch.is_main:
             updates = progress_bar(updates, total=len(updates), desc="updates", interactive=True)
         for update in updates:
-            t0 = time.perf_counter()
+            t0, cpu_rollout = time.perf_counter(), time.process_time()
             torch.manual_seed(derive_seed(cfg.seed, update, 1))
             seeds = training_episode_seeds(cfg.seed, update, r.num_rollouts_per_update, group_size)
             rollout = batch = None
@@ -416,12 +418,14 @@ class Trainer:
                 batch = distributed.broadcast_object(batch, self.launch)
             batch, dropped = distributed.trim_batch(batch, self.launch.world_size)
             generator = torch.Generator().manual_seed(derive_seed(cfg.seed, update, 2))
-            t_update = time.perf_counter()
-            stats = ppo_update(
-                self.learner.trainer_view, self.optimizer, batch, p, r.temperature, generator,
-                shard=self.learner.shard,
-            )
+            t_update, cpu_update = time.perf_counter(), time.process_time()
+            with phase_threads(update_threads(p.update_threads, self.device)):
+                stats = ppo_update(
+                    self.learner.trainer_view, self.optimizer, batch, p, r.temperature, generator,
+                    shard=self.learner.shard,
+                )  # fmt: skip
             update_s = time.perf_counter() - t_update
+            self.cpu_s = {"rollout": cpu_update - cpu_rollout, "update": time.process_time() - cpu_update}
             self._count_skips(stats, update)
             if rollout is None:  # a DDP rank > 0: it only learns
                 if distributed.broadcast_object(None, self.launch):
@@ -494,6 +498,9 @@ class Trainer:
             "perf/sim_s": rollout.seconds_sim,
             "perf/policy_s": rollout.seconds_policy,
             "perf/update_s": update_s,
+            # CPU seconds of the process (all its threads) in each phase: the cores' ceiling
+            "perf/rollout_cpu_s": self.cpu_s["rollout"],
+            "perf/update_cpu_s": self.cpu_s["update"],
             "perf/skipped_updates": self.skipped_updates,
             "time_s": self.elapsed_s,
         }
