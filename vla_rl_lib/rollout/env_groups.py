@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lift import Simulator
-from lift.simulator import validate_actions, validate_env_ids
+from lift.simulator import validate_actions
 from lift.types import Observation, StepResult
 
 
@@ -75,8 +75,24 @@ class EnvGroups(Simulator):
                 group.reset(env_ids=local)
                 self._episode_counter = group.get_seed_state()["episode_counter"]
 
-    def _observe(self) -> Observation:
-        return join_observations([group._observe() for group in self.groups])
+    def _observe(self, env_ids: np.ndarray | None = None) -> Observation:
+        if env_ids is None:
+            return join_observations([group._observe() for group in self.groups])
+        return join_observations(
+            [group._observe(local) for group, local in zip(self.groups, self._split(env_ids), strict=True) if local.size]
+        )
+
+    # A composite: ``step`` below runs each group's own template step (targets, engine,
+    # task state, outcome, auto-reset), so the per-engine parts are never called on it.
+    def _apply_targets(self, action: np.ndarray) -> None:
+        raise NotImplementedError("EnvGroups steps each group whole; call step()")
+
+    def _task_state(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError("EnvGroups steps each group whole; call step()")
+
+    def task_state(self) -> dict[str, np.ndarray]:
+        states = [group.task_state() for group in self.groups]
+        return {key: np.concatenate([state[key] for state in states]) for key in states[0]}
 
     def step(self, actions: np.ndarray) -> StepResult:
         actions = validate_actions(actions, self.num_envs, self.action_dim)
@@ -93,21 +109,14 @@ class EnvGroups(Simulator):
             else join_observations(finals),
         )
 
-    def render(
-        self,
-        camera: str = "third_person",
-        env_ids: np.ndarray | list[int] | None = None,
-        size: tuple[int, int] | None = None,
-    ) -> np.ndarray:
-        ids = validate_env_ids(env_ids, self.num_envs)
+    def _render(self, camera: str, ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         frames = [
             group.render(camera, local, size)
             for group, local in zip(self.groups, self._split(ids), strict=True)
             if local.size
         ]
         if not frames:
-            height, width = self.config.image_size if size is None else size
-            return np.empty((0, height, width, 3), dtype=np.uint8)
+            return np.empty((0, *size, 3), dtype=np.uint8)
         return np.concatenate(frames)
 
     def close(self) -> None:
