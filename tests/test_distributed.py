@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vla_rl_lib.algorithms.ppo import DataShard, PPOBatch, ppo_update
+from vla_rl_lib.algorithms.ppo import DataShard, PPOBatch, PPOSettings, ppo_update
 from vla_rl_lib.config import PPOConfig
 from vla_rl_lib.policy.hf_policy import LoRASettings, build_policy
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
@@ -33,10 +33,11 @@ from vla_rl_lib.training.distributed import (
 )
 
 BATCH = 8  # global batch B
-SETTINGS = PPOConfig(
+CONFIG = PPOConfig(
     num_epochs=2, minibatch_size=4, micro_batch_size=1, max_grad_norm=0.5,
     learning_rate=1e-3, value_learning_rate=1e-3,
 )
+SETTINGS = PPOSettings.from_section(CONFIG)
 SIZES = TinyVLAConfig(
     image_size=32, patch_size=16, vision_hidden_size=32, vision_intermediate_size=64,
     vision_layers=1, vision_heads=2, text_hidden_size=48, text_intermediate_size=96,
@@ -53,7 +54,7 @@ def make_policy(lora: bool):
 
 def make_optimizer(policy):
     return torch.optim.AdamW(
-        policy.optimizer_param_groups(SETTINGS.learning_rate, SETTINGS.value_learning_rate),
+        policy.optimizer_param_groups(CONFIG.learning_rate, CONFIG.value_learning_rate),
         eps=1e-5, weight_decay=0.0,
     )
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from vla_rl_lib.algorithms.ppo import PPOBatch, ppo_loss, ppo_update
+from vla_rl_lib.algorithms.ppo import PPOBatch, PPOSettings, ppo_loss, ppo_update
 from vla_rl_lib.config import PPOConfig
 from vla_rl_lib.policy.base import EvaluateOutput
 
@@ -51,15 +51,15 @@ def make_batch(policy, size=32, seed=0, advantages=None):
     return PPOBatch(images, instructions, tokens, out.log_probs, out.values, advantages, returns)
 
 
-def settings(**changes) -> PPOConfig:
+def settings(**changes) -> PPOSettings:
     base = PPOConfig(num_epochs=1, minibatch_size=32, micro_batch_size=32, max_grad_norm=1e6)
-    return dataclasses.replace(base, **changes)
+    return PPOSettings.from_section(dataclasses.replace(base, **changes))
 
 
 # ---------------------------------------------------------------- the loss
 
 
-def reference_loss(new_lp, old_lp, adv, ent, new_v, old_v, ret, s: PPOConfig):
+def reference_loss(new_lp, old_lp, adv, ent, new_v, old_v, ret, s: PPOSettings):
     """Per-sample loops in plain floats."""
     eps_low, eps_high = (
         s.clip_ratio,

@@ -7,10 +7,17 @@ from vla_rl_lib.algorithms.advantage import (
     episode_returns,
     group_normalized_advantages,
 )
-from vla_rl_lib.algorithms.ppo import PPOBatch, explained_variance, ppo_loss, ppo_update
+from vla_rl_lib.algorithms.ppo import (
+    PPOBatch,
+    PPOSettings,
+    explained_variance,
+    ppo_loss,
+    ppo_update,
+)
 
 __all__ = [
     "PPOBatch",
+    "PPOSettings",
     "broadcast_to_steps",
     "compute_gae",
     "episode_ids",

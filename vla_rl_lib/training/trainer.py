@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from vla_rl_lib.algorithms.ppo import ppo_update
+from vla_rl_lib.algorithms.ppo import PPOSettings, ppo_update
 from vla_rl_lib.config import VLARLConfig, apply_overrides, config_to_dict
 from vla_rl_lib.metrics import MetricsWriter
 from vla_rl_lib.rollout.batch import rollout_to_batch
@@ -393,6 +393,7 @@ class Trainer:
             )  # fmt: skip
         preflight = self.preflight()
         group_size = p.group_size if p.algorithm == "grpo" else 1
+        update_settings = PPOSettings.from_section(p)
         last_eval: SplitResults | None = None
         evaluating = cfg.eval_interval > 0  # 0 means never (num_eval_episodes may then be 0)
         if self.start_update == 0 and evaluating and self.collects:
@@ -418,7 +419,7 @@ class Trainer:
             generator = torch.Generator().manual_seed(derive_seed(cfg.seed, update, 2))
             t_update = time.perf_counter()
             stats = ppo_update(
-                self.learner.trainer_view, self.optimizer, batch, p, r.temperature, generator,
+                self.learner.trainer_view, self.optimizer, batch, update_settings, r.temperature, generator,
                 shard=self.learner.shard,
             )
             update_s = time.perf_counter() - t_update
