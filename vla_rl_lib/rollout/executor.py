@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -66,25 +65,6 @@ def make_rollout_env(config: VLARLConfig, split: str = "train") -> Simulator:
         auto_reset=False,
         seed=config.seed,
     )
-
-
-def make_executor(
-    config: VLARLConfig,
-    env: Simulator,
-    policy: VLAPolicy,
-    base: dict[str, Any],
-    run_dir: Path,
-) -> RolloutExecutor:
-    """The executor ``config.rollout.executor`` names; ``base`` is the factory's base record."""
-    r = config.rollout
-    if r.executor == "local":
-        collector = RolloutCollector(env, policy, config.language_instruction, r.use_binary_reward)
-        return LocalExecutor(collector, num_shards=r.num_workers)
-    if r.executor == "ray":
-        from vla_rl_lib.rollout.ray_executor import RayExecutor
-
-        return RayExecutor(config, policy, base, run_dir)
-    raise ValueError(f"rollout.executor={r.executor!r} is not one of 'local', 'ray'")
 
 
 def shard_seeds(seeds: Sequence[int], num_shards: int) -> list[tuple[int, list[int]]]:

@@ -34,7 +34,8 @@ from vla_rl_lib.rollout.collector import (
     reset_episodes,
     training_episode_seeds,
 )
-from vla_rl_lib.rollout.executor import make_executor, make_rollout_env
+from vla_rl_lib.rollout.executor import make_rollout_env
+from vla_rl_lib.rollout.factory import make_executor
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training import distributed, runs
 from vla_rl_lib.training.evaluate import (
