@@ -38,6 +38,7 @@ from vla_rl_lib.rollout.executor import make_rollout_env
 from vla_rl_lib.rollout.factory import make_executor
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training import distributed, runs
+from vla_rl_lib.training.errors import TrainingError
 from vla_rl_lib.training.evaluate import (
     SELECTION_SPLIT,
     SplitCollectors,
@@ -54,10 +55,6 @@ log = logging.getLogger(__name__)
 MIN_FREE_BYTES = 200 * 1024**2
 # Shown where a summary is printed in place of best_eval_success = None.
 NO_EVALUATION = "no evaluation ran"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to do."""
 
 
 class PreflightError(TrainingError):
@@ -130,7 +127,7 @@ class Trainer:
             distributed.check_launch(self.launch.world_size, config.ppo.minibatch_size,
                                      config.distributed_strategy, config.rollout.executor)
         seed_everything(config.seed)
-        self.device = torch.device(resolve_device(config.device, self.launch.local_rank))
+        self.device = torch.device(distributed.resolve_device(config.device, self.launch.local_rank))
         configure_cpu_threads(self.device)
         from vla_rl_lib.planner import check_fits_device
 
@@ -572,15 +569,6 @@ def configure_cpu_threads(device: torch.device) -> None:
     """
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
-
-
-def resolve_device(device: str, local_rank: int = 0) -> str:
-    """The device name; under torchrun, process ``local_rank`` takes GPU ``local_rank``."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' was requested but no CUDA GPU is visible; use device: cpu")
-    return f"cuda:{local_rank}" if device == "cuda" and local_rank else device
 
 
 def config_to_yaml(config: VLARLConfig) -> str:
