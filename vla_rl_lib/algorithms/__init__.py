@@ -1,4 +1,5 @@
-"""RL algorithms: advantage estimation and the PPO/GRPO update. No simulator or model code here."""
+"""RL algorithms: advantage estimation and the PPO/GRPO update. Only torch and numpy: no simulator,
+model or run-config code here."""
 
 from vla_rl_lib.algorithms.advantage import (
     broadcast_to_steps,

@@ -59,6 +59,17 @@ class PPOSettings:
     value_loss_type: str  # "mse" or "huber"
     normalize_advantages: bool  # PPO only
 
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("algorithm", self.algorithm, ("ppo", "grpo")),
+            ("value_loss_type", self.value_loss_type, ("mse", "huber")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"PPOSettings.{name}={value!r} is unknown; choose one of {allowed}")
+        for name in ("num_epochs", "minibatch_size", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOSettings.{name}={getattr(self, name)} must be >= 1")
+
     @classmethod
     def from_section(cls, section: object) -> PPOSettings:
         """Read these fields by name from ``section`` (the run config's ``cfg.ppo``)."""
