@@ -41,7 +41,7 @@ def measure(config_path: str, overrides: dict) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from vla_rl_lib.algorithms.ppo import PPOBatch, ppo_update
+    from vla_rl_lib.algorithms.ppo import PPOBatch, PPOSettings, ppo_update
     from vla_rl_lib.config import apply_overrides, load_config
     from vla_rl_lib.planner import GB, build_plan
     from vla_rl_lib.policy.hf_policy import build_policy
@@ -74,7 +74,7 @@ def measure(config_path: str, overrides: dict) -> dict[str, float]:
         out = policy.act(images, instructions, 1.0, False)
     batch = PPOBatch(images, instructions, out.token_ids, out.log_probs, out.values,
                      torch.randn(size), out.values + torch.randn(size))
-    ppo_update(policy, optimizer, batch, cfg.ppo, 1.0, torch.Generator().manual_seed(0))
+    ppo_update(policy, optimizer, batch, PPOSettings.from_section(cfg.ppo), 1.0, torch.Generator().manual_seed(0))
     peak_kb = _status_kb("VmHWM")
     measured = (peak_kb - baseline_kb) * 1024
     return {

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import lift
-from vla_rl_lib.algorithms.ppo import PPOBatch, ppo_update
+from vla_rl_lib.algorithms.ppo import PPOBatch, PPOSettings, ppo_update
 from vla_rl_lib.config import VLARLConfig, load_template
 from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, build_tiny_vla
@@ -74,7 +74,7 @@ def measure(name: str, repeats: int) -> float:
         )
         generator = torch.Generator().manual_seed(repeat)
         start = time.perf_counter()
-        stats = ppo_update(policy, optimizer, batch, cfg.ppo, cfg.rollout.temperature, generator)
+        stats = ppo_update(policy, optimizer, batch, PPOSettings.from_section(cfg.ppo), cfg.rollout.temperature, generator)
         elapsed = time.perf_counter() - start
         samples = len(batch) * stats["epochs_completed"]
         best = min(best, elapsed / max(samples, 1))

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vla_rl_lib.algorithms.ppo import DataShard, PPOBatch, ppo_update
+from vla_rl_lib.algorithms.ppo import DataShard, PPOBatch, PPOSettings, ppo_update
 from vla_rl_lib.config import PPOConfig
 from vla_rl_lib.policy.hf_policy import LoRASettings, build_policy
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
@@ -32,10 +32,11 @@ from vla_rl_lib.training.distributed import (
 )
 
 BATCH = 8  # global batch B
-SETTINGS = PPOConfig(
+CONFIG = PPOConfig(
     num_epochs=2, minibatch_size=4, micro_batch_size=1, max_grad_norm=0.5,
     learning_rate=1e-3, value_learning_rate=1e-3,
 )
+SETTINGS = PPOSettings.from_section(CONFIG)
 SIZES = TinyVLAConfig(
     image_size=32, patch_size=16, vision_hidden_size=32, vision_intermediate_size=64,
     vision_layers=1, vision_heads=2, text_hidden_size=48, text_intermediate_size=96,
@@ -52,7 +53,7 @@ def make_policy(lora: bool):
 
 def make_optimizer(policy):
     return torch.optim.AdamW(
-        policy.optimizer_param_groups(SETTINGS.learning_rate, SETTINGS.value_learning_rate),
+        policy.optimizer_param_groups(CONFIG.learning_rate, CONFIG.value_learning_rate),
         eps=1e-5, weight_decay=0.0,
     )
 
@@ -189,7 +190,7 @@ def test_update_refuses_a_batch_that_does_not_split_over_the_ranks():
     batch = make_batch(policy, 1)
     shard = DataShard(rank=0, world_size=3)
     with pytest.raises(ValueError, match=r"the batch \(8\) does not split evenly over world size 3"):
-        ppo_update(policy, make_optimizer(policy), batch, SETTINGS.model_copy(), shard=shard)
+        ppo_update(policy, make_optimizer(policy), batch, dataclasses.replace(SETTINGS), shard=shard)
 
 
 # ---------------------------------------------------------------- the trainer under torchrun

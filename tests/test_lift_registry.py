@@ -64,4 +64,4 @@ def test_register_custom_simulator() -> None:
 def test_mujoco_gl_defaults_to_egl() -> None:
     import os
 
-    assert os.environ.get("MUJOCO_GL")  # set by lift when the user had not
+    assert os.environ.get("MUJOCO_GL")  # set by lift's MuJoCo backend when the user had not (test_import_layers)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from vla_rl_lib.algorithms.ppo import PPOBatch, ppo_loss, ppo_update
+from vla_rl_lib.algorithms.ppo import PPOBatch, PPOSettings, ppo_loss, ppo_update
 from vla_rl_lib.config import PPOConfig
 from vla_rl_lib.policy.base import EvaluateOutput
 
@@ -51,15 +51,15 @@ def make_batch(policy, size=32, seed=0, advantages=None):
     return PPOBatch(images, instructions, tokens, out.log_probs, out.values, advantages, returns)
 
 
-def settings(**changes) -> PPOConfig:
+def settings(**changes) -> PPOSettings:
     base = PPOConfig(num_epochs=1, minibatch_size=32, micro_batch_size=32, max_grad_norm=1e6)
-    return base.model_copy(update=changes)
+    return PPOSettings.from_section(base.model_copy(update=changes))
 
 
 # ---------------------------------------------------------------- the loss
 
 
-def reference_loss(new_lp, old_lp, adv, ent, new_v, old_v, ret, s: PPOConfig):
+def reference_loss(new_lp, old_lp, adv, ent, new_v, old_v, ret, s: PPOSettings):
     """Per-sample loops in plain floats."""
     eps_low, eps_high = (
         s.clip_ratio,
@@ -497,3 +497,16 @@ def test_grpo_all_equal_group_gets_exactly_zero_gradient_through_the_update(norm
     assert advantages.mean() != 0  # the case batch centering gets wrong
     assert not moved[~in_signal_group].any(), "an all-equal group's actions were pushed"
     assert moved[in_signal_group].all()
+
+
+def test_settings_come_from_the_run_config_and_refuse_unknown_choices():
+    config = PPOConfig(algorithm="grpo", clip_ratio_high=0.28, target_kl=0.05)
+    built = PPOSettings.from_section(config)
+    assert (built.algorithm, built.clip_ratio_high, built.target_kl) == ("grpo", 0.28, 0.05)
+    assert all(getattr(built, f.name) == getattr(config, f.name) for f in dataclasses.fields(built))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.clip_ratio = 0.3
+    with pytest.raises(ValueError, match=r"PPOSettings.value_loss_type='l1' is unknown"):
+        dataclasses.replace(built, value_loss_type="l1")
+    with pytest.raises(ValueError, match=r"PPOSettings.micro_batch_size=0 must be >= 1"):
+        dataclasses.replace(built, micro_batch_size=0)

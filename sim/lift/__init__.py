@@ -21,23 +21,19 @@ joint's range. Dim 7 is the gripper: -1 opens (fingers to 1.0 rad), +1 closes
 
 from __future__ import annotations
 
-import os
+import importlib.util
 
-# Headless rendering by default. MuJoCo reads MUJOCO_GL when it is first imported,
-# so this must run before any backend imports mujoco; a user's own setting wins.
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-from lift.registry import (  # noqa: E402
+from lift.registry import (
     create_simulator,
     isaacsim_unavailable,
     list_simulators,
     make_env,
     register_simulator,
 )
-from lift.simulator import Simulator  # noqa: E402
-from lift.splits import list_splits  # noqa: E402
-from lift.task import ENV_ID, ENV_IDS, INSTRUCTION, LIFT_ENV_ID, PICKPLACE_ENV_ID  # noqa: E402
-from lift.types import Observation, SimulatorConfig, StepResult  # noqa: E402
+from lift.simulator import Simulator
+from lift.splits import list_splits
+from lift.task import ENV_ID, ENV_IDS, INSTRUCTION, LIFT_ENV_ID, PICKPLACE_ENV_ID
+from lift.types import Observation, SimulatorConfig, StepResult
 
 register_simulator("mujoco", "lift.backends.mujoco_env:MujocoPickPlace", requires=("mujoco",))
 # ManiSkill3 and Genesis do not build the PickPlace scene yet: make_env refuses it there.
@@ -62,6 +58,13 @@ PICKPLACE_GYM_ID = "lift/PickPlace-CRANE-X7-v0"
 
 
 def _register_gymnasium() -> None:
+    """Make ``gymnasium.make(GYM_ID)`` work: the one side effect of ``import lift``.
+
+    Without gymnasium installed there is nothing to register with, and the rest of
+    lift (``make_env``, its types and task constants) works without it.
+    """
+    if importlib.util.find_spec("gymnasium") is None:
+        return
     import gymnasium
 
     for gym_id, env_id in ((GYM_ID, LIFT_ENV_ID), (PICKPLACE_GYM_ID, PICKPLACE_ENV_ID)):

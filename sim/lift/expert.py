@@ -13,13 +13,14 @@ retreat (straight up until the gripper is clear). A dropped cube sends the env
 back to approach.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (the order below is deliberate)
 
+# The MuJoCo backend first: it sets the MUJOCO_GL default, which MuJoCo reads when it loads.
+from lift.backends.mujoco_env import MujocoPickPlace
 import mujoco
 import numpy as np
 
 from lift import pickplace, task
-from lift.backends.mujoco_env import MujocoPickPlace
 
 APPROACH, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
 PHASE_NAMES = ("approach", "descend", "close", "lift", "carry", "lower", "release", "retreat")

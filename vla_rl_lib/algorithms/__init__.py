@@ -1,4 +1,5 @@
-"""RL algorithms: advantage estimation and the PPO/GRPO update. No simulator or model code here."""
+"""RL algorithms: advantage estimation and the PPO/GRPO update. Only torch and numpy: no simulator,
+model or run-config code here."""
 
 from vla_rl_lib.algorithms.advantage import (
     broadcast_to_steps,
@@ -7,10 +8,17 @@ from vla_rl_lib.algorithms.advantage import (
     episode_returns,
     group_normalized_advantages,
 )
-from vla_rl_lib.algorithms.ppo import PPOBatch, explained_variance, ppo_loss, ppo_update
+from vla_rl_lib.algorithms.ppo import (
+    PPOBatch,
+    PPOSettings,
+    explained_variance,
+    ppo_loss,
+    ppo_update,
+)
 
 __all__ = [
     "PPOBatch",
+    "PPOSettings",
     "broadcast_to_steps",
     "compute_gae",
     "episode_ids",

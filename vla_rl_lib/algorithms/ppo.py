@@ -32,10 +32,48 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from vla_rl_lib.config import PPOConfig
-
 ADVANTAGE_NORM_EPS = 1e-8
 HUBER_DELTA = 1.0  # on the value error; with normalized returns errors of ~1 are typical
+STAT_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PPOSettings:
+    """What the update reads: the run config's ``ppo`` section, minus the optimizer and GAE.
+
+    No defaults here: the run config owns them. ``from_section(cfg.ppo)`` builds one.
+    """
+
+    algorithm: str  # "ppo" (with a critic) or "grpo" (critic-free)
+    clip_ratio: float
+    clip_ratio_high: float | None  # None: symmetric clip
+    value_loss_coef: float
+    entropy_coef: float
+    num_epochs: int
+    minibatch_size: int
+    micro_batch_size: int  # gradient accumulation chunk
+    max_grad_norm: float
+    target_kl: float | None  # None: no early stop
+    clip_value_loss: bool
+    value_clip_range: float
+    value_loss_type: str  # "mse" or "huber"
+    normalize_advantages: bool  # PPO only
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("algorithm", self.algorithm, ("ppo", "grpo")),
+            ("value_loss_type", self.value_loss_type, ("mse", "huber")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"PPOSettings.{name}={value!r} is unknown; choose one of {allowed}")
+        for name in ("num_epochs", "minibatch_size", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOSettings.{name}={getattr(self, name)} must be >= 1")
+
+    @classmethod
+    def from_section(cls, section: object) -> PPOSettings:
+        """Read these fields by name from ``section`` (the run config's ``cfg.ppo``)."""
+        return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -141,7 +179,7 @@ def ppo_loss(
     new_values: torch.Tensor,
     old_values: torch.Tensor,
     returns: torch.Tensor,
-    settings: PPOConfig,
+    settings: PPOSettings,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped-surrogate PPO loss (a mean over the samples) and its detached statistics.
 
@@ -210,7 +248,7 @@ def ppo_update(
     policy: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: PPOBatch,
-    settings: PPOConfig,
+    settings: PPOSettings,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     shard: DataShard | None = None,
@@ -226,19 +264,12 @@ def ppo_update(
     if size == 0:
         raise ValueError("PPOBatch is empty: collect at least one step before updating")
     shard = shard or DataShard()
-    advantages = batch.advantages.detach().float()
-    # GRPO's advantages are already normalized within each group, and a group whose returns are
-    # all equal has advantage exactly 0. Centering them again on the batch mean would hand such a
-    # group (e.g. four failures) a non-zero advantage and reinforce its actions, so GRPO skips it.
-    if settings.normalize_advantages and size > 1 and settings.algorithm != "grpo":
-        advantages = (advantages - advantages.mean()) / (advantages.std() + ADVANTAGE_NORM_EPS)
+    advantages = _normalized_advantages(batch.advantages, settings)
     minibatch_size = min(settings.minibatch_size, size)
     shard.check_divides(size, minibatch_size)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
 
-    totals = dict.fromkeys(
-        ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm"), 0.0
-    )
+    totals = dict.fromkeys((*STAT_KEYS, "grad_norm"), 0.0)
     steps = skipped = epochs_completed = 0
     early_stopped = False
     for _epoch in range(settings.num_epochs):
@@ -246,37 +277,9 @@ def ppo_update(
         for start in range(0, size, minibatch_size):
             index = shard.slice(order[start : start + minibatch_size])
             optimizer.zero_grad(set_to_none=True)
-            minibatch_stats = dict.fromkeys(
-                ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), 0.0
+            minibatch_stats, loss_is_finite = _accumulate_gradients(
+                policy, batch, advantages, index, settings, temperature, shard
             )
-            loss_is_finite = True
-            micros = index.split(settings.micro_batch_size)
-            for position, micro in enumerate(micros):
-                defer_sync = shard.no_sync is not None and position < len(micros) - 1
-                with shard.no_sync() if defer_sync else contextlib.nullcontext():
-                    out = policy.evaluate(
-                        _take(batch.images, micro),
-                        [batch.instructions[i] for i in micro.tolist()],
-                        batch.token_ids[micro],
-                        temperature,
-                    )
-                    device = out.log_probs.device
-                    loss, stats = ppo_loss(
-                        out.log_probs,
-                        batch.old_log_probs[micro].to(device),
-                        advantages[micro].to(device),
-                        out.entropy,
-                        out.values,
-                        batch.old_values[micro].to(device),
-                        batch.returns[micro].to(device),
-                        settings,
-                    )
-                    weight = len(micro) / len(index)  # the accumulated gradient is the minibatch mean's
-                    (loss * weight).backward()
-                    loss_is_finite &= bool(torch.isfinite(loss))
-                    for key, value in stats.items():
-                        minibatch_stats[key] += weight * float(value)
-
             minibatch_stats = shard.mean(minibatch_stats)
             loss_is_finite = shard.all_true(loss_is_finite)
             # Past target_kl the policy has moved far enough from the one that collected the data.
@@ -314,3 +317,57 @@ def ppo_update(
     result["early_stopped"] = early_stopped
     result["epochs_completed"] = epochs_completed
     return result
+
+
+def _normalized_advantages(advantages: torch.Tensor, settings: PPOSettings) -> torch.Tensor:
+    advantages = advantages.detach().float()
+    # GRPO's advantages are already normalized within each group, and a group whose returns are
+    # all equal has advantage exactly 0. Centering them again on the batch mean would hand such a
+    # group (e.g. four failures) a non-zero advantage and reinforce its actions, so GRPO skips it.
+    if settings.normalize_advantages and len(advantages) > 1 and settings.algorithm != "grpo":
+        advantages = (advantages - advantages.mean()) / (advantages.std() + ADVANTAGE_NORM_EPS)
+    return advantages
+
+
+def _accumulate_gradients(
+    policy: torch.nn.Module,
+    batch: PPOBatch,
+    advantages: torch.Tensor,
+    index: torch.Tensor,
+    settings: PPOSettings,
+    temperature: float,
+    shard: DataShard,
+) -> tuple[dict[str, float], bool]:
+    """Backward over one minibatch (this rank's ``index``) in micro-batches.
+
+    Returns the minibatch's mean statistics and whether every micro-batch's loss was finite.
+    """
+    minibatch_stats = dict.fromkeys(STAT_KEYS, 0.0)
+    loss_is_finite = True
+    micros = index.split(settings.micro_batch_size)
+    for position, micro in enumerate(micros):
+        defer_sync = shard.no_sync is not None and position < len(micros) - 1
+        with shard.no_sync() if defer_sync else contextlib.nullcontext():
+            out = policy.evaluate(
+                _take(batch.images, micro),
+                [batch.instructions[i] for i in micro.tolist()],
+                batch.token_ids[micro],
+                temperature,
+            )
+            device = out.log_probs.device
+            loss, stats = ppo_loss(
+                out.log_probs,
+                batch.old_log_probs[micro].to(device),
+                advantages[micro].to(device),
+                out.entropy,
+                out.values,
+                batch.old_values[micro].to(device),
+                batch.returns[micro].to(device),
+                settings,
+            )
+            weight = len(micro) / len(index)  # the accumulated gradient is the minibatch mean's
+            (loss * weight).backward()
+            loss_is_finite &= bool(torch.isfinite(loss))
+            for key, value in stats.items():
+                minibatch_stats[key] += weight * float(value)
+    return minibatch_stats, loss_is_finite

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vla_rl_lib.display._output import Mode, ipython_display, resolve_mode
-from vla_rl_lib.utils import apply_default_mode, write_bytes_atomic
+from vla_rl_lib.utils import atomic_file, write_bytes_atomic
 
 Frames = np.ndarray | Sequence[np.ndarray]
 
@@ -123,11 +122,7 @@ def save_video(frames: Frames, path: str | os.PathLike[str], fps: float = 10.0) 
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     array = _even(as_frames(frames))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
-    os.close(fd)
-    apply_default_mode(tmp)
-    try:
+    with atomic_file(path, suffix=".mp4") as tmp:  # ffmpeg picks the container by the suffix
         iio.imwrite(
             tmp,
             array,
@@ -137,10 +132,6 @@ def save_video(frames: Frames, path: str | os.PathLike[str], fps: float = 10.0) 
             pixelformat="yuv420p",
             macro_block_size=1,
         )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla_rl_lib.policy._files import write_json_atomic
+from vla_rl_lib.utils import write_json_atomic
 
 N_ACTION_BINS = 256
 DATASET_STATISTICS_FILE = "dataset_statistics.json"

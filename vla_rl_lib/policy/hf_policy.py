@@ -50,7 +50,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
-from vla_rl_lib.policy._files import atomic_directory, write_json_atomic
 from vla_rl_lib.policy.action_tokenizer import (
     DATASET_STATISTICS_FILE,
     ActionStatistics,
@@ -61,6 +60,7 @@ from vla_rl_lib.policy.action_tokenizer import (
 from vla_rl_lib.policy.base import ActOutput, EvaluateOutput, VLAPolicy
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, action_slot_token, build_tiny_vla
 from vla_rl_lib.policy.tiny_vla_lean import LeanTinyVLA
+from vla_rl_lib.utils import atomic_directory, write_json_atomic
 
 DEFAULT_PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 DECODING_MODES = ("parallel", "autoregressive")

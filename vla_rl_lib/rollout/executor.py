@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import numpy as np
 import torch
@@ -89,24 +88,6 @@ def make_collector(config: VLARLConfig, env: Simulator, policy: VLAPolicy) -> Ro
     the simulator's: ``make_rollout_env``)."""
     r = config.rollout
     return RolloutCollector(env, policy, config.language_instruction, overlap=r.overlap)
-
-
-def make_executor(
-    config: VLARLConfig,
-    env: Simulator,
-    policy: VLAPolicy,
-    base: dict[str, Any],
-    run_dir: Path,
-) -> RolloutExecutor:
-    """The executor ``config.rollout.executor`` names; ``base`` is the factory's base record."""
-    r = config.rollout
-    if r.executor == "local":
-        return LocalExecutor(make_collector(config, env, policy), num_shards=r.num_workers)
-    if r.executor == "ray":
-        from vla_rl_lib.rollout.ray_executor import RayExecutor
-
-        return RayExecutor(config, policy, base, run_dir)
-    raise ValueError(f"rollout.executor={r.executor!r} is not one of 'local', 'ray'")
 
 
 def shard_seeds(seeds: Sequence[int], num_shards: int) -> list[tuple[int, list[int]]]:

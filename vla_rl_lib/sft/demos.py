@@ -71,7 +71,6 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
-from vla_rl_lib.policy._files import atomic_directory
 from vla_rl_lib.policy.action_tokenizer import (
     DATASET_STATISTICS_FILE,
     ActionStatistics,
@@ -81,6 +80,7 @@ from vla_rl_lib.policy.action_tokenizer import (
 from vla_rl_lib.rollout.collector import policy_prompts, reset_episodes
 from vla_rl_lib.rollout.episode_queue import EpisodeQueue
 from vla_rl_lib.seed_ranges import TRAIN_SEED_FLOOR, demo_attempts
+from vla_rl_lib.utils import atomic_directory
 
 FORMAT_NAME = "vla-rl-demonstrations"
 FORMAT_VERSION = 1

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vla_rl_lib.policy._files import write_json_atomic
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics
 from vla_rl_lib.policy.base import VLAPolicy
 from vla_rl_lib.sft.demos import STATISTICS_KEY, DemoDataset
+from vla_rl_lib.utils import write_json_atomic
 
 SFT_METRICS_FILE = "sft_metrics.json"
 

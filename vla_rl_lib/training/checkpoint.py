@@ -23,15 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from vla_rl_lib.utils import make_temp_dir
+from vla_rl_lib.utils import atomic_directory, recover_directory
 
 CONFIG_FILE = "config.yaml"
 POLICY_FILE = "policy_state_dict.pt"
@@ -42,14 +40,6 @@ CHECKPOINT_FILES = (CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupt; the message names the file."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
@@ -77,37 +67,22 @@ def save_checkpoint(
             f"refusing to save checkpoint {path}: non-finite values in {bad[:5]}"
             f"{' ...' if len(bad) > 5 else ''}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(path.parent, prefix=f".{path.name}.tmp-")
     try:
-        (tmp / CONFIG_FILE).write_text(config_yaml)
-        torch.save({k: v.detach().cpu() for k, v in policy_state.items()}, tmp / POLICY_FILE)
-        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-        files = {name: file_digest(tmp / name) for name in (CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE)}
-        (tmp / TRAINER_STATE_FILE).write_text(
-            json.dumps({**trainer_state, "files": files}, indent=1, allow_nan=False)
-        )
-        for name in CHECKPOINT_FILES:
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old.exists():
-            shutil.rmtree(old)
+        with atomic_directory(path) as tmp:
+            (tmp / CONFIG_FILE).write_text(config_yaml)
+            torch.save({k: v.detach().cpu() for k, v in policy_state.items()}, tmp / POLICY_FILE)
+            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+            files = {
+                name: file_digest(tmp / name) for name in (CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE)
+            }
+            (tmp / TRAINER_STATE_FILE).write_text(
+                json.dumps({**trainer_state, "files": files}, indent=1, allow_nan=False)
+            )
     except OSError as exc:  # disk full, quota, permissions: say so, and that the last one is kept
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(
             f"could not write checkpoint {path} ({exc.strerror or exc}); the previous checkpoint "
             "is kept: free space (or fix the folder's permissions) and continue with --resume"
         ) from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -125,14 +100,7 @@ def recover_checkpoint(path: str | Path) -> Path | None:
 
     Stale temporary directories from a killed writer are removed.
     """
-    path = Path(path)
-    old = path.with_name(f".{path.name}.old")
-    if not path.exists() and old.exists():
-        os.replace(old, path)  # died after moving the old one aside, before the new one landed
-    if path.parent.exists():
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    return path if path.exists() else None
+    return recover_directory(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:

@@ -32,8 +32,18 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vla_rl_lib.algorithms.ppo import DataShard, PPOBatch, indivisible_message
+from vla_rl_lib.training.errors import TrainingError
 
 STRATEGIES = ("ddp", "fsdp")
+
+
+def resolve_device(device: str, local_rank: int = 0) -> str:
+    """The device name; under torchrun, process ``local_rank`` takes GPU ``local_rank``."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("device 'cuda' was requested but no CUDA GPU is visible; use device: cpu")
+    return f"cuda:{local_rank}" if device == "cuda" and local_rank else device
 
 
 class DistributedError(ValueError):

@@ -227,7 +227,7 @@ def build_sft_policy(
     """
     if cfg.model.name == "openvla":
         from vla_rl_lib.policy.openvla import build_openvla_policy
-        from vla_rl_lib.training.trainer import resolve_device
+        from vla_rl_lib.training.distributed import resolve_device
 
         return build_openvla_policy(
             cfg.pretrained_checkpoint, decoding=cfg.model.decoding, statistics=statistics,

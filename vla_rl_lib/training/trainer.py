@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from vla_rl_lib.algorithms.ppo import ppo_update
+from vla_rl_lib.algorithms.ppo import PPOSettings, ppo_update
 from vla_rl_lib.config import VLARLConfig, apply_overrides, config_to_dict
 from vla_rl_lib.metrics import MetricsWriter
 from vla_rl_lib.rollout.batch import rollout_to_batch
@@ -34,10 +34,12 @@ from vla_rl_lib.rollout.collector import (
     reset_episodes,
     training_episode_seeds,
 )
-from vla_rl_lib.rollout.executor import make_executor, make_rollout_env
+from vla_rl_lib.rollout.executor import make_rollout_env
+from vla_rl_lib.rollout.factory import make_executor
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training import distributed, runs
 from vla_rl_lib.training.cpu_threads import phase_threads, update_threads
+from vla_rl_lib.training.errors import TrainingError
 from vla_rl_lib.training.evaluate import (
     SELECTION_SPLIT,
     SplitCollectors,
@@ -54,10 +56,6 @@ log = logging.getLogger(__name__)
 MIN_FREE_BYTES = 200 * 1024**2
 # Shown where a summary is printed in place of best_eval_success = None.
 NO_EVALUATION = "no evaluation ran"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to do."""
 
 
 class PreflightError(TrainingError):
@@ -130,7 +128,7 @@ class Trainer:
             distributed.check_launch(self.launch.world_size, config.ppo.minibatch_size,
                                      config.distributed_strategy, config.rollout.executor)
         seed_everything(config.seed)
-        self.device = torch.device(resolve_device(config.device, self.launch.local_rank))
+        self.device = torch.device(distributed.resolve_device(config.device, self.launch.local_rank))
         configure_cpu_threads(self.device)
         from vla_rl_lib.planner import check_fits_device
 
@@ -395,6 +393,7 @@ class Trainer:
             )  # fmt: skip
         preflight = self.preflight()
         group_size = p.group_size if p.algorithm == "grpo" else 1
+        update_settings = PPOSettings.from_section(p)
         last_eval: SplitResults | None = None
         evaluating = cfg.eval_interval > 0  # 0 means never (num_eval_episodes may then be 0)
         if self.start_update == 0 and evaluating and self.collects:
@@ -421,7 +420,7 @@ class Trainer:
             t_update, cpu_update = time.perf_counter(), time.process_time()
             with phase_threads(update_threads(p.update_threads, self.device)):
                 stats = ppo_update(
-                    self.learner.trainer_view, self.optimizer, batch, p, r.temperature, generator,
+                    self.learner.trainer_view, self.optimizer, batch, update_settings, r.temperature, generator,
                     shard=self.learner.shard,
                 )  # fmt: skip
             update_s = time.perf_counter() - t_update
@@ -595,15 +594,6 @@ def configure_cpu_threads(device: torch.device) -> None:
     """
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
-
-
-def resolve_device(device: str, local_rank: int = 0) -> str:
-    """The device name; under torchrun, process ``local_rank`` takes GPU ``local_rank``."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' was requested but no CUDA GPU is visible; use device: cpu")
-    return f"cuda:{local_rank}" if device == "cuda" and local_rank else device
 
 
 def config_to_yaml(config: VLARLConfig) -> str:

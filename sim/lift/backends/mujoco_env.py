@@ -20,7 +20,10 @@ GL_HELP = (
     "obs_mode='state', which does not render."
 )
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default; must precede `import mujoco`
+# Headless rendering (EGL) unless the user chose a GL backend. MuJoCo reads MUJOCO_GL once,
+# when it is first imported, so this runs before `import mujoco` (lift.expert imports this
+# module before mujoco for the same reason). `import lift` alone leaves the environment alone.
+os.environ.setdefault("MUJOCO_GL", "egl")
 try:
     import mujoco
 except ModuleNotFoundError as error:
