@@ -190,7 +190,7 @@ def test_update_refuses_a_batch_that_does_not_split_over_the_ranks():
     batch = make_batch(policy, 1)
     shard = DataShard(rank=0, world_size=3)
     with pytest.raises(ValueError, match=r"the batch \(8\) does not split evenly over world size 3"):
-        ppo_update(policy, make_optimizer(policy), batch, dataclasses.replace(SETTINGS), shard=shard)
+        ppo_update(policy, make_optimizer(policy), batch, SETTINGS, shard=shard)
 
 
 # ---------------------------------------------------------------- the trainer under torchrun

@@ -33,16 +33,22 @@ KNOWN = {
 }
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+def package_dir(package: str) -> Path:
+    """Where a package's source lives: ``lift`` is its own distribution under ``sim/``."""
+    inside_sim = ROOT / "sim" / package
+    return inside_sim if inside_sim.is_dir() else ROOT / package
+
+
+def module_name(path: Path, base: Path) -> str:
+    parts = path.relative_to(base).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def source_modules() -> dict[str, Path]:
     return {
-        module_name(path): path
+        module_name(path, package_dir(package).parent): path
         for package in PACKAGES
-        for path in sorted((ROOT / package).rglob("*.py"))
+        for path in sorted(package_dir(package).rglob("*.py"))
     }
 
 
@@ -176,7 +182,7 @@ def test_layers_point_one_way():
 def test_lift_source_never_names_vla_rl_lib():
     named = [
         str(path.relative_to(ROOT))
-        for path in sorted((ROOT / "lift").rglob("*.py"))
+        for path in sorted(package_dir("lift").rglob("*.py"))
         if "vla_rl_lib" in path.read_text()
     ]
     assert not named, f"lift must not mention vla_rl_lib: {named}"
@@ -193,7 +199,7 @@ def _modules_after(statement: str, block: tuple[str, ...] = ()) -> set[str]:
         f"{statement}\n"
         "print(' '.join(sorted({m.partition('.')[0] for m, v in sys.modules.items() if v})))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT / "sim"), str(ROOT)))}
     env.pop("MUJOCO_GL", None)
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
@@ -223,7 +229,7 @@ def test_run_config_imports_without_gymnasium():
 )
 def test_mujoco_gl_defaults_to_egl_where_mujoco_loads(statement, mujoco_gl):
     code = f"{statement}\nimport os\nprint(os.environ.get('MUJOCO_GL'))"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT / "sim"), str(ROOT)))}
     env.pop("MUJOCO_GL", None)
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
