@@ -147,7 +147,7 @@ def test_learning_end_to_end_toy_size_and_resume_skips(tmp_path):
            "--set", "sft.num_demos=2", "--set", "sft.epochs=1", "--set", "num_updates=2",
            "--set", "eval_interval=1", "--set", "num_eval_episodes=1", "--set", "max_minutes=null",
            "--set", "rollout.num_parallel_envs=2", "--set", "rollout.num_rollouts_per_update=2"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT / "sim"), str(ROOT))), "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.loads(results.read_text())
