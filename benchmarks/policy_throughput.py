@@ -20,7 +20,8 @@ import warnings
 import numpy as np
 import torch
 
-from vla_rl_lib.policy.hf_policy import LoRASettings, build_policy
+from vla_rl_lib.policy.hf_policy import build_policy
+from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 
 INSTRUCTION = "pick up the red cube and lift it"
@@ -52,7 +53,7 @@ def ppo_samples_per_s(policy, batch: int, micro_batch: int, size: int, seconds: 
         optimizer.zero_grad()
         for lo in range(0, batch, micro_batch):
             part = slice(lo, lo + micro_batch)
-            out = policy.evaluate(pictures[part], instructions[part], old.token_ids[part])
+            out = policy.evaluate_actions(pictures[part], instructions[part], old.token_ids[part])
             ratio = (out.log_probs - old.log_probs[part]).exp()
             loss = -(ratio * advantages[part]).mean() + 0.5 * out.values.pow(2).mean()
             (loss * (out.log_probs.shape[0] / batch)).backward()
@@ -79,7 +80,7 @@ def main() -> None:
 
     results: dict[str, float] = {}
     for decoding in ("parallel", "autoregressive"):
-        policy = build_policy(config, LoRASettings(), seed=0, decoding=decoding)
+        policy = build_policy(config, LoRAConfig(enabled=True, rank=32), seed=0, decoding=decoding)
         if decoding == "parallel":
             total = sum(p.numel() for p in policy._hf_model().parameters())
             lora = sum(p.numel() for n, p in policy.named_parameters() if "lora_" in n)
@@ -91,7 +92,7 @@ def main() -> None:
             results[f"step_ms_{decoding}_b{batch}"] = ms
             print(f"act {decoding:>14} batch {batch:>2}: {ms:7.2f} ms")
 
-    for name, lora in (("lora", LoRASettings()), ("full", None)):
+    for name, lora in (("lora", LoRAConfig(enabled=True, rank=32)), ("full", None)):
         policy = build_policy(config, lora, seed=0, decoding="parallel")
         rate = ppo_samples_per_s(
             policy, batch=32, micro_batch=8, size=args.image_size, seconds=train_seconds
