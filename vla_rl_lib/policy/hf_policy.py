@@ -236,11 +236,7 @@ class HFVLAPolicy(VLAPolicy):
 
     def preprocess_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) of any size -> normalized pixel values (B, 3, h, w) on the device."""
-        pixels = torch.as_tensor(images)
-        if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
-            raise ValueError(
-                f"images must be uint8 (B, H, W, 3), got {pixels.dtype} {tuple(pixels.shape)}"
-            )
+        pixels = uint8_images(images)
         image_processor = self.processor.image_processor
         size = image_processor.size
         height, width = _height_width(size)
@@ -619,6 +615,16 @@ class HFVLAPolicy(VLAPolicy):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def uint8_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``images`` as a tensor, refused unless uint8 (B, H, W, 3)."""
+    pixels = torch.as_tensor(images)
+    if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ValueError(
+            f"images must be uint8 (B, H, W, 3), got {pixels.dtype} {tuple(pixels.shape)}"
+        )
+    return pixels
 
 
 def _check_temperature(temperature: float) -> None:

@@ -51,7 +51,7 @@ from transformers.dynamic_module_utils import get_imports
 
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics, ActionTokenizer
 from vla_rl_lib.policy.configuration import POLICY_CONFIG_FILE, PolicyConfig
-from vla_rl_lib.policy.hf_policy import HFVLAPolicy
+from vla_rl_lib.policy.hf_policy import HFVLAPolicy, uint8_images
 from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.openvla_compat import (
     align_text_config_dtype,
@@ -536,11 +536,7 @@ class OpenVLAPolicy(HFVLAPolicy):
         normalize with that backbone's mean/std; stack the results on channels
         (OpenVLA-7B fuses DINOv2 and SigLIP: 6 channels).
         """
-        pixels = torch.as_tensor(images)
-        if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
-            raise ValueError(
-                f"images must be uint8 (B, H, W, 3), got {pixels.dtype} {tuple(pixels.shape)}"
-            )
+        pixels = uint8_images(images)
         image_processor = self.processor.image_processor
         strategy = image_processor.image_resize_strategy
         x = pixels.to(self.device).permute(0, 3, 1, 2).float()

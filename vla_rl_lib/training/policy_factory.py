@@ -218,34 +218,19 @@ def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> di
     t0 = time.perf_counter()
     # Reused only when every setting that shapes the demos matches (meta.json's recipe).
     dataset_dir = ensure_demonstrations(
-        s.dataset_dir,
-        s.num_demos,
-        s.demo_seed,
-        simulator=r.simulator,
-        env_id=r.env_id,
-        num_envs=r.num_parallel_envs,
-        image_size=r.image_size,
-        camera=r.camera,
-        control_mode=r.control_mode,
-        max_episode_steps=r.max_steps,
-        instruction=cfg.language_instruction,
-        progress=progress,
-    )
+        s.dataset_dir, s.num_demos, s.demo_seed, simulator=r.simulator, env_id=r.env_id,
+        num_envs=r.num_parallel_envs, image_size=r.image_size, camera=r.camera,
+        control_mode=r.control_mode, max_episode_steps=r.max_steps,
+        instruction=cfg.language_instruction, progress=progress,
+    )  # fmt: skip
     demo_s = time.perf_counter() - t0
     dataset = load_demonstrations(dataset_dir)
     unnorm_key = sft_unnorm_key(cfg)
     policy = build_sft_policy(cfg, dataset.statistics, unnorm_key)
     result = run_sft(
-        policy,
-        dataset,
-        unnorm_key=unnorm_key,
-        epochs=s.epochs,
-        batch_size=s.batch_size,
-        learning_rate=s.learning_rate,
-        seed=cfg.seed,
-        out_dir=out_dir,
-        progress=progress,
-    )
+        policy, dataset, unnorm_key=unnorm_key, epochs=s.epochs, batch_size=s.batch_size,
+        learning_rate=s.learning_rate, seed=cfg.seed, out_dir=out_dir, progress=progress,
+    )  # fmt: skip
     save_config(cfg, out_dir / ckpt.CONFIG_FILE)  # lets `evaluate --checkpoint <sft dir>` rebuild the env
     return {"dataset": str(dataset_dir), "sft_checkpoint": str(out_dir), "demo_seconds": demo_s,
             "seconds": time.perf_counter() - t0, **result}
