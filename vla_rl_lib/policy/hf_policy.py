@@ -209,6 +209,11 @@ class HFVLAPolicy(VLAPolicy):
     def unnorm_key(self) -> str | None:
         return self.config.unnorm_key
 
+    @unnorm_key.setter
+    def unnorm_key(self, key: str | None) -> None:
+        """SFT names the statistics it sets (``sft.trainer.set_action_statistics``)."""
+        self.config = dataclasses.replace(self.config, unnorm_key=key)
+
     @property
     def placeholder_token_ids(self) -> list[int]:
         return self.config.placeholder_token_ids or []

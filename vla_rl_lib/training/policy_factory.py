@@ -29,8 +29,8 @@ import yaml
 from vla_rl_lib.config import VLARLConfig, config_from_dict, load_config, load_template, save_config
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics
 from vla_rl_lib.policy.hf_policy import HFVLAPolicy
+from vla_rl_lib.policy.loading import DTYPES as DTYPES  # notebook.py reads the dtype names here
 from vla_rl_lib.policy.loading import (
-    DTYPES,
     PolicySettings,
     fresh_openvla_policy,
     fresh_tiny_policy,
@@ -39,8 +39,6 @@ from vla_rl_lib.policy.loading import (
 from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 from vla_rl_lib.training import checkpoint as ckpt
-
-__all__ = ["DTYPES", "policy_settings"]
 
 
 def policy_settings(cfg: VLARLConfig) -> PolicySettings:
