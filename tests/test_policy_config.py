@@ -108,6 +108,7 @@ def _write(file, data) -> object:
         ({"format": "vla_rl_policy/2", "lora": {"rnak": 4}}, "lora.rnak"),
         ({"format": "vla_rl_policy/2", "prompt_template": "no field"}, "{instruction}"),
         ({"format": "vla_rl_policy/1", "use_lora": True, "lora": {"rank": 0}}, "lora.rank"),
+        ({"format": "vla_rl_policy/2", "use_lora": True, "lora": {"enabled": False}}, "use_lora"),
     ],
 )
 def test_corrupt_policy_config_is_a_one_line_error(saved, tmp_path, content, says) -> None:

@@ -65,7 +65,8 @@ class PolicyConfig:
         return template
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {"format": POLICY_FORMAT, **dataclasses.asdict(self)}
+        """The file's content; ``use_lora`` repeats ``lora.enabled`` for readers of format 1's key."""
+        return {"format": POLICY_FORMAT, "use_lora": self.lora.enabled, **dataclasses.asdict(self)}
 
     @classmethod
     def read(cls, file: str | Path) -> PolicyConfig:
@@ -80,7 +81,9 @@ class PolicyConfig:
         version = data.pop("format", None)
         if version == POLICY_FORMAT_V1:
             data = _from_v1(data)
-        elif version != POLICY_FORMAT:
+        elif version == POLICY_FORMAT:
+            _check_use_lora(file, data)
+        else:
             raise ValueError(
                 f"{file} has format {version!r}; this code reads {POLICY_FORMAT!r} and "
                 f"{POLICY_FORMAT_V1!r}: re-save the policy with the code that wrote it"
@@ -89,6 +92,14 @@ class PolicyConfig:
             return cls(**data)
         except (ValidationError, TypeError) as exc:
             raise ValueError(_unreadable(file, _one_line(exc))) from exc
+
+
+def _check_use_lora(file: Path, data: dict[str, Any]) -> None:
+    """Format 2 repeats ``lora.enabled`` as ``use_lora`` (dropped here); the two must agree."""
+    use_lora, lora = data.pop("use_lora", None), data.get("lora")
+    enabled = lora.get("enabled", False) if isinstance(lora, dict) else None
+    if use_lora is not None and enabled is not None and use_lora != enabled:
+        raise ValueError(_unreadable(file, f"use_lora={use_lora} but lora.enabled={enabled}"))
 
 
 def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
