@@ -31,7 +31,8 @@ import warnings
 import numpy as np
 import torch
 
-from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings, build_policy
+from vla_rl_lib.policy.hf_policy import HFVLAPolicy, build_policy
+from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 
 INSTRUCTION = "pick up the red cube and lift it"
@@ -94,7 +95,7 @@ def ppo_samples_per_s(
         optimizer.zero_grad()
         for lo in range(0, batch, micro_batch):
             part = slice(lo, lo + micro_batch)
-            out = policy.evaluate(pictures[part], instructions[part], old.token_ids[part])
+            out = policy.evaluate_actions(pictures[part], instructions[part], old.token_ids[part])
             ratio = (out.log_probs - old.log_probs[part]).exp()
             loss = -(ratio * advantages[part]).mean() + 0.5 * out.values.pow(2).mean()
             (loss * (out.log_probs.shape[0] / batch)).backward()
@@ -142,8 +143,8 @@ def main() -> None:
 
     results: dict[str, float] = {}
     parallel = {
-        "lean": build_policy(config, LoRASettings(), seed=0),
-        "reference": build_policy(config, LoRASettings(), seed=0, lean_forward=False),
+        "lean": build_policy(config, LoRAConfig(enabled=True, rank=32), seed=0),
+        "reference": build_policy(config, LoRAConfig(enabled=True, rank=32), seed=0, lean_forward=False),
     }
     # Full fine-tuning (no LoRA layers) is what params/fast.yaml and default.yaml train.
     parallel_full = {
@@ -159,7 +160,7 @@ def main() -> None:
     print(f"params: model={total} (LoRA {lora}), value head={head}")
     check_same_samples(parallel["lean"], parallel["reference"], args.image_size)
     check_same_samples(parallel_full["full_lean"], parallel_full["full_reference"], args.image_size)
-    autoregressive = build_policy(config, LoRASettings(), seed=0, decoding="autoregressive")
+    autoregressive = build_policy(config, LoRAConfig(enabled=True, rank=32), seed=0, decoding="autoregressive")
     for batch in (1, 8, 32):
         timed = act_median_ms(parallel | parallel_full, batch, args.image_size, repeats)
         for name, (ms, cpu_ms) in timed.items():

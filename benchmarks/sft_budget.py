@@ -27,9 +27,10 @@ from vla_rl_lib.rollout.collector import evaluation_seeds  # noqa: E402
 from vla_rl_lib.sft.demos import ensure_demonstrations, load_demonstrations  # noqa: E402
 from vla_rl_lib.sft.trainer import run_sft  # noqa: E402
 from vla_rl_lib.training.evaluate import SplitCollectors, evaluate_splits  # noqa: E402
+from vla_rl_lib.policy.loading import load_base_policy  # noqa: E402
 from vla_rl_lib.training.policy_factory import (  # noqa: E402
-    _load_base,
     build_sft_policy,
+    policy_settings,
     sft_unnorm_key,
 )
 from vla_rl_lib.training.trainer import configure_cpu_threads  # noqa: E402
@@ -69,7 +70,7 @@ def main() -> None:
     print(f"demos: {s.num_demos} episodes, {len(dataset)} steps, {time.perf_counter() - t0:.0f} s",
           flush=True)
     unnorm_key = sft_unnorm_key(cfg)
-    policy = (_load_base(cfg, "sft", str(args.init)) if args.init
+    policy = (load_base_policy(policy_settings(cfg), "sft", str(args.init)) if args.init
               else build_sft_policy(cfg, dataset.statistics, unnorm_key))
     collectors = SplitCollectors(cfg, policy, num_envs=r.num_parallel_envs)
     seeds = evaluation_seeds(cfg.eval_seed, args.episodes)

@@ -21,19 +21,13 @@ import torch
 import lift
 from vla_rl_lib.algorithms.ppo import PPOBatch, PPOSettings, ppo_update
 from vla_rl_lib.config import VLARLConfig, load_template
-from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings
-from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, build_tiny_vla
+from vla_rl_lib.policy.hf_policy import HFVLAPolicy
+from vla_rl_lib.policy.loading import fresh_tiny_policy
+from vla_rl_lib.training.policy_factory import policy_settings
 
 
 def build_policy(cfg: VLARLConfig) -> HFVLAPolicy:
-    model, processor = build_tiny_vla(TinyVLAConfig(**cfg.model.tiny_vla_sizes()), seed=cfg.seed)
-    lora = cfg.lora
-    settings = (
-        LoRASettings(lora.rank, lora.alpha, lora.dropout, lora.target_modules)
-        if lora.enabled
-        else None
-    )
-    return HFVLAPolicy(model, processor, decoding=cfg.model.decoding, lora=settings, seed=cfg.seed)
+    return fresh_tiny_policy(policy_settings(cfg))
 
 
 def full_batch(policy: HFVLAPolicy, cfg: VLARLConfig, rng: np.random.Generator) -> PPOBatch:
@@ -63,7 +57,7 @@ def measure(name: str, repeats: int) -> float:
     rng = np.random.default_rng(cfg.seed)
     batch = full_batch(policy, cfg, rng)
     with torch.no_grad():
-        recomputed = policy.evaluate(batch.images[:8], batch.instructions[:8], batch.token_ids[:8])
+        recomputed = policy.evaluate_actions(batch.images[:8], batch.instructions[:8], batch.token_ids[:8])
     drift = (recomputed.log_probs - batch.old_log_probs[:8]).abs().max().item()
     n_params = sum(p.numel() for p in policy.parameters() if p.requires_grad)
 

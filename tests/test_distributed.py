@@ -19,7 +19,8 @@ import torch.multiprocessing as mp
 
 from vla_rl_lib.algorithms.ppo import DataShard, PPOBatch, PPOSettings, ppo_update
 from vla_rl_lib.config import PPOConfig
-from vla_rl_lib.policy.hf_policy import LoRASettings, build_policy
+from vla_rl_lib.policy.hf_policy import build_policy
+from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training.distributed import (
@@ -46,7 +47,7 @@ SIZES = TinyVLAConfig(
 
 def make_policy(lora: bool):
     torch.manual_seed(0)
-    policy = build_policy(SIZES, lora=LoRASettings(rank=4, alpha=8) if lora else None, seed=0)
+    policy = build_policy(SIZES, lora=LoRAConfig(enabled=lora, rank=4, alpha=8), seed=0)
     policy.train()
     return policy
 

@@ -393,7 +393,7 @@ def test_evaluate_recomputes_the_rollout_log_probs(policy):
     out = policy.act(images, instructions, temperature=1.0)
     assert out.actions.shape == (3, 8) and out.token_ids.shape == (3, 8)
     assert ((out.token_ids >= 31744) & (out.token_ids < 32000)).all()
-    evaluated = policy.evaluate(images, instructions, out.token_ids)
+    evaluated = policy.evaluate_actions(images, instructions, out.token_ids)
     assert torch.allclose(evaluated.log_probs, out.log_probs, atol=1e-4)
     assert torch.allclose(evaluated.values, out.values, atol=1e-4)
     loss = policy.sft_loss(images, instructions, out.token_ids)
@@ -407,14 +407,14 @@ def loaded_grad_reaches_vision(policy: OpenVLAPolicy) -> bool:
 
 
 def test_lora_policy_saves_and_reloads_through_the_openvla_loader(checkpoint, tmp_path):
-    from vla_rl_lib.policy.hf_policy import LoRASettings
+    from vla_rl_lib.policy.lora import LoRAConfig
     from vla_rl_lib.policy.openvla import openvla_model_loader
 
     # A fresh load: get_peft_model injects LoRA layers into the model it wraps.
     loaded = load_openvla(
         checkpoint, dtype=torch.float32, device="cpu", trust_remote_code_allowlist=[str(checkpoint)]
     )
-    trained = build_openvla_policy(loaded, lora=LoRASettings(), seed=1)
+    trained = build_openvla_policy(loaded, lora=LoRAConfig(enabled=True, rank=32), seed=1)
     images, instructions = _images(2, seed=11), ["pick up the cube", "pick up the blue cube"]
     before = trained.act(images, instructions, greedy=True)
     trained.save_pretrained(str(tmp_path / "policy"))

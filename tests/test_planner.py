@@ -129,7 +129,8 @@ def test_gradient_checkpointing_the_planner_suggests_keeps_the_gradients():
     import numpy as np
     import torch
 
-    from vla_rl_lib.policy.hf_policy import LoRASettings, build_policy
+    from vla_rl_lib.policy.hf_policy import build_policy
+    from vla_rl_lib.policy.lora import LoRAConfig
     from vla_rl_lib.training.policy_factory import tiny_vla_config
 
     sizes = tiny_vla_config(load_template("default"))
@@ -137,7 +138,7 @@ def test_gradient_checkpointing_the_planner_suggests_keeps_the_gradients():
     instructions = ["pick up the blue cube"] * 3
     grads, saved_bytes = [], []
     for checkpointing in (False, True):
-        policy = build_policy(sizes, lora=LoRASettings(rank=4, alpha=8), seed=0)
+        policy = build_policy(sizes, lora=LoRAConfig(enabled=True, rank=4, alpha=8), seed=0)
         if checkpointing:
             assert policy.enable_gradient_checkpointing() == sizes.text_layers + sizes.vision_layers
         torch.manual_seed(0)
@@ -149,7 +150,7 @@ def test_gradient_checkpointing_the_planner_suggests_keeps_the_gradients():
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-            out = policy.evaluate(images, instructions, tokens, 1.0)
+            out = policy.evaluate_actions(images, instructions, tokens, 1.0)
         saved_bytes.append(sum(storages.values()))
         (out.log_probs.sum() + out.values.sum()).backward()
         grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})

@@ -12,15 +12,16 @@ import torch
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics
 from vla_rl_lib.policy.hf_policy import (
     HFVLAPolicy,
-    LoRASettings,
     bin_log_probs_and_entropy,
     build_policy,
 )
+from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 SMALL = TinyVLAConfig(text_layers=2, text_hidden_size=64, text_intermediate_size=128)
+LORA = LoRAConfig(enabled=True, rank=32)
 MODES = ("parallel", "autoregressive")
 INSTRUCTIONS = [
     "lift the red cube",
@@ -45,6 +46,7 @@ def perturb_lora(policy: HFVLAPolicy, seed: int = 0) -> None:
 
 
 def make_policy(mode: str = "parallel", **kwargs) -> HFVLAPolicy:
+    kwargs.setdefault("lora", LORA)
     policy = build_policy(SMALL, seed=0, decoding=mode, **kwargs)
     if policy.use_lora:
         perturb_lora(policy)
@@ -53,8 +55,8 @@ def make_policy(mode: str = "parallel", **kwargs) -> HFVLAPolicy:
 
 def assert_same_outputs(a: HFVLAPolicy, b: HFVLAPolicy, atol: float = 1e-5) -> None:
     tokens = a.act(images(), INSTRUCTIONS, greedy=True).token_ids
-    out_a = a.evaluate(images(), INSTRUCTIONS, tokens, temperature=TEMPERATURE)
-    out_b = b.evaluate(images(), INSTRUCTIONS, tokens, temperature=TEMPERATURE)
+    out_a = a.evaluate_actions(images(), INSTRUCTIONS, tokens, temperature=TEMPERATURE)
+    out_b = b.evaluate_actions(images(), INSTRUCTIONS, tokens, temperature=TEMPERATURE)
     for field in ("log_probs", "entropy", "values"):
         torch.testing.assert_close(getattr(out_a, field), getattr(out_b, field), atol=atol, rtol=0)
     assert torch.equal(b.act(images(), INSTRUCTIONS, greedy=True).token_ids, tokens)
@@ -120,7 +122,7 @@ def test_act_evaluate_and_brute_force_agree_on_left_padded_batch(mode: str) -> N
     assert out.actions.shape == (4, 8) and out.actions.dtype == np.float32
     assert out.token_ids.shape == (4, 8) and out.token_ids.dtype == torch.int64
     assert not out.log_probs.requires_grad and not out.values.requires_grad
-    evaluated = policy.evaluate(images(), INSTRUCTIONS, out.token_ids, temperature=TEMPERATURE)
+    evaluated = policy.evaluate_actions(images(), INSTRUCTIONS, out.token_ids, temperature=TEMPERATURE)
     assert evaluated.log_probs.requires_grad and evaluated.values.requires_grad
     torch.testing.assert_close(evaluated.log_probs, out.log_probs, atol=1e-5, rtol=0)
     torch.testing.assert_close(evaluated.values, out.values, atol=1e-5, rtol=0)
@@ -129,7 +131,7 @@ def test_act_evaluate_and_brute_force_agree_on_left_padded_batch(mode: str) -> N
     torch.testing.assert_close(evaluated.log_probs.detach(), reference, atol=1e-5, rtol=0)
     # each row alone (no padding) gives the same numbers as inside the padded batch
     for i in range(len(INSTRUCTIONS)):
-        alone = policy.evaluate(
+        alone = policy.evaluate_actions(
             images()[i : i + 1], INSTRUCTIONS[i : i + 1], out.token_ids[i : i + 1], TEMPERATURE
         )
         torch.testing.assert_close(alone.values, evaluated.values[i : i + 1], atol=1e-5, rtol=0)
@@ -183,7 +185,7 @@ def test_sampling_follows_the_seed_and_temperature_must_be_positive() -> None:
 def test_gradients_reach_lora_and_value_head_and_nothing_else(mode: str) -> None:
     policy = make_policy(mode)
     tokens = policy.act(images(), INSTRUCTIONS).token_ids
-    out = policy.evaluate(images(), INSTRUCTIONS, tokens)
+    out = policy.evaluate_actions(images(), INSTRUCTIONS, tokens)
     (out.log_probs.sum() + out.entropy.sum() + out.values.sum()).backward()
     trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
     assert trainable, "nothing is trainable"
@@ -224,7 +226,7 @@ def test_full_fine_tuning_trains_every_weight_it_uses() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_sft_loss_falls_on_a_fixed_batch(mode: str) -> None:
-    policy = build_policy(SMALL, seed=0, decoding=mode)
+    policy = build_policy(SMALL, LORA, seed=0, decoding=mode)
     torch.manual_seed(0)
     target = policy.actions_to_tokens(np.random.default_rng(0).uniform(-1, 1, (4, 8)))
     optimizer = torch.optim.Adam(policy.optimizer_param_groups(3e-3, 3e-3)[:1])
@@ -252,9 +254,9 @@ def test_images_of_any_size_and_bad_inputs() -> None:
     with pytest.raises(ValueError, match="instructions"):
         policy.act(images(), INSTRUCTIONS[:3])
     with pytest.raises(ValueError, match="action ids"):
-        policy.evaluate(images(), INSTRUCTIONS, torch.zeros(4, 8, dtype=torch.long))
+        policy.evaluate_actions(images(), INSTRUCTIONS, torch.zeros(4, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="B=4, D=8"):
-        policy.evaluate(images(), INSTRUCTIONS, torch.zeros(4, 7, dtype=torch.long))
+        policy.evaluate_actions(images(), INSTRUCTIONS, torch.zeros(4, 7, dtype=torch.long))
 
 
 def test_any_action_dim_and_statistics_round_trip() -> None:
@@ -262,7 +264,7 @@ def test_any_action_dim_and_statistics_round_trip() -> None:
     demos = rng.normal(0, 0.05, (1000, 7))
     stats = ActionStatistics.from_actions(demos, mask=[True] * 6 + [False])
     policy = build_policy(
-        SMALL, action_dim=7, decoding="autoregressive", statistics=stats, unnorm_key="lift"
+        SMALL, LORA, action_dim=7, decoding="autoregressive", statistics=stats, unnorm_key="lift"
     )
     actions = np.clip(demos[:4], stats.q01, stats.q99)
     actions[:, 6] = [-1.0, 1.0, 1.0, -1.0]  # gripper, not normalized
@@ -285,7 +287,7 @@ def test_any_action_dim_and_statistics_round_trip() -> None:
 
 def test_trainable_state_dict_round_trip_and_key_errors() -> None:
     source = make_policy()
-    target = build_policy(SMALL, seed=0)
+    target = build_policy(SMALL, LORA, seed=0)
     target.load_trainable_state_dict(source.trainable_state_dict())
     assert_same_outputs(source, target)
     state = source.trainable_state_dict()
@@ -341,7 +343,7 @@ def test_bare_adapter_dir_and_merged_dir_reload_identically(tmp_path) -> None:
     # a merged dir without the policy's own files is still loadable as a plain model
     for name in ("policy_config.json", "value_head.safetensors"):
         (tmp_path / "merged" / name).unlink()
-    plain = HFVLAPolicy.from_checkpoint(tmp_path / "merged", lora=LoRASettings(rank=4))
+    plain = HFVLAPolicy.from_checkpoint(tmp_path / "merged", lora=LoRAConfig(enabled=True, rank=4))
     assert plain.use_lora and plain.lora.rank == 4
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings, build_policy
+from vla_rl_lib.policy.hf_policy import HFVLAPolicy, build_policy
+from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, build_tiny_vla
 from vla_rl_lib.policy.tiny_vla_lean import LeanTinyVLA
 
@@ -22,14 +23,14 @@ INSTRUCTIONS = [
     "knock over the large toy above the table",
     "slide the marker",
 ]
-LORA_CASES = {"lora": LoRASettings(), "full": None}
+LORA_CASES = {"lora": LoRAConfig(enabled=True, rank=32), "full": None}
 
 
 def images(batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (batch, 48, 80, 3), dtype=np.uint8)
 
 
-def make_policy(lora: LoRASettings | None, **kwargs) -> HFVLAPolicy:
+def make_policy(lora: LoRAConfig | None, **kwargs) -> HFVLAPolicy:
     policy = build_policy(TinyVLAConfig(), lora, seed=0, **kwargs)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # fresh LoRA B is zero; make the adapter change the output
@@ -72,7 +73,7 @@ def test_lean_gradients_equal_transformers(policy: HFVLAPolicy) -> None:
     for lean in (True, False):
         policy.lean_forward = lean
         policy.zero_grad(set_to_none=True)
-        out = policy.evaluate(images(batch), INSTRUCTIONS, tokens, temperature=1.3)
+        out = policy.evaluate_actions(images(batch), INSTRUCTIONS, tokens, temperature=1.3)
         (out.log_probs.mean() + out.entropy.mean() + out.values.pow(2).mean()).backward()
         grads[lean] = {
             n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None
@@ -92,7 +93,7 @@ def test_rollout_and_update_log_probs_equal_after_an_optimizer_step(case: str) -
     optimizer = torch.optim.AdamW(policy.optimizer_param_groups(1e-2, 1e-2))
     pictures = images(8, seed=3)
     before = policy.act(pictures, INSTRUCTIONS)
-    out = policy.evaluate(pictures, INSTRUCTIONS, before.token_ids)
+    out = policy.evaluate_actions(pictures, INSTRUCTIONS, before.token_ids)
     assert torch.equal(out.log_probs, before.log_probs)
     (-out.log_probs.mean()).backward()
     optimizer.step()
@@ -100,14 +101,14 @@ def test_rollout_and_update_log_probs_equal_after_an_optimizer_step(case: str) -
     after = policy.act(pictures, INSTRUCTIONS)
     assert not torch.equal(after.log_probs, before.log_probs)
     assert torch.equal(
-        policy.evaluate(pictures, INSTRUCTIONS, after.token_ids).log_probs, after.log_probs
+        policy.evaluate_actions(pictures, INSTRUCTIONS, after.token_ids).log_probs, after.log_probs
     )
     with torch.no_grad():
         assert torch.equal(scores(policy, True, 8)[0], scores(policy, False, 8)[0])
 
 
 def test_lean_forward_follows_merge_lora() -> None:
-    policy = make_policy(LoRASettings())
+    policy = make_policy(LoRAConfig(enabled=True, rank=32))
     policy.merge_lora()
     assert policy._lean_forward() is not None
     with torch.no_grad():
@@ -115,13 +116,13 @@ def test_lean_forward_follows_merge_lora() -> None:
 
 
 def test_switch_off_keeps_the_transformers_forward() -> None:
-    policy = make_policy(LoRASettings(), lean_forward=False)
+    policy = make_policy(LoRAConfig(enabled=True, rank=32), lean_forward=False)
     assert policy._lean_forward() is None
     assert make_policy(None)._lean_forward() is not None
 
 
 def test_unsupported_models_fall_back_with_a_reason() -> None:
-    dropout = build_policy(TinyVLAConfig(), LoRASettings(dropout=0.1), seed=0)
+    dropout = build_policy(TinyVLAConfig(), LoRAConfig(enabled=True, rank=32, dropout=0.1), seed=0)
     reason = LeanTinyVLA.unsupported_reason(dropout._hf_model())
     assert reason is not None and "dropout" in reason
     assert dropout._lean_forward() is None

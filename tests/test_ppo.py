@@ -27,7 +27,7 @@ class TinyCategoricalPolicy(nn.Module):
         self.logits = nn.Linear(H * H * 3, D * BINS)
         self.value = nn.Linear(H * H * 3, 1)
 
-    def evaluate(self, images, instructions, token_ids, temperature=1.0) -> EvaluateOutput:
+    def evaluate_actions(self, images, instructions, token_ids, temperature=1.0) -> EvaluateOutput:
         assert len(instructions) == len(images) == len(token_ids)
         features = torch.as_tensor(np.asarray(images), dtype=torch.float32).flatten(1) / 255.0
         log_p = torch.log_softmax(self.logits(features).view(-1, D, BINS) / temperature, dim=-1)
@@ -44,7 +44,7 @@ def make_batch(policy, size=32, seed=0, advantages=None):
     tokens = torch.as_tensor(g.integers(0, BINS, size=(size, D)), dtype=torch.int64)
     instructions = ["pick up the blue cube"] * size
     with torch.no_grad():
-        out = policy.evaluate(images, instructions, tokens)
+        out = policy.evaluate_actions(images, instructions, tokens)
     if advantages is None:
         advantages = torch.as_tensor(g.normal(size=size), dtype=torch.float32)
     returns = out.values + torch.as_tensor(g.normal(size=size), dtype=torch.float32)
@@ -241,7 +241,7 @@ def test_update_raises_probability_of_positive_advantage_actions():
         generator=torch.Generator().manual_seed(0),
     )
     with torch.no_grad():
-        after = policy.evaluate(batch.images, batch.instructions, batch.token_ids).log_probs
+        after = policy.evaluate_actions(batch.images, batch.instructions, batch.token_ids).log_probs
     change = after - batch.old_log_probs
     assert (change[advantages > 0] > 0).float().mean() > 0.9
     assert (change[advantages < 0] < 0).float().mean() > 0.9
@@ -337,8 +337,8 @@ class NaNOnCalls(nn.Module):
         super().__init__()
         self.policy, self.bad_calls, self.calls = policy, set(bad_calls), 0
 
-    def evaluate(self, *args):
-        out = self.policy.evaluate(*args)
+    def evaluate_actions(self, *args):
+        out = self.policy.evaluate_actions(*args)
         if self.calls in self.bad_calls:
             out.log_probs = out.log_probs * torch.tensor(float("nan"))
         self.calls += 1
@@ -418,14 +418,17 @@ def test_batch_rejects_mismatched_lengths():
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_update_on_the_tiny_vla(lora):
-    from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings
+    from vla_rl_lib.policy.configuration import PolicyConfig
+    from vla_rl_lib.policy.hf_policy import HFVLAPolicy
+    from vla_rl_lib.policy.lora import LoRAConfig
     from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, build_tiny_vla
 
     small = TinyVLAConfig(
         image_size=32, text_layers=1, text_hidden_size=64, text_intermediate_size=128
     )
     model, processor = build_tiny_vla(small, seed=0)
-    policy = HFVLAPolicy(model, processor, lora=LoRASettings(rank=4, alpha=8) if lora else None)
+    lora_config = LoRAConfig(enabled=lora, rank=4, alpha=8)
+    policy = HFVLAPolicy(PolicyConfig(lora=lora_config), model, processor)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
     instructions = ["pick up the blue cube"] * 8
@@ -444,7 +447,7 @@ def test_update_on_the_tiny_vla(lora):
     )
     assert stats["skipped_steps"] == 0 and stats["num_minibatch_steps"] == 3
     with torch.no_grad():
-        after = policy.evaluate(images, instructions, out.token_ids).log_probs
+        after = policy.evaluate_actions(images, instructions, out.token_ids).log_probs
     change = after - out.log_probs
     assert (change[advantages > 0] > 0).all() and (change[advantages < 0] < 0).all()
 
@@ -457,7 +460,7 @@ class PerSampleTablePolicy(nn.Module):
         super().__init__()
         self.table = nn.Parameter(torch.randn(size, D, BINS, generator=torch.Generator().manual_seed(0)))
 
-    def evaluate(self, images, instructions, token_ids, temperature=1.0) -> EvaluateOutput:
+    def evaluate_actions(self, images, instructions, token_ids, temperature=1.0) -> EvaluateOutput:
         rows = torch.as_tensor(np.asarray(images)[:, 0, 0, 0], dtype=torch.int64)
         log_p = torch.log_softmax(self.table[rows] / temperature, dim=-1)
         chosen = log_p.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1).sum(-1)
@@ -483,7 +486,7 @@ def test_grpo_all_equal_group_gets_exactly_zero_gradient_through_the_update(norm
     batch = make_batch(TinyCategoricalPolicy(), size=size, advantages=advantages)
     batch.images[:, 0, 0, 0] = np.arange(size)
     with torch.no_grad():
-        old = policy.evaluate(batch.images, batch.instructions, batch.token_ids).log_probs
+        old = policy.evaluate_actions(batch.images, batch.instructions, batch.token_ids).log_probs
     batch = dataclasses.replace(batch, old_log_probs=old)
     before = policy.table.detach().clone()
     optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)

@@ -47,7 +47,7 @@ def poison_updates(monkeypatch, trainer: Trainer, updates: set[int], kind: str) 
     """Make the PPO updates numbered in ``updates`` (0-based) see NaN log-probs or gradients."""
     poisoned = {"on": False}
     counter = itertools.count()
-    real_update, real_evaluate = trainer_module.ppo_update, trainer.policy.evaluate
+    real_update, real_evaluate = trainer_module.ppo_update, trainer.policy.evaluate_actions
 
     def ppo_update(*args, **kwargs):
         poisoned["on"] = next(counter) in updates
@@ -66,7 +66,7 @@ def poison_updates(monkeypatch, trainer: Trainer, updates: set[int], kind: str) 
         return out
 
     monkeypatch.setattr(trainer_module, "ppo_update", ppo_update)
-    monkeypatch.setattr(trainer.policy, "evaluate", evaluate)
+    monkeypatch.setattr(trainer.policy, "evaluate_actions", evaluate)
 
 
 def non_finite_on_disk(run_dir: Path) -> list[str]:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics, load_action_statistics
-from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings, build_policy
+from vla_rl_lib.policy.hf_policy import HFVLAPolicy, build_policy
+from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 from vla_rl_lib.sft import (
     DemoDataset,
@@ -24,6 +25,7 @@ from vla_rl_lib.sft.trainer import SFT_METRICS_FILE, sft_batches
 
 INSTRUCTION = "pick up the blue cube"
 SMALL = TinyVLAConfig(image_size=32, patch_size=16)
+LORA = LoRAConfig(enabled=True, rank=32)
 
 
 def synthetic_dataset(num_steps: int = 8, seed: int = 0) -> DemoDataset:
@@ -50,7 +52,7 @@ def statistics_of(dataset: DemoDataset) -> ActionStatistics:
 
 @pytest.mark.parametrize(
     ("lora", "learning_rate", "epochs", "min_drop"),
-    [(None, 1e-3, 5, 1.0), (LoRASettings(), 3e-3, 5, 1.0)],
+    [(None, 1e-3, 5, 1.0), (LORA, 3e-3, 5, 1.0)],
     ids=["full", "lora"],
 )
 def test_loss_falls_on_a_fixed_batch(tmp_path, lora, learning_rate, epochs, min_drop) -> None:
@@ -79,7 +81,7 @@ def test_same_seed_same_losses_and_weights(tmp_path) -> None:
     dataset = synthetic_dataset(num_steps=6)
     runs = []
     for name in ("a", "b"):
-        policy = build_policy(SMALL, seed=1)
+        policy = build_policy(SMALL, LORA, seed=1)
         summary = run_sft(
             policy,
             dataset,
@@ -100,7 +102,7 @@ def test_same_seed_same_losses_and_weights(tmp_path) -> None:
 def test_checkpoint_reloads_with_identical_greedy_actions(tmp_path) -> None:
     dataset = synthetic_dataset()
     statistics = statistics_of(dataset)
-    policy = build_policy(SMALL, seed=0)
+    policy = build_policy(SMALL, LORA, seed=0)
     out = tmp_path / "sft"
     run_sft(
         policy,
@@ -132,7 +134,7 @@ def test_checkpoint_reloads_with_identical_greedy_actions(tmp_path) -> None:
 def test_actions_are_tokenized_with_the_dataset_statistics() -> None:
     dataset = synthetic_dataset()
     statistics = statistics_of(dataset)
-    policy = build_policy(SMALL, seed=0)
+    policy = build_policy(SMALL, LORA, seed=0)
     set_action_statistics(policy, statistics)
     tokens = policy.actions_to_tokens(dataset.actions).numpy()
     expected = policy.action_tokenizer.encode(statistics.normalize(dataset.actions))
@@ -151,7 +153,7 @@ def test_shuffling_covers_every_step_once_per_epoch() -> None:
 
 def test_bad_settings_are_named(tmp_path) -> None:
     dataset = synthetic_dataset()
-    policy = build_policy(SMALL, seed=0)
+    policy = build_policy(SMALL, LORA, seed=0)
     common = dict(batch_size=4, learning_rate=1e-3, seed=0, out_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="epochs=0"):
         run_sft(policy, dataset, epochs=0, statistics=statistics_of(dataset), **common)
@@ -166,7 +168,7 @@ def test_warm_start_on_collected_demonstrations(tmp_path) -> None:
         collect_demonstrations(1, 0, tmp_path / "demos", image_size=32, progress=False)
     )
     summary = run_sft(
-        build_policy(SMALL, seed=0),
+        build_policy(SMALL, LORA, seed=0),
         demos,
         epochs=1,
         batch_size=16,

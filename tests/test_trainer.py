@@ -198,14 +198,14 @@ def test_a_run_without_evaluation_reports_null_not_a_number(tiny_config):
 def test_preflight_catches_ratio_mismatch(tiny_config, monkeypatch):
     trainer = Trainer(tiny_config, progress=False)
     try:
-        evaluate = trainer.policy.evaluate
+        evaluate = trainer.policy.evaluate_actions
 
         def drifting(*args, **kwargs):
             out = evaluate(*args, **kwargs)
             out.log_probs = out.log_probs + 0.1
             return out
 
-        monkeypatch.setattr(trainer.policy, "evaluate", drifting)
+        monkeypatch.setattr(trainer.policy, "evaluate_actions", drifting)
         with pytest.raises(PreflightError, match="ratio"):
             trainer.preflight()
     finally:

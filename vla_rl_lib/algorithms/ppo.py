@@ -7,7 +7,7 @@ minibatch's activations), clipped to ``max_grad_norm``. A step whose loss or
 gradient is not finite is skipped and counted; an approximate KL above
 ``target_kl`` ends the update before its step is taken.
 
-The policy is anything with ``evaluate(images, instructions, token_ids,
+The policy is anything with ``evaluate_actions(images, instructions, token_ids,
 temperature) -> EvaluateOutput`` (``vla_rl_lib.policy.base.VLAPolicy``); it
 runs in whatever train/eval mode the caller left it in.
 
@@ -348,7 +348,7 @@ def _accumulate_gradients(
     for position, micro in enumerate(micros):
         defer_sync = shard.no_sync is not None and position < len(micros) - 1
         with shard.no_sync() if defer_sync else contextlib.nullcontext():
-            out = policy.evaluate(
+            out = policy.evaluate_actions(
                 _take(batch.images, micro),
                 [batch.instructions[i] for i in micro.tolist()],
                 batch.token_ids[micro],

@@ -1,7 +1,7 @@
 """The one interface every policy satisfies (tiny local VLA and OpenVLA alike).
 
 Nothing above this module knows which model it has: rollouts call ``act``,
-PPO calls ``evaluate``, SFT calls ``sft_loss``, checkpoints go through
+PPO calls ``evaluate_actions``, SFT calls ``sft_loss``, checkpoints go through
 ``trainable_state_dict`` / ``load_trainable_state_dict``.
 
 Shapes: B = batch, D = action dimensions (8 for CRANE-X7: 7 joint deltas and
@@ -53,7 +53,7 @@ class VLAPolicy(nn.Module, abc.ABC):
         """Sample (or take the argmax of) one action per image, without grad."""
 
     @abc.abstractmethod
-    def evaluate(
+    def evaluate_actions(
         self,
         images: np.ndarray | torch.Tensor,
         instructions: list[str],

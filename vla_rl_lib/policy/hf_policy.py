@@ -4,12 +4,12 @@ The model reads an image and an OpenVLA-style prompt and emits ``action_dim``
 action tokens (see ``action_tokenizer``). Two decodings:
 
 - ``"autoregressive"`` (OpenVLA): one token per forward pass with a KV cache
-  in ``act``; ``evaluate`` teacher-forces prompt + tokens in one pass.
+  in ``act``; ``evaluate_actions`` teacher-forces prompt + tokens in one pass.
 - ``"parallel"`` (OpenVLA-OFT style): the prompt is followed by ``action_dim``
   placeholder tokens (``<action_slot_d>`` when the tokenizer has them, as the
   tiny VLA's does, else the pad token in every slot); a 4D mask is causal over the prompt and bidirectional
   over the placeholder block, and the placeholder at slot ``d`` predicts
-  action token ``d``. ``act`` and ``evaluate`` run the very same pass.
+  action token ``d``. ``act`` and ``evaluate_actions`` run the very same pass.
 
 Log-probs and entropies are taken over the 256 action-bin logits only (the
 rest of the vocabulary masked), after dividing by ``temperature``; a step's
@@ -29,10 +29,11 @@ update see the same function.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import (
-    LoraConfig,
     PeftModel,
     get_peft_model,
     get_peft_model_state_dict,
@@ -58,54 +58,25 @@ from vla_rl_lib.policy.action_tokenizer import (
     write_dataset_statistics,
 )
 from vla_rl_lib.policy.base import ActOutput, EvaluateOutput, VLAPolicy
+from vla_rl_lib.policy.configuration import (
+    DECODING_MODES,
+    DEFAULT_PROMPT_TEMPLATE,
+    POLICY_CONFIG_FILE,
+    PolicyConfig,
+)
+from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, action_slot_token, build_tiny_vla
 from vla_rl_lib.policy.tiny_vla_lean import LeanTinyVLA
 from vla_rl_lib.utils import atomic_directory, write_json_atomic
 
-DEFAULT_PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
-DECODING_MODES = ("parallel", "autoregressive")
-POLICY_CONFIG_FILE = "policy_config.json"
+__all__ = ["DECODING_MODES", "DEFAULT_PROMPT_TEMPLATE", "POLICY_CONFIG_FILE", "HFVLAPolicy", "build_policy"]
+
 VALUE_HEAD_FILE = "value_head.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 BASE_MODEL_DIR = "base_model"
-POLICY_FORMAT = "vla_rl_policy/1"
 
 ModelLoader = Callable[[str], tuple[nn.Module, Any]]
-
-
-@dataclass(frozen=True)
-class LoRASettings:
-    """LoRA adapter shape. ``target_modules="all-linear"`` is every linear layer but the output head."""
-
-    rank: int = 32
-    alpha: int = 16
-    dropout: float = 0.0  # > 0 makes rollout and update log-probs disagree
-    target_modules: str | tuple[str, ...] = "all-linear"
-    exclude_modules: tuple[str, ...] | None = None
-
-    def to_peft_config(self) -> LoraConfig:
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=self.target_modules
-            if isinstance(self.target_modules, str)
-            else list(self.target_modules),
-            exclude_modules=None if self.exclude_modules is None else list(self.exclude_modules),
-            bias="none",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoRASettings:
-        data = dict(data)
-        for key in ("target_modules", "exclude_modules"):
-            if isinstance(data.get(key), list):
-                data[key] = tuple(data[key])
-        return cls(**data)
 
 
 class ValueHead(nn.Module):
@@ -148,78 +119,56 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class HFVLAPolicy(VLAPolicy):
-    """A VLA (HF image-text-to-text model + processor) with a value head.
+    """A VLA (HF image-text-to-text model + processor) with a value head, shaped by a ``PolicyConfig``.
 
-    ``model`` may be a plain transformers model (``lora`` settings wrap it with a
-    fresh adapter; ``lora=None`` trains every weight) or an already-built
-    ``PeftModel``. ``action_tokenizer`` defaults to the last 256 ids of
-    ``processor.tokenizer.vocab_size``. ``base_model_path`` names the directory a
-    LoRA model's frozen base was loaded from; when None, ``save_pretrained``
-    writes a copy of the base into the checkpoint. Subclasses for models whose
-    forward differs from Llava's (OpenVLA) override ``preprocess_images``,
-    ``_encode_prompt_ids`` and ``_decoder_hidden``. ``lean_forward`` runs the
-    parallel-decoding pass of a model ``LeanTinyVLA`` reproduces (the tiny VLA)
+    ``model`` may be a plain transformers model (``config.lora.enabled`` wraps it
+    with a fresh adapter, otherwise every weight trains) or an already-built
+    ``PeftModel``. The action bins are ``config.action_token_end`` (default: the
+    processor's ``tokenizer.vocab_size``) minus ``n_action_bins``.
+    ``config.base_model`` names the directory a LoRA model's frozen base was
+    loaded from; when None, ``save_pretrained`` writes a copy of the base into
+    the checkpoint. ``statistics`` un-normalize actions (saved as
+    ``dataset_statistics.json`` under ``config.unnorm_key``); ``seed`` draws the
+    value head and any fresh adapter. ``self.config`` is the given config with
+    what was derived filled in, i.e. what ``save_pretrained`` writes. Subclasses
+    for models whose forward differs from Llava's (OpenVLA) override
+    ``preprocess_images``, ``_encode_prompt_ids`` and ``_decoder_hidden``. ``lean_forward``
+    runs the parallel-decoding pass of a model ``LeanTinyVLA`` reproduces (the tiny VLA)
     in plain torch: the same bits as transformers, less per-call overhead.
     """
 
+    # The ``PolicySettings`` ``loading.load_base_policy`` loaded this policy with, so that a
+    # rollout worker can load the same base; None for a policy built any other way.
+    load_settings: Any = None
+
     def __init__(
         self,
+        config: PolicyConfig,
         model: nn.Module,
         processor: Any,
-        action_tokenizer: ActionTokenizer | None = None,
         *,
-        action_dim: int = 8,
-        decoding: str = "parallel",
-        prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         statistics: ActionStatistics | None = None,
-        unnorm_key: str | None = None,
-        lora: LoRASettings | None = LoRASettings(),
-        value_head_width: int = 256,
-        placeholder_token_ids: list[int] | None = None,
-        base_model_path: str | None = None,
         seed: int = 0,
         lean_forward: bool = True,
     ) -> None:
         super().__init__()
-        if decoding not in DECODING_MODES:
-            raise ValueError(f"decoding={decoding!r} is unknown; choose one of {DECODING_MODES}")
-        if action_dim < 1:
-            raise ValueError(f"action_dim={action_dim} must be at least 1")
-        if "{instruction}" not in prompt_template:
-            raise ValueError(
-                f"prompt_template {prompt_template!r} has no '{{instruction}}' field to fill"
-            )
-        if statistics is not None:
-            if unnorm_key is None:
-                raise ValueError(
-                    "statistics were given without unnorm_key; name the dataset they describe "
-                    "(it becomes the key in dataset_statistics.json)."
-                )
-            if statistics.action_dim != action_dim:
-                raise ValueError(
-                    f"statistics describe {statistics.action_dim} action dims but action_dim={action_dim}"
-                )
+        _check_statistics(config, statistics)
         self.processor = processor
-        self.action_tokenizer = action_tokenizer or ActionTokenizer(processor.tokenizer.vocab_size)
-        self.action_dim = action_dim
-        self.decoding = decoding
-        self.prompt_template = prompt_template
         self.statistics = statistics
-        self.unnorm_key = unnorm_key
-        self.base_model_path = base_model_path
-        self.value_head_width = value_head_width
         tokenizer = processor.tokenizer
         self.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
-        self.placeholder_token_ids = placeholder_token_ids or _default_placeholders(
-            tokenizer, action_dim, self.pad_token_id
+        placeholders = config.placeholder_token_ids or _default_placeholders(
+            tokenizer, config.action_dim, self.pad_token_id
         )
-        if len(self.placeholder_token_ids) != action_dim:
+        if len(placeholders) != config.action_dim:
             raise ValueError(
-                f"placeholder_token_ids has {len(self.placeholder_token_ids)} ids; "
-                f"parallel decoding needs one per action dim ({action_dim})"
+                f"placeholder_token_ids has {len(placeholders)} ids; "
+                f"parallel decoding needs one per action dim ({config.action_dim})"
             )
+        action_token_end = config.action_token_end or tokenizer.vocab_size
+        self.action_tokenizer = ActionTokenizer(action_token_end, config.n_action_bins)
         self._prompt_cache: dict[str, list[int]] = {}
         self.lean_forward = lean_forward
         self._lean: tuple[nn.Module, LeanTinyVLA | None] | None = None
@@ -227,24 +176,59 @@ class HFVLAPolicy(VLAPolicy):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            lora = config.lora
             if isinstance(model, PeftModel):
-                self.lora = lora or _lora_settings_of(model)
-            elif lora is not None:
+                if not lora.enabled:
+                    lora = LoRAConfig.of_peft_config(model.peft_config[model.active_adapter])
+            elif lora.enabled:
                 model = get_peft_model(model, lora.to_peft_config())
-                self.lora = lora
             else:
                 model.requires_grad_(True)
-                self.lora = None
             self.model = model
             hidden_size = self._hf_model().get_output_embeddings().in_features
-            self.value_head = ValueHead(hidden_size, value_head_width)
+            self.value_head = ValueHead(hidden_size, config.value_head_width)
         self.value_head.to(self.device)
+        self.config = dataclasses.replace(
+            config, lora=lora, action_token_end=action_token_end, placeholder_token_ids=placeholders
+        )
         vocab_rows = self._hf_model().get_output_embeddings().out_features
         if self.action_tokenizer.vocab_end > vocab_rows:
             raise ValueError(
                 f"action ids end at {self.action_tokenizer.vocab_end} but the model's output layer "
-                f"has only {vocab_rows} rows; pass the right ActionTokenizer(vocab_end=...)."
+                f"has only {vocab_rows} rows; set PolicyConfig.action_token_end to fit it."
             )
+
+    # ------------------------------------------------------------------ the config's fields
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.action_dim
+
+    @property
+    def decoding(self) -> str:
+        return self.config.decoding
+
+    @property
+    def prompt_template(self) -> str:
+        return self.config.prompt_template
+
+    @property
+    def unnorm_key(self) -> str | None:
+        return self.config.unnorm_key
+
+    @unnorm_key.setter
+    def unnorm_key(self, key: str | None) -> None:
+        """SFT names the statistics it sets (``sft.trainer.set_action_statistics``)."""
+        self.config = dataclasses.replace(self.config, unnorm_key=key)
+
+    @property
+    def placeholder_token_ids(self) -> list[int]:
+        return self.config.placeholder_token_ids or []
+
+    @property
+    def lora(self) -> LoRAConfig | None:
+        """The adapter's settings; None for a full-weight policy."""
+        return self.config.lora if self.config.lora.enabled else None
 
     # ------------------------------------------------------------------ basics
 
@@ -264,11 +248,7 @@ class HFVLAPolicy(VLAPolicy):
 
     def preprocess_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) of any size -> normalized pixel values (B, 3, h, w) on the device."""
-        pixels = torch.as_tensor(images)
-        if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
-            raise ValueError(
-                f"images must be uint8 (B, H, W, 3), got {pixels.dtype} {tuple(pixels.shape)}"
-            )
+        pixels = uint8_images(images)
         image_processor = self.processor.image_processor
         size = image_processor.size
         height, width = _height_width(size)
@@ -484,7 +464,7 @@ class HFVLAPolicy(VLAPolicy):
             next_position = next_position + 1
         return _Scores(torch.stack(all_logits, 1), prompt_hidden), torch.stack(all_bins, 1)
 
-    def evaluate(
+    def evaluate_actions(
         self,
         images: np.ndarray | torch.Tensor,
         instructions: list[str],
@@ -563,7 +543,7 @@ class HFVLAPolicy(VLAPolicy):
         """Recompute each transformer block's activations in backward; returns the blocks affected.
 
         transformers checkpoints a block only while that block is in training mode, and the
-        policy runs in eval mode (no dropout, so act() and evaluate() agree): the flag is set on
+        policy runs in eval mode (no dropout, so act() and evaluate_actions() agree): the flag is set on
         the blocks themselves, not on their children, so dropout stays off.
         """
         from transformers.modeling_layers import GradientCheckpointingLayer
@@ -583,43 +563,29 @@ class HFVLAPolicy(VLAPolicy):
                 "merge_lora: this policy has no LoRA adapter (it is already full-weight)"
             )
         self.model = self.model.merge_and_unload()
-        self.lora = None
-        self.base_model_path = None
+        lora = dataclasses.replace(self.config.lora, enabled=False)
+        self.config = dataclasses.replace(self.config, lora=lora, base_model=None)
 
     # ------------------------------------------------------------------ saving and loading
-
-    def policy_config(self) -> dict[str, Any]:
-        return {
-            "format": POLICY_FORMAT,
-            "decoding": self.decoding,
-            "action_dim": self.action_dim,
-            "prompt_template": self.prompt_template,
-            "action_token_end": self.action_tokenizer.vocab_end,
-            "n_action_bins": self.action_tokenizer.n_bins,
-            "placeholder_token_ids": self.placeholder_token_ids,
-            "use_lora": self.use_lora,
-            "lora": None if self.lora is None else self.lora.to_dict(),
-            "unnorm_key": self.unnorm_key,
-            "value_head_width": self.value_head_width,
-            "base_model": None,
-        }
 
     def save_pretrained(self, path: str) -> None:
         """Write a checkpoint directory; see ``from_checkpoint`` for its layout."""
         final = Path(path).absolute()
-        config = self.policy_config()
+        config = self.config
         with atomic_directory(final) as tmp:
             self.processor.save_pretrained(tmp)
             if self.use_lora:
                 self.model.save_pretrained(tmp)
-                if self.base_model_path is None:
+                if config.base_model is None:
                     _save_base_without_lora(self._hf_model(), tmp / BASE_MODEL_DIR)
                     self.processor.save_pretrained(tmp / BASE_MODEL_DIR)
-                    config["base_model"] = BASE_MODEL_DIR
+                    config = dataclasses.replace(config, base_model=BASE_MODEL_DIR)
                     base_for_peft = str(final / BASE_MODEL_DIR)
                 else:
-                    config["base_model"] = str(Path(self.base_model_path).absolute())
-                    base_for_peft = config["base_model"]
+                    config = dataclasses.replace(
+                        config, base_model=str(Path(config.base_model).absolute())
+                    )
+                    base_for_peft = config.base_model
                 adapter_config = json.loads((tmp / ADAPTER_CONFIG_FILE).read_text())
                 adapter_config["base_model_name_or_path"] = base_for_peft
                 write_json_atomic(tmp / ADAPTER_CONFIG_FILE, adapter_config)
@@ -631,7 +597,7 @@ class HFVLAPolicy(VLAPolicy):
             )
             if self.statistics is not None:
                 write_dataset_statistics(tmp, self.unnorm_key, self.statistics)
-            write_json_atomic(tmp / POLICY_CONFIG_FILE, config)
+            write_json_atomic(tmp / POLICY_CONFIG_FILE, config.to_json_dict())
 
     @classmethod
     def from_checkpoint(
@@ -642,8 +608,7 @@ class HFVLAPolicy(VLAPolicy):
         action_dim: int | None = None,
         prompt_template: str | None = None,
         unnorm_key: str | None = None,
-        lora: LoRASettings | None = None,
-        action_tokenizer: ActionTokenizer | None = None,
+        lora: LoRAConfig | None = None,
         model_loader: ModelLoader | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
@@ -651,15 +616,15 @@ class HFVLAPolicy(VLAPolicy):
     ) -> HFVLAPolicy:
         """Load one of three kinds of directory.
 
-        1. A checkpoint written by ``save_pretrained``: ``policy_config.json`` (decoding,
-           action_dim, prompt, LoRA settings, statistics key), processor files,
-           ``value_head.safetensors``, and either a LoRA adapter (``adapter_config.json``
-           + ``adapter_model.safetensors``, base in ``base_model/`` or at the path the
-           config names) or full weights (``config.json`` + ``model.safetensors``).
-           Keyword arguments given here override the saved settings.
+        1. A checkpoint written by ``save_pretrained``: ``policy_config.json`` (a
+           ``PolicyConfig``), processor files, ``value_head.safetensors``, and either a
+           LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``, base in
+           ``base_model/`` or at the path the config names) or full weights
+           (``config.json`` + ``model.safetensors``). ``decoding``, ``action_dim``,
+           ``prompt_template`` and ``unnorm_key``, when given, override the saved ones.
         2. A bare LoRA adapter directory: ``adapter_config.json`` names the base model.
-        3. A merged (or any plain) model directory: ``config.json`` + weights; ``lora``
-           wraps it with a fresh trainable adapter, otherwise every weight trains.
+        3. A merged (or any plain) model directory: ``config.json`` + weights; an enabled
+           ``lora`` wraps it with a fresh trainable adapter, otherwise every weight trains.
 
         LoRA adapters are loaded trainable (``is_trainable=True``), so training resumes.
         ``dataset_statistics.json`` is picked up when present. Kinds 2 and 3 get a fresh
@@ -667,91 +632,38 @@ class HFVLAPolicy(VLAPolicy):
         ``AutoModelForImageTextToText`` / ``AutoProcessor`` (OpenVLA's remote code).
         """
         root = Path(path).absolute()
-        if not root.is_dir():
-            raise FileNotFoundError(
-                f"policy checkpoint {root} does not exist or is not a directory"
-            )
-        present = sorted(p.name for p in root.iterdir())
-        load = model_loader or (lambda d: _auto_load(d, dtype))
-        saved: dict[str, Any] = {}
-        if (root / POLICY_CONFIG_FILE).is_file():
-            saved = json.loads((root / POLICY_CONFIG_FILE).read_text())
-            if saved.get("format") != POLICY_FORMAT:
-                raise ValueError(
-                    f"{root / POLICY_CONFIG_FILE} has format {saved.get('format')!r}; "
-                    f"this code reads {POLICY_FORMAT!r}"
-                )
-            kind = "adapter" if saved["use_lora"] else "model"
-        elif (root / ADAPTER_CONFIG_FILE).is_file():
-            kind = "adapter"
-        elif (root / "config.json").is_file():
-            kind = "model"
-        else:
-            raise FileNotFoundError(
-                f"{root} is not a policy checkpoint: expected {POLICY_CONFIG_FILE} (saved policy), "
-                f"{ADAPTER_CONFIG_FILE} (LoRA adapter) or config.json (merged model); "
-                f"it holds {present}"
-            )
-
-        base_model_path: str | None = None
-        if kind == "adapter":
-            _require(root, [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE], present)
-            base_dir = _resolve_base(root, saved)
-            model, processor = load(str(base_dir))
-            if _has_processor(root):
-                processor = _load_processor(root, model_loader)
-            model = PeftModel.from_pretrained(model, str(root), is_trainable=True)
-            if saved.get("base_model") != BASE_MODEL_DIR:
-                base_model_path = str(base_dir)
-        else:
-            if not any(name.endswith((".safetensors", ".bin")) for name in present):
-                raise FileNotFoundError(
-                    f"{root} has config.json but no weight files (*.safetensors); it holds {present}"
-                )
-            model, processor = load(str(root))
-        if saved:
-            _require(root, [VALUE_HEAD_FILE], present)
-            lora_settings = LoRASettings.from_dict(saved["lora"]) if saved.get("lora") else None
-        else:
-            lora_settings = lora
-
-        unnorm_key = unnorm_key or saved.get("unnorm_key")
-        statistics = None
-        if (root / DATASET_STATISTICS_FILE).is_file():
-            statistics = load_action_statistics(root, unnorm_key)
-            if unnorm_key is None:
-                unnorm_key = next(iter(json.loads((root / DATASET_STATISTICS_FILE).read_text())))
-        elif unnorm_key is not None and saved.get("unnorm_key"):
-            raise FileNotFoundError(
-                f"{root / POLICY_CONFIG_FILE} names unnorm_key {unnorm_key!r} but "
-                f"{DATASET_STATISTICS_FILE} is missing from {root}"
-            )
-        if action_tokenizer is None and saved:
-            action_tokenizer = ActionTokenizer(saved["action_token_end"], saved["n_action_bins"])
-        policy = cls(
-            model.to(device),
-            processor,
-            action_tokenizer,
-            action_dim=action_dim or saved.get("action_dim", 8),
-            decoding=decoding or saved.get("decoding", "parallel"),
-            prompt_template=prompt_template
-            or saved.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
-            statistics=statistics,
-            unnorm_key=unnorm_key if statistics is not None else None,
-            lora=lora_settings,
-            value_head_width=saved.get("value_head_width", 256),
-            placeholder_token_ids=saved.get("placeholder_token_ids")
-            if (action_dim or saved.get("action_dim")) == saved.get("action_dim")
-            else None,
-            base_model_path=base_model_path,
-            seed=seed,
+        saved, present = _read_saved_config(root)
+        config = saved or PolicyConfig(lora=lora or LoRAConfig())
+        model, processor, base_model = _load_model(
+            root, saved, present, model_loader or (lambda d: _auto_load(d, dtype)), model_loader
         )
+        if action_dim and action_dim != config.action_dim:
+            config = dataclasses.replace(config, action_dim=action_dim, placeholder_token_ids=None)
+        config = dataclasses.replace(
+            config,
+            decoding=decoding or config.decoding,
+            prompt_template=prompt_template or config.prompt_template,
+            base_model=base_model,
+        )
+        statistics, unnorm_key = _load_statistics(root, unnorm_key or config.unnorm_key, saved)
+        config = dataclasses.replace(config, unnorm_key=unnorm_key)
+        policy = cls(config, model.to(device), processor, statistics=statistics, seed=seed)
         if saved:
             policy.value_head.load_state_dict(load_file(str(root / VALUE_HEAD_FILE)), strict=True)
         return policy
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def uint8_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``images`` as a tensor, refused unless uint8 (B, H, W, 3)."""
+    pixels = torch.as_tensor(images)
+    if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ValueError(
+            f"images must be uint8 (B, H, W, 3), got {pixels.dtype} {tuple(pixels.shape)}"
+        )
+    return pixels
 
 
 def _check_temperature(temperature: float) -> None:
@@ -787,18 +699,78 @@ def _height_width(size: dict[str, int]) -> tuple[int, int]:
     )
 
 
-def _lora_settings_of(model: PeftModel) -> LoRASettings:
-    config = model.peft_config[model.active_adapter]
-    targets = config.target_modules
-    return LoRASettings(
-        rank=config.r,
-        alpha=config.lora_alpha,
-        dropout=config.lora_dropout,
-        target_modules=targets if isinstance(targets, str) else tuple(sorted(targets)),
-        exclude_modules=None
-        if config.exclude_modules is None
-        else tuple(sorted(config.exclude_modules)),
+def _check_statistics(config: PolicyConfig, statistics: ActionStatistics | None) -> None:
+    if statistics is None:
+        return
+    if config.unnorm_key is None:
+        raise ValueError(
+            "statistics were given without unnorm_key; name the dataset they describe "
+            "(it becomes the key in dataset_statistics.json)."
+        )
+    if statistics.action_dim != config.action_dim:
+        raise ValueError(
+            f"statistics describe {statistics.action_dim} action dims but action_dim={config.action_dim}"
+        )
+
+
+def _read_saved_config(root: Path) -> tuple[PolicyConfig | None, list[str]]:
+    """The saved ``PolicyConfig`` (None for a bare adapter or model directory) and the files present."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"policy checkpoint {root} does not exist or is not a directory")
+    present = sorted(p.name for p in root.iterdir())
+    if POLICY_CONFIG_FILE in present:
+        saved = PolicyConfig.read(root / POLICY_CONFIG_FILE)
+        _require(root, [VALUE_HEAD_FILE], present)
+        return saved, present
+    if ADAPTER_CONFIG_FILE in present or "config.json" in present:
+        return None, present
+    raise FileNotFoundError(
+        f"{root} is not a policy checkpoint: expected {POLICY_CONFIG_FILE} (saved policy), "
+        f"{ADAPTER_CONFIG_FILE} (LoRA adapter) or config.json (merged model); it holds {present}"
     )
+
+
+def _load_model(
+    root: Path,
+    saved: PolicyConfig | None,
+    present: list[str],
+    load: ModelLoader,
+    model_loader: ModelLoader | None,
+) -> tuple[nn.Module, Any, str | None]:
+    """(model, processor, the external base directory of a LoRA adapter or None)."""
+    is_adapter = saved.lora.enabled if saved else ADAPTER_CONFIG_FILE in present
+    if not is_adapter:
+        if not any(name.endswith((".safetensors", ".bin")) for name in present):
+            raise FileNotFoundError(
+                f"{root} has config.json but no weight files (*.safetensors); it holds {present}"
+            )
+        model, processor = load(str(root))
+        return model, processor, None
+    _require(root, [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE], present)
+    base_dir = _resolve_base(root, saved)
+    model, processor = load(str(base_dir))
+    if _has_processor(root):
+        processor = _load_processor(root, model_loader)
+    model = PeftModel.from_pretrained(model, str(root), is_trainable=True)
+    external = saved is None or saved.base_model != BASE_MODEL_DIR
+    return model, processor, str(base_dir) if external else None
+
+
+def _load_statistics(
+    root: Path, unnorm_key: str | None, saved: PolicyConfig | None
+) -> tuple[ActionStatistics | None, str | None]:
+    """``dataset_statistics.json``'s entry ``unnorm_key`` (the only one when None), and its key."""
+    if not (root / DATASET_STATISTICS_FILE).is_file():
+        if unnorm_key is not None and saved is not None and saved.unnorm_key:
+            raise FileNotFoundError(
+                f"{root / POLICY_CONFIG_FILE} names unnorm_key {unnorm_key!r} but "
+                f"{DATASET_STATISTICS_FILE} is missing from {root}"
+            )
+        return None, None
+    statistics = load_action_statistics(root, unnorm_key)
+    if unnorm_key is None:
+        unnorm_key = next(iter(json.loads((root / DATASET_STATISTICS_FILE).read_text())))
+    return statistics, unnorm_key
 
 
 def _require(root: Path, names: list[str], present: list[str]) -> None:
@@ -834,9 +806,9 @@ def _auto_load(directory: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     return model, AutoProcessor.from_pretrained(directory)
 
 
-def _resolve_base(root: Path, saved: dict[str, Any]) -> Path:
+def _resolve_base(root: Path, saved: PolicyConfig | None) -> Path:
     if saved:
-        named = saved.get("base_model")
+        named = saved.base_model
         source = POLICY_CONFIG_FILE
     else:
         named = json.loads((root / ADAPTER_CONFIG_FILE).read_text()).get("base_model_name_or_path")
@@ -864,37 +836,30 @@ def _save_base_without_lora(hf_model: nn.Module, directory: Path) -> None:
 
 
 def build_policy(
-    config: TinyVLAConfig | None = None,
-    lora: LoRASettings | None = LoRASettings(),
+    sizes: TinyVLAConfig | None = None,
+    lora: LoRAConfig | None = None,
     seed: int = 0,
     *,
-    decoding: str = "parallel",
-    action_dim: int = 8,
     statistics: ActionStatistics | None = None,
-    unnorm_key: str | None = None,
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
-    value_head_width: int = 256,
     device: str | torch.device = "cpu",
     lean_forward: bool = True,
+    **config: Any,
 ) -> HFVLAPolicy:
-    """A fresh tiny-VLA policy (random base weights from ``seed``); ``lora=None`` trains all weights."""
-    config = config or TinyVLAConfig()
-    if action_dim > config.action_slots:
+    """A fresh tiny-VLA policy (random base weights from ``seed``).
+
+    ``lora`` (None: every weight trains) and the other ``PolicyConfig`` fields
+    given as keywords (``decoding``, ``action_dim``, ``unnorm_key``, ...) make its config.
+    """
+    policy_config = PolicyConfig(lora=lora or LoRAConfig(), **config)
+    sizes = sizes or TinyVLAConfig()
+    if policy_config.action_dim > sizes.action_slots:
         raise ValueError(
-            f"action_dim={action_dim} exceeds TinyVLAConfig.action_slots={config.action_slots}; "
-            "raise action_slots so every action dim has its own parallel-decoding slot token"
+            f"action_dim={policy_config.action_dim} exceeds TinyVLAConfig.action_slots="
+            f"{sizes.action_slots}; raise action_slots so every action dim has its own "
+            "parallel-decoding slot token"
         )
-    model, processor = build_tiny_vla(config, seed=seed)
+    model, processor = build_tiny_vla(sizes, seed=seed)
     return HFVLAPolicy(
-        model.to(device),
-        processor,
-        action_dim=action_dim,
-        decoding=decoding,
-        prompt_template=prompt_template,
-        statistics=statistics,
-        unnorm_key=unnorm_key,
-        lora=lora,
-        value_head_width=value_head_width,
-        seed=seed,
+        policy_config, model.to(device), processor, statistics=statistics, seed=seed,
         lean_forward=lean_forward,
-    )
+    )  # fmt: skip

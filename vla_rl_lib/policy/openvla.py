@@ -50,7 +50,9 @@ from transformers import DynamicCache
 from transformers.dynamic_module_utils import get_imports
 
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics, ActionTokenizer
-from vla_rl_lib.policy.hf_policy import POLICY_CONFIG_FILE, HFVLAPolicy
+from vla_rl_lib.policy.configuration import POLICY_CONFIG_FILE, PolicyConfig
+from vla_rl_lib.policy.hf_policy import HFVLAPolicy, uint8_images
+from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.openvla_compat import (
     align_text_config_dtype,
     apply_openvla_patches,
@@ -534,11 +536,7 @@ class OpenVLAPolicy(HFVLAPolicy):
         normalize with that backbone's mean/std; stack the results on channels
         (OpenVLA-7B fuses DINOv2 and SigLIP: 6 channels).
         """
-        pixels = torch.as_tensor(images)
-        if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
-            raise ValueError(
-                f"images must be uint8 (B, H, W, 3), got {pixels.dtype} {tuple(pixels.shape)}"
-            )
+        pixels = uint8_images(images)
         image_processor = self.processor.image_processor
         strategy = image_processor.image_resize_strategy
         x = pixels.to(self.device).permute(0, 3, 1, 2).float()
@@ -668,7 +666,8 @@ def build_openvla_policy(
     device: str | torch.device | None = None,
     trust_remote_code_allowlist: tuple[str, ...] | list[str] = (OPENVLA_7B,),
     action_dim: int = CRANE_X7_ACTION_DIM,
-    **policy_kwargs: Any,
+    lora: LoRAConfig | None = None,
+    seed: int = 0,
 ) -> OpenVLAPolicy:
     """Wrap OpenVLA in :class:`OpenVLAPolicy` (an ``HFVLAPolicy``).
 
@@ -678,9 +677,9 @@ def build_openvla_policy(
     that load). ``statistics`` (with the ``unnorm_key`` naming their dataset)
     override the checkpoint's; they are required when it has none for
     ``action_dim``, e.g. base OpenVLA on CRANE-X7: pass the statistics of the
-    SFT demonstrations. Other keyword arguments (``lora``, ``seed``, ...) go to
+    SFT demonstrations. ``lora`` (None: every weight trains) and ``seed`` go to
     ``HFVLAPolicy``. LoRA checkpoints reference the base weights instead of
-    copying them (``base_model_path`` is the loaded directory).
+    copying them (``PolicyConfig.base_model`` is the loaded directory).
     """
     if decoding != "autoregressive":
         raise ValueError(
@@ -714,15 +713,14 @@ def build_openvla_policy(
             f"statistics describe {statistics.action_dim}-D actions but the policy emits "
             f"{loaded.action_dim} action tokens per step (action_dim); they must agree."
         )
-    policy_kwargs.setdefault("base_model_path", str(loaded.checkpoint_dir))
-    return OpenVLAPolicy(
-        loaded.model,
-        loaded.processor,
-        loaded.action_tokenizer,
+    config = PolicyConfig(
         action_dim=loaded.action_dim,
         decoding=decoding,
         prompt_template=loaded.prompt_template,
-        statistics=statistics,
         unnorm_key=unnorm_key,
-        **policy_kwargs,
+        lora=lora or LoRAConfig(),
+        action_token_end=loaded.action_tokenizer.vocab_end,
+        n_action_bins=loaded.action_tokenizer.n_bins,
+        base_model=str(loaded.checkpoint_dir),
     )
+    return OpenVLAPolicy(config, loaded.model, loaded.processor, statistics=statistics, seed=seed)

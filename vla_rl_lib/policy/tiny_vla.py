@@ -189,29 +189,34 @@ def build_processor(config: TinyVLAConfig, tokenizer: PreTrainedTokenizerFast) -
     )
 
 
+def _tower(hidden: int, intermediate: int, layers: int, heads: int) -> dict[str, int]:
+    """The four sizes a transformers vision or text config names alike."""
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+    }
+
+
 def llava_config(config: TinyVLAConfig, tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
     vision = SiglipVisionConfig(
-        hidden_size=config.vision_hidden_size,
-        intermediate_size=config.vision_intermediate_size,
-        num_hidden_layers=config.vision_layers,
-        num_attention_heads=config.vision_heads,
+        **_tower(config.vision_hidden_size, config.vision_intermediate_size, config.vision_layers,
+                 config.vision_heads),
         image_size=config.image_size,
         patch_size=config.patch_size,
         vision_use_head=False,
-    )
+    )  # fmt: skip
     text = LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=config.text_hidden_size,
-        intermediate_size=config.text_intermediate_size,
-        num_hidden_layers=config.text_layers,
-        num_attention_heads=config.text_heads,
+        **_tower(config.text_hidden_size, config.text_intermediate_size, config.text_layers,
+                 config.text_heads),
         num_key_value_heads=config.text_heads,
         max_position_embeddings=config.max_position_embeddings,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
-    )
+        vocab_size=tokenizer.vocab_size,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
     return LlavaConfig(
         vision_config=vision,
         text_config=text,

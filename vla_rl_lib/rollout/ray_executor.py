@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vla_rl_lib.policy.loading import PolicySettings, load_base_policy
 from vla_rl_lib.rollout.collector import Episode, Rollout
 from vla_rl_lib.rollout.executor import (
     CollectOptions,
@@ -72,12 +73,29 @@ def base_location(base: dict[str, Any], run_dir: Path) -> str:
     return str(path if path.is_absolute() else (run_dir / path).absolute())
 
 
+def policy_load_settings(policy: VLAPolicy) -> PolicySettings:
+    """How the learner's policy was loaded (``load_base_policy``), so each worker loads the same base."""
+    settings = getattr(policy, "load_settings", None)
+    if not isinstance(settings, PolicySettings):
+        raise ValueError(
+            "rollout.executor='ray' needs a policy loaded by vla_rl_lib.policy.loading.load_base_policy "
+            "(as training.policy_factory.build_training_policy does), so that the workers can load "
+            "the same base; this one was built another way"
+        )
+    return settings
+
+
 class RolloutWorker:
     """One Ray actor: a batched simulator and a replica of the policy's base."""
 
-    def __init__(self, config: VLARLConfig, base_kind: str, base_path: str, device: str) -> None:
-        from vla_rl_lib.training.policy_factory import _load_base
-
+    def __init__(
+        self,
+        config: VLARLConfig,
+        settings: PolicySettings,
+        base_kind: str,
+        base_path: str,
+        device: str,
+    ) -> None:
         # One intra-op thread per CPU granted: torch's spinning workers starve the renderer.
         torch.set_num_threads(max(1, int(config.rollout.worker_num_cpus)))
         if Path(base_path).is_absolute() and not Path(base_path).exists():
@@ -86,7 +104,7 @@ class RolloutWorker:
                 "put output_dir (and any sft/pretrained checkpoint) on a filesystem that every "
                 "Ray node mounts at the same path"
             )
-        policy = _load_base(config, base_kind, base_path)
+        policy = load_base_policy(settings, base_kind, base_path)
         policy.to(torch.device(device))
         self.collector = make_collector(config, make_rollout_env(config), policy)
         self.device = device
@@ -192,6 +210,7 @@ class RayExecutor:
         r = config.rollout
         self.config = config
         self.policy = policy
+        self.settings = policy_load_settings(policy)
         self.base_kind = base["kind"]
         self.base_path = base_location(base, Path(run_dir))
         # Every worker may die once per collect before the collect gives up.
@@ -217,7 +236,9 @@ class RayExecutor:
 
     def _spawn(self) -> Any:
         device = "cuda" if self.config.rollout.worker_num_gpus > 0 else "cpu"
-        return self._actor_class.remote(self.config, self.base_kind, self.base_path, device)
+        return self._actor_class.remote(
+            self.config, self.settings, self.base_kind, self.base_path, device
+        )
 
     def _replace(self, index: int) -> None:
         ray.kill(self.workers[index], no_restart=True)

@@ -162,7 +162,7 @@ class NoMetrics:
 
 
 class _Evaluate(nn.Module):
-    """Routes DDP's forward to the policy's ``evaluate`` (DDP hooks only run through forward)."""
+    """Routes DDP's forward to the policy's ``evaluate_actions`` (DDP hooks only run through forward)."""
 
     def __init__(self, policy: nn.Module) -> None:
         super().__init__()
@@ -170,13 +170,13 @@ class _Evaluate(nn.Module):
 
     def forward(self, images: Any, instructions: list[str], token_ids: torch.Tensor,
                 temperature: float = 1.0) -> Any:
-        return self.policy.evaluate(images, instructions, token_ids, temperature)
+        return self.policy.evaluate_actions(images, instructions, token_ids, temperature)
 
 
 class DDPPolicy(DistributedDataParallel):
-    """DDP around a policy; ``evaluate`` goes through DDP's forward so gradients are averaged."""
+    """DDP around a policy; ``evaluate_actions`` goes through DDP's forward so gradients are averaged."""
 
-    def evaluate(self, images: Any, instructions: list[str], token_ids: torch.Tensor,
+    def evaluate_actions(self, images: Any, instructions: list[str], token_ids: torch.Tensor,
                  temperature: float = 1.0) -> Any:
         return self(images, instructions, token_ids, temperature)
 
@@ -194,7 +194,7 @@ class DataParallelLearner:
     """A policy wrapped for data-parallel updates, and the shard ``ppo_update`` takes."""
 
     policy: nn.Module  # the module the optimizer and checkpoints see (DDP: unwrapped)
-    trainer_view: Any  # what ppo_update calls ``evaluate`` on
+    trainer_view: Any  # what ppo_update calls ``evaluate_actions`` on
     shard: DataShard
     strategy: str
 
@@ -233,7 +233,7 @@ def wrap_policy(policy: nn.Module, launch: Launch, strategy: str = "ddp",
     for unit in shard_units(policy):
         fully_shard(unit)
     fully_shard(policy)
-    for method in ("evaluate", "act"):  # both run the model outside forward()
+    for method in ("evaluate_actions", "act"):  # both run the model outside forward()
         register_fsdp_forward_method(policy, method)
 
     @contextlib.contextmanager

@@ -19,79 +19,49 @@ rebuilding that base and loading them on top (``policy_from_run_checkpoint``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from vla_rl_lib.config import VLARLConfig, config_from_dict, load_config, load_template, save_config
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics
-from vla_rl_lib.policy.hf_policy import HFVLAPolicy, LoRASettings, build_policy
+from vla_rl_lib.policy.hf_policy import HFVLAPolicy
+from vla_rl_lib.policy.loading import DTYPES as DTYPES  # notebook.py reads the dtype names here
+from vla_rl_lib.policy.loading import (
+    PolicySettings,
+    fresh_openvla_policy,
+    fresh_tiny_policy,
+    load_base_policy,
+)
+from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 from vla_rl_lib.training import checkpoint as ckpt
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+def policy_settings(cfg: VLARLConfig) -> PolicySettings:
+    """The run config's policy settings: the one place it enters the policy package."""
+    return PolicySettings(
+        model=cfg.model.name,
+        decoding=cfg.model.decoding,
+        unnorm_key=cfg.model.unnorm_key,
+        lora=lora_settings(cfg),
+        dtype=cfg.model.dtype,
+        seed=cfg.seed,
+        trust_remote_code=tuple(cfg.trust_remote_code),
+        tiny_sizes=tiny_vla_config(cfg),
+    )
 
 
 def tiny_vla_config(cfg: VLARLConfig) -> TinyVLAConfig:
     return TinyVLAConfig(**cfg.model.tiny_vla_sizes())
 
 
-def lora_settings(cfg: VLARLConfig) -> LoRASettings | None:
-    if not cfg.lora.enabled:
-        return None
-    return LoRASettings(
-        rank=cfg.lora.rank,
-        alpha=cfg.lora.alpha,
-        dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
-    )
-
-
-def _load_base(cfg: VLARLConfig, kind: str, path: str) -> HFVLAPolicy:
-    """Load a base policy for RL: the config decides decoding and what trains (LoRA or all)."""
-    dtype = DTYPES[cfg.model.dtype]
-    wanted = lora_settings(cfg)
-    policy_cls: type[HFVLAPolicy] = HFVLAPolicy
-    model_loader = None
-    if cfg.model.name == "openvla":
-        from vla_rl_lib.policy.openvla import (
-            OpenVLAPolicy,
-            allowlist_with_saved_policy,
-            build_openvla_policy,
-            openvla_model_loader,
-        )
-
-        allow = tuple(cfg.trust_remote_code)
-        if kind == "pretrained":
-            return build_openvla_policy(
-                path, decoding=cfg.model.decoding, unnorm_key=cfg.model.unnorm_key, dtype=dtype,
-                trust_remote_code_allowlist=allow, lora=wanted, seed=cfg.seed,
-            )
-        # A saved policy folder carries a copy of its base's processor code.
-        allow = allowlist_with_saved_policy(path, allow)
-        policy_cls = OpenVLAPolicy
-        model_loader = openvla_model_loader(allow, dtype=dtype)
-    policy = policy_cls.from_checkpoint(
-        path,
-        decoding=cfg.model.decoding,
-        unnorm_key=cfg.model.unnorm_key,
-        lora=wanted,
-        dtype=dtype,
-        seed=cfg.seed,
-        model_loader=model_loader,
-    )
-    if wanted is not None and not policy.use_lora:
-        # A full-weight (e.g. merged SFT) model under a LoRA config: train a fresh adapter on it.
-        policy = type(policy)(
-            policy.model, policy.processor, policy.action_tokenizer,
-            action_dim=policy.action_dim, decoding=policy.decoding,
-            prompt_template=policy.prompt_template, statistics=policy.statistics,
-            unnorm_key=policy.unnorm_key, lora=wanted, seed=cfg.seed,
-        )
-    return policy
+def lora_settings(cfg: VLARLConfig) -> LoRAConfig:
+    """``cfg.lora`` as the policy package's ``LoRAConfig`` (the same fields)."""
+    return LoRAConfig(**dataclasses.asdict(cfg.lora))
 
 
 def _resolve(run_dir: Path, path: str) -> str:
@@ -104,6 +74,7 @@ def build_training_policy(
 ) -> tuple[HFVLAPolicy, dict[str, Any]]:
     """The policy a new (or resumed) run trains, and the record of its base."""
     check_model_source(cfg)
+    settings = policy_settings(cfg)
     if cfg.sft_checkpoint:
         base = {"kind": "sft", "path": str(Path(cfg.sft_checkpoint).absolute())}
     elif cfg.pretrained_checkpoint and not pretrained_needs_sft(cfg):
@@ -119,12 +90,9 @@ def build_training_policy(
     else:
         base_dir = run_dir / "base_model"
         if not (base_dir / "policy_config.json").is_file():
-            fresh = build_policy(
-                tiny_vla_config(cfg), lora=None, seed=cfg.seed, decoding=cfg.model.decoding
-            )
-            fresh.save_pretrained(str(base_dir))
+            fresh_tiny_policy(settings, train_all=True).save_pretrained(str(base_dir))
         base = {"kind": "tiny", "path": "base_model"}
-    policy = _load_base(cfg, base["kind"], _resolve(run_dir, base["path"]))
+    policy = load_base_policy(settings, base["kind"], _resolve(run_dir, base["path"]))
     if cfg.model.gradient_checkpointing:
         policy.enable_gradient_checkpointing()
     return policy, base
@@ -225,21 +193,17 @@ def build_sft_policy(
     demonstrations' ``statistics`` replace its own
     under ``unnorm_key``.
     """
+    settings = policy_settings(cfg)
     if cfg.model.name == "openvla":
-        from vla_rl_lib.policy.openvla import build_openvla_policy
         from vla_rl_lib.training.distributed import resolve_device
 
-        return build_openvla_policy(
-            cfg.pretrained_checkpoint, decoding=cfg.model.decoding, statistics=statistics,
-            unnorm_key=unnorm_key, dtype=DTYPES[cfg.model.dtype], device=resolve_device(cfg.device),
-            trust_remote_code_allowlist=tuple(cfg.trust_remote_code), lora=lora_settings(cfg),
-            seed=cfg.seed,
+        return fresh_openvla_policy(
+            settings, cfg.pretrained_checkpoint, statistics=statistics, unnorm_key=unnorm_key,
+            device=resolve_device(cfg.device),
         )
     if cfg.pretrained_checkpoint:
-        return _load_base(cfg, "pretrained", cfg.pretrained_checkpoint)
-    return build_policy(
-        tiny_vla_config(cfg), lora=lora_settings(cfg), seed=cfg.seed, decoding=cfg.model.decoding
-    )
+        return load_base_policy(settings, "pretrained", cfg.pretrained_checkpoint)
+    return fresh_tiny_policy(settings)
 
 
 def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -252,34 +216,19 @@ def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> di
     t0 = time.perf_counter()
     # Reused only when every setting that shapes the demos matches (meta.json's recipe).
     dataset_dir = ensure_demonstrations(
-        s.dataset_dir,
-        s.num_demos,
-        s.demo_seed,
-        simulator=r.simulator,
-        env_id=r.env_id,
-        num_envs=r.num_parallel_envs,
-        image_size=r.image_size,
-        camera=r.camera,
-        control_mode=r.control_mode,
-        max_episode_steps=r.max_steps,
-        instruction=cfg.language_instruction,
-        progress=progress,
-    )
+        s.dataset_dir, s.num_demos, s.demo_seed, simulator=r.simulator, env_id=r.env_id,
+        num_envs=r.num_parallel_envs, image_size=r.image_size, camera=r.camera,
+        control_mode=r.control_mode, max_episode_steps=r.max_steps,
+        instruction=cfg.language_instruction, progress=progress,
+    )  # fmt: skip
     demo_s = time.perf_counter() - t0
     dataset = load_demonstrations(dataset_dir)
     unnorm_key = sft_unnorm_key(cfg)
     policy = build_sft_policy(cfg, dataset.statistics, unnorm_key)
     result = run_sft(
-        policy,
-        dataset,
-        unnorm_key=unnorm_key,
-        epochs=s.epochs,
-        batch_size=s.batch_size,
-        learning_rate=s.learning_rate,
-        seed=cfg.seed,
-        out_dir=out_dir,
-        progress=progress,
-    )
+        policy, dataset, unnorm_key=unnorm_key, epochs=s.epochs, batch_size=s.batch_size,
+        learning_rate=s.learning_rate, seed=cfg.seed, out_dir=out_dir, progress=progress,
+    )  # fmt: skip
     save_config(cfg, out_dir / ckpt.CONFIG_FILE)  # lets `evaluate --checkpoint <sft dir>` rebuild the env
     return {"dataset": str(dataset_dir), "sft_checkpoint": str(out_dir), "demo_seconds": demo_s,
             "seconds": time.perf_counter() - t0, **result}
@@ -298,7 +247,7 @@ def policy_from_run_checkpoint(path: Path) -> tuple[HFVLAPolicy, VLARLConfig, di
             "it was not written by this version of vla_rl_lib"
         )
     run_dir = path.resolve().parent  # a base path is relative to the run folder, not a link's
-    policy = _load_base(cfg, base["kind"], _resolve(run_dir, base["path"]))
+    policy = load_base_policy(policy_settings(cfg), base["kind"], _resolve(run_dir, base["path"]))
     try:
         policy.load_trainable_state_dict(state["policy_state"])
     except (KeyError, RuntimeError, ValueError) as exc:
@@ -320,6 +269,6 @@ def load_any_checkpoint(
     if config is None:
         saved = path / ckpt.CONFIG_FILE
         config = load_config(saved) if saved.is_file() else load_template("default")
-    policy = _load_base(config, "sft", str(path))
+    policy = load_base_policy(policy_settings(config), "sft", str(path))
     policy.eval()
     return policy, config

@@ -185,7 +185,7 @@ class Trainer:
         self.collects = self.launch.is_main or config.distributed_strategy == "fsdp"
         self.env = make_rollout_env(config) if self.collects else None
         # rollout.executor: local (this process) or ray (workers); both play the same episodes.
-        self.collector = (
+        self.executor = (
             make_executor(config, self.env, self.policy, self.base_info, self.run_dir)
             if self.collects else None
         )
@@ -323,13 +323,13 @@ class Trainer:
                 "preflight: rollout log-probs are not finite; the model produces NaN/inf logits "
                 "(check the checkpoint and dtype)"
             )
-        ev = self.policy.evaluate(obs.image, instructions, out.token_ids, r.temperature)
+        ev = self.policy.evaluate_actions(obs.image, instructions, out.token_ids, r.temperature)
         ratio = torch.exp(ev.log_probs - out.log_probs.to(ev.log_probs.device))
         max_dev = float((ratio.detach() - 1).abs().max())
         if not math.isfinite(max_dev) or max_dev > 1e-3:
             raise PreflightError(
                 f"preflight: PPO ratio on the first batch deviates from 1 by {max_dev:.3g}; "
-                "act() and evaluate() disagree (temperature, dropout or decoding mismatch)"
+                "act() and evaluate_actions() disagree (temperature, dropout or decoding mismatch)"
             )
         self.optimizer.zero_grad(set_to_none=True)
         probe = -(ev.log_probs.mean()) + ev.values.pow(2).mean() - 0.01 * ev.entropy.mean()
@@ -411,7 +411,7 @@ class Trainer:
             seeds = training_episode_seeds(cfg.seed, update, r.num_rollouts_per_update, group_size)
             rollout = batch = None
             if self.collects:
-                rollout = self.collector.collect(seeds, temperature=r.temperature)
+                rollout = self.executor.collect(seeds, temperature=r.temperature)
                 batch = rollout_to_batch(rollout, p.algorithm, p.gamma, p.gae_lambda, group_size)
             if cfg.distributed_strategy == "ddp":
                 batch = distributed.broadcast_object(batch, self.launch)
@@ -437,7 +437,7 @@ class Trainer:
             step_s = time.perf_counter() - t0
             self.elapsed_s += step_s
             record = self._train_record(update + 1, rollout, stats, step_s, update_s)
-            record.update(self.collector.metrics)  # executor figures: weight broadcast, restarts
+            record.update(self.executor.metrics)  # executor figures: weight broadcast, restarts
             if update == 0:  # a resumed run checks itself again but keeps the curve unchanged
                 record.update(preflight)
             self.metrics.log(record)
@@ -530,8 +530,8 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        if self.collector is not None:
-            self.collector.close()
+        if self.executor is not None:
+            self.executor.close()
             self.env.close()
         if self.eval_collectors is not None:
             self.eval_collectors.close()
