@@ -23,11 +23,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import yaml  # noqa: E402
 
 from vla_rl_lib.config import apply_overrides, load_config  # noqa: E402
+from vla_rl_lib.policy.loading import load_base_policy  # noqa: E402
 from vla_rl_lib.rollout.collector import evaluation_seeds  # noqa: E402
 from vla_rl_lib.sft.demos import ensure_demonstrations, load_demonstrations  # noqa: E402
 from vla_rl_lib.sft.trainer import run_sft  # noqa: E402
 from vla_rl_lib.training.evaluate import SplitCollectors, evaluate_splits  # noqa: E402
-from vla_rl_lib.policy.loading import load_base_policy  # noqa: E402
 from vla_rl_lib.training.policy_factory import (  # noqa: E402
     build_sft_policy,
     policy_settings,

@@ -19,7 +19,6 @@ rebuilding that base and loading them on top (``policy_from_run_checkpoint``).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -61,7 +60,7 @@ def tiny_vla_config(cfg: VLARLConfig) -> TinyVLAConfig:
 
 def lora_settings(cfg: VLARLConfig) -> LoRAConfig:
     """``cfg.lora`` as the policy package's ``LoRAConfig`` (the same fields)."""
-    return LoRAConfig(**dataclasses.asdict(cfg.lora))
+    return LoRAConfig(**cfg.lora.model_dump())
 
 
 def _resolve(run_dir: Path, path: str) -> str:
