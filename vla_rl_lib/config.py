@@ -35,11 +35,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from lift.splits import SPLITS, list_splits
 from lift.task import PICKPLACE_ENV_ID
 from lift.types import CAMERAS, CONTROL_MODES
+from vla_rl_lib.policy.lora import LoRAConfig as AdapterConfig
+from vla_rl_lib.policy.lora import target_modules_problem
 from vla_rl_lib.seed_ranges import (
     SEED_CEILING,
     TRAIN_SEED_FLOOR,
@@ -193,25 +203,24 @@ class PPOConfig(_Section):
         return self
 
 
-class LoRAConfig(_Section):
-    """Low-rank adapters instead of full fine-tuning."""
+def _section_of(dataclass_type: type, doc: str) -> type[_Section]:
+    """A config section whose keys are a pydantic dataclass's fields, declared there once."""
+    fields = {name: (info.annotation, info) for name, info in dataclass_type.__pydantic_fields__.items()}
+    return create_model(dataclass_type.__name__, __base__=_Section, __doc__=doc, **fields)
 
-    enabled: bool = setting(False, "fine-tune low-rank adapters (not faster than full fine-tuning at 1M parameters)")
-    rank: int = setting(8, "adapter rank", ge=1)
-    alpha: float = setting(16.0, "adapter scale numerator (scale = alpha / rank)", gt=0)
-    dropout: float = setting(0.0, "dropout on the adapter input", ge=0, lt=1)
-    target_modules: str | list[str] = setting("all-linear", "all-linear, or a list of module names")
+
+class LoRAConfig(_section_of(AdapterConfig, "Low-rank adapters instead of full fine-tuning.")):  # type: ignore[misc]
+    """Low-rank adapters instead of full fine-tuning."""
 
     @model_validator(mode="after")
     def _targets(self) -> LoRAConfig:
-        targets = self.target_modules
-        if isinstance(targets, str):
-            _check(targets == "all-linear", "lora.target_modules", targets,
-                   "give 'all-linear' or a list of module names")  # fmt: skip
-        else:
-            _check(len(targets) > 0 and all(n.strip() for n in targets), "lora.target_modules", targets,
-                   "give 'all-linear' or a non-empty list of module names")  # fmt: skip
+        why = target_modules_problem(self.target_modules)
+        _check(why is None, "lora.target_modules", self.target_modules, why or "")
         return self
+
+    def adapter(self) -> AdapterConfig:
+        """The policy package's ``LoRAConfig`` holding these values."""
+        return AdapterConfig(**self.model_dump())
 
 
 class ModelConfig(_Section):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from peft import LoraConfig
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
@@ -38,17 +37,14 @@ class LoRAConfig:
     )
 
     def __post_init__(self) -> None:
-        targets = self.target_modules
-        if isinstance(targets, str) and targets != "all-linear":
-            raise ValueError(
-                f"lora.target_modules={targets!r}: give 'all-linear' or a list of module names"
-            )
-        if not isinstance(targets, str) and not (targets and all(n.strip() for n in targets)):
-            raise ValueError(
-                f"lora.target_modules={targets!r}: give 'all-linear' or a non-empty list of module names"
-            )
+        why = target_modules_problem(self.target_modules)
+        if why:
+            raise ValueError(f"lora.target_modules={self.target_modules!r}: {why}")
 
-    def to_peft_config(self) -> LoraConfig:
+    def to_peft_config(self) -> Any:
+        """The ``peft.LoraConfig`` of these settings (peft is imported here, not with the module)."""
+        from peft import LoraConfig
+
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
@@ -73,3 +69,12 @@ class LoRAConfig:
             target_modules=targets if isinstance(targets, str) else sorted(targets),
             exclude_modules=None if excluded is None else sorted(excluded),
         )
+
+
+def target_modules_problem(targets: str | list[str]) -> str | None:
+    """Why ``targets`` is not a valid ``target_modules`` value, or None when it is."""
+    if isinstance(targets, str):
+        return None if targets == "all-linear" else "give 'all-linear' or a list of module names"
+    if targets and all(name.strip() for name in targets):
+        return None
+    return "give 'all-linear' or a non-empty list of module names"

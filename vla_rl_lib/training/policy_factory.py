@@ -59,8 +59,8 @@ def tiny_vla_config(cfg: VLARLConfig) -> TinyVLAConfig:
 
 
 def lora_settings(cfg: VLARLConfig) -> LoRAConfig:
-    """``cfg.lora`` as the policy package's ``LoRAConfig`` (the same fields)."""
-    return LoRAConfig(**cfg.lora.model_dump())
+    """``cfg.lora`` as the policy package's ``LoRAConfig`` (the section is made from its fields)."""
+    return cfg.lora.adapter()
 
 
 def _resolve(run_dir: Path, path: str) -> str:
