@@ -83,76 +83,15 @@ def run_sft(
     ``sft_metrics.json`` with the per-epoch records. Returns that summary.
     The policy is left in eval mode.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs={epochs} is invalid: train for at least 1 epoch")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} is invalid: use at least 1")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate={learning_rate} is invalid: it must be > 0")
-    if len(dataset) == 0:
-        raise ValueError(
-            f"the dataset at {dataset.path} holds no steps; collect demonstrations first"
-        )
-    if dataset.actions.shape[1] != policy.action_dim:
-        raise ValueError(
-            f"the dataset's actions have {dataset.actions.shape[1]} dims but the policy acts in "
-            f"{policy.action_dim}"
-        )
+    check_sft_inputs(policy, dataset, epochs, batch_size, learning_rate)
     out_dir = Path(out_dir)
     statistics = dataset.statistics if statistics is None else statistics
     set_action_statistics(policy, statistics, unnorm_key)
     token_ids = policy.actions_to_tokens(dataset.actions)
-
-    optimizer = torch.optim.AdamW(policy.optimizer_param_groups(learning_rate, learning_rate))
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    generator = torch.Generator().manual_seed(seed)
-    batches_per_epoch = math.ceil(len(dataset) / batch_size)
-    history: list[dict[str, Any]] = []
-    bar = tqdm(total=epochs * batches_per_epoch, desc="SFT", unit="batch", disable=not progress)
+    loop = _SFTEpochs(policy, dataset, token_ids, batch_size, learning_rate, max_grad_norm, seed)
+    bar = tqdm(total=epochs * loop.batches, desc="SFT", unit="batch", disable=not progress)
     started = time.perf_counter()
-    device = next(policy.parameters()).device
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            policy.train()
-            for epoch in range(1, epochs + 1):
-                epoch_start = time.perf_counter()
-                loss_sum = grad_norm_sum = 0.0
-                for batch in sft_batches(len(dataset), batch_size, generator):
-                    loss = policy.sft_loss(
-                        dataset.images[batch],
-                        [dataset.instructions[i] for i in batch],
-                        token_ids[torch.from_numpy(batch).to(token_ids.device)],
-                    )
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"SFT loss became {loss.item()} at epoch {epoch}; lower "
-                            f"learning_rate (now {learning_rate}) or check the dataset's actions"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-                    optimizer.step()
-                    loss_sum += loss.item() * len(batch)
-                    grad_norm_sum += float(grad_norm)
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
-                seconds = time.perf_counter() - epoch_start
-                record = {
-                    "epoch": epoch,
-                    "loss": loss_sum / len(dataset),
-                    "grad_norm": grad_norm_sum / batches_per_epoch,
-                    "seconds": seconds,
-                    "samples_per_s": len(dataset) / seconds,
-                }
-                history.append(record)
-                if on_epoch is not None:
-                    on_epoch(record)
-    finally:
-        bar.close()
-        policy.eval()
-
+    history = loop.train_epochs(epochs, seed, bar, on_epoch)
     policy.save_pretrained(str(out_dir))
     summary = {
         "checkpoint": str(out_dir),
@@ -171,3 +110,116 @@ def run_sft(
     }
     write_json_atomic(out_dir / SFT_METRICS_FILE, summary)
     return summary
+
+
+def check_sft_inputs(
+    policy: VLAPolicy, dataset: DemoDataset, epochs: int, batch_size: int, learning_rate: float
+) -> None:
+    """Refuse settings or data that ``run_sft`` cannot train on, naming the fix."""
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs} is invalid: train for at least 1 epoch")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} is invalid: use at least 1")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate={learning_rate} is invalid: it must be > 0")
+    if len(dataset) == 0:
+        raise ValueError(
+            f"the dataset at {dataset.path} holds no steps; collect demonstrations first"
+        )
+    if dataset.actions.shape[1] != policy.action_dim:
+        raise ValueError(
+            f"the dataset's actions have {dataset.actions.shape[1]} dims but the policy acts in "
+            f"{policy.action_dim}"
+        )
+
+
+class _SFTEpochs:
+    """Passes over the demonstrations: shuffled batches (drawn from ``seed``), AdamW steps,
+    gradients clipped to ``max_grad_norm``."""
+
+    def __init__(
+        self,
+        policy: VLAPolicy,
+        dataset: DemoDataset,
+        token_ids: torch.Tensor,
+        batch_size: int,
+        learning_rate: float,
+        max_grad_norm: float,
+        seed: int,
+    ) -> None:
+        self.policy = policy
+        self.dataset = dataset
+        self.token_ids = token_ids
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.max_grad_norm = max_grad_norm
+        self.optimizer = torch.optim.AdamW(
+            policy.optimizer_param_groups(learning_rate, learning_rate)
+        )
+        self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.generator = torch.Generator().manual_seed(seed)
+        self.batches = math.ceil(len(dataset) / batch_size)
+
+    def train_epochs(
+        self,
+        epochs: int,
+        seed: int,
+        bar: tqdm,
+        on_epoch: Callable[[dict[str, Any]], None] | None,
+    ) -> list[dict[str, Any]]:
+        """Every epoch's record; dropout draws from ``seed`` on a forked torch RNG, and the policy
+        ends in eval mode (the progress bar closed) however training ends."""
+        device = next(self.policy.parameters()).device
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        history: list[dict[str, Any]] = []
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(seed)
+                self.policy.train()
+                for epoch in range(1, epochs + 1):
+                    record = self.train_epoch(epoch, bar)
+                    history.append(record)
+                    if on_epoch is not None:
+                        on_epoch(record)
+        finally:
+            bar.close()
+            self.policy.eval()
+        return history
+
+    def train_epoch(self, epoch: int, bar: tqdm) -> dict[str, Any]:
+        """Train one epoch; its record: mean loss per sample, mean gradient norm per batch."""
+        epoch_start = time.perf_counter()
+        loss_sum = grad_norm_sum = 0.0
+        for batch in sft_batches(len(self.dataset), self.batch_size, self.generator):
+            loss, grad_norm = self._step(batch, epoch)
+            loss_sum += loss * len(batch)
+            grad_norm_sum += grad_norm
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", refresh=False)
+        seconds = time.perf_counter() - epoch_start
+        return {
+            "epoch": epoch,
+            "loss": loss_sum / len(self.dataset),
+            "grad_norm": grad_norm_sum / self.batches,
+            "seconds": seconds,
+            "samples_per_s": len(self.dataset) / seconds,
+        }
+
+    def _step(self, batch: np.ndarray, epoch: int) -> tuple[float, float]:
+        """One optimizer step on ``batch``; returns its loss and its (pre-clip) gradient norm."""
+        dataset = self.dataset
+        loss = self.policy.sft_loss(
+            dataset.images[batch],
+            [dataset.instructions[i] for i in batch],
+            self.token_ids[torch.from_numpy(batch).to(self.token_ids.device)],
+        )
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"SFT loss became {loss.item()} at epoch {epoch}; lower "
+                f"learning_rate (now {self.learning_rate}) or check the dataset's actions"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+        self.optimizer.step()
+        return loss.item(), float(grad_norm)

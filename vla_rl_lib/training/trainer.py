@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -116,12 +116,23 @@ class Trainer:
         latest = self._resume_checkpoint(experiment_dir, resume) if resume else None
         # Read the whole checkpoint before building anything, so a damaged file fails fast.
         resume_state = ckpt.load_checkpoint(latest) if latest is not None else None
-        self.config = config = with_shared_sft(config, experiment_dir, resume_state)
+        self.config = with_shared_sft(config, experiment_dir, resume_state)
         self.progress = progress
         self.progress_lines = progress_lines
         self.on_update = on_update
         self.on_eval = on_eval
         self.render = render
+        self._launch_and_check()
+        self._open_run_dir(experiment_dir, latest)
+        self._reset_counters()
+        self._build_learner(latest, resume_state)
+        self._build_collection()
+        self._open_metrics(resumed=bool(resume))
+
+    def _launch_and_check(self) -> None:
+        """Join the launch (torchrun or one process), seed, choose the device, and refuse a run
+        that cannot start or does not fit it before anything is built."""
+        config = self.config
         # Under torchrun: rank 0 collects, writes and evaluates; every rank updates (distributed.py).
         self.launch = distributed.Launch.from_environment()
         if self.launch.world_size > 1:
@@ -137,7 +148,10 @@ class Trainer:
         if refusal is not None:
             raise PreflightError(f"preflight: {refusal}")
         distributed.init_process_group(self.launch, self.device)
-        # One run folder for all ranks: rank 0 makes it (or finds the resumed one), the rest follow.
+
+    def _open_run_dir(self, experiment_dir: Path, latest: Path | None) -> None:
+        """One run folder for all ranks: rank 0 makes it (or finds the resumed one), the rest
+        follow it."""
         if latest is not None:
             self.run_dir = latest.parent
         else:
@@ -149,6 +163,8 @@ class Trainer:
         if self.launch.is_main:
             check_output_dir(self.run_dir)
 
+    def _reset_counters(self) -> None:
+        """The progress of a new run; ``_restore`` overwrites them from a checkpoint."""
         self.start_update = 0
         self.env_steps = 0
         self.best_eval: float | None = None  # None until an evaluation has run
@@ -159,11 +175,15 @@ class Trainer:
         self.wall_before_s = 0.0  # wall-clock of train() in earlier (resumed) processes
         self.train_started: float | None = None
         self.stopped_by = "num_updates"
-        self.final_update = config.num_updates
+        self.final_update = self.config.num_updates
         self._progress_log: ProgressLog | None = None
 
+    def _build_learner(self, latest: Path | None, resume_state: dict[str, Any] | None) -> None:
+        """The policy on its device, wrapped for the launch, and its optimizer; a resumed run
+        restores both (and the counters) from ``resume_state``."""
+        config = self.config
         with distributed.main_rank_first(self.launch):  # a warm start or base model is written once
-            self.policy, self.base_info = build_training_policy(config, self.run_dir, progress=progress)
+            self.policy, self.base_info = build_training_policy(config, self.run_dir, progress=self.progress)
         self.policy.to(self.device)
         if resume_state is not None:  # before FSDP shards the weights
             self._restore_policy(latest, resume_state)
@@ -180,6 +200,9 @@ class Trainer:
         if resume_state is not None:
             self._restore(latest, resume_state)
 
+    def _build_collection(self) -> None:
+        """The simulators, the rollout executor and the held-out evaluation splits."""
+        config = self.config
         # DDP: rank 0 collects and broadcasts the batch. FSDP: the sharded policy can only act
         # with every rank taking part, so every rank plays the same (seeded) episodes.
         self.collects = self.launch.is_main or config.distributed_strategy == "fsdp"
@@ -201,9 +224,13 @@ class Trainer:
                                                      max(config.num_eval_episodes, 1)))
             if self.collects else None
         )  # fmt: skip
+
+    def _open_metrics(self, resumed: bool) -> None:
+        """The metrics writer (rank 0 only) and the run's config.yaml."""
+        config = self.config
         self.metrics = MetricsWriter(
             self.run_dir,
-            resume_from_update=self.start_update if resume else None,
+            resume_from_update=self.start_update if resumed else None,
             use_wandb=config.use_wandb,
             wandb_project=config.wandb_project,
             wandb_config=config_to_dict(config),
@@ -383,76 +410,30 @@ class Trainer:
         return self.wall_before_s + running
 
     def train(self) -> dict[str, Any]:
-        cfg, r, p = self.config, self.config.rollout, self.config.ppo
+        cfg = self.config
         self.train_started = time.perf_counter()
-        if self.progress_lines is not None:
-            self._progress_log = ProgressLog(
-                self.progress_lines, cfg.num_updates, cfg.log_interval,
-                first_update=self.start_update, first_env_steps=self.env_steps,
-                max_minutes=cfg.max_minutes, elapsed_before_s=self.wall_before_s,
-            )  # fmt: skip
+        self._open_progress_log()
         preflight = self.preflight()
-        group_size = p.group_size if p.algorithm == "grpo" else 1
-        update_settings = PPOSettings.from_section(p)
+        update_settings = PPOSettings.from_section(cfg.ppo)
         last_eval: SplitResults | None = None
         evaluating = cfg.eval_interval > 0  # 0 means never (num_eval_episodes may then be 0)
         if self.start_update == 0 and evaluating and self.collects:
             last_eval = self.evaluate(0)
             self.best_eval = last_eval[self.selection_split].success_rate
             self.save("checkpoint_best", 0)  # so that a checkpoint_best always exists
-        from vla_rl_lib.display import progress as progress_bar
-
-        updates = range(self.start_update, cfg.num_updates)
-        if self.progress and self.launch.is_main:
-            updates = progress_bar(updates, total=len(updates), desc="updates", interactive=True)
-        for update in updates:
-            t0, cpu_rollout = time.perf_counter(), time.process_time()
-            torch.manual_seed(derive_seed(cfg.seed, update, 1))
-            seeds = training_episode_seeds(cfg.seed, update, r.num_rollouts_per_update, group_size)
-            rollout = batch = None
-            if self.collects:
-                rollout = self.executor.collect(seeds, temperature=r.temperature)
-                batch = rollout_to_batch(rollout, p.algorithm, p.gamma, p.gae_lambda, group_size)
-            if cfg.distributed_strategy == "ddp":
-                batch = distributed.broadcast_object(batch, self.launch)
-            batch, dropped = distributed.trim_batch(batch, self.launch.world_size)
-            generator = torch.Generator().manual_seed(derive_seed(cfg.seed, update, 2))
-            t_update, cpu_update = time.perf_counter(), time.process_time()
-            with phase_threads(update_threads(p.update_threads, self.device)):
-                stats = ppo_update(
-                    self.learner.trainer_view, self.optimizer, batch, update_settings, r.temperature, generator,
-                    shard=self.learner.shard,
-                )  # fmt: skip
-            update_s = time.perf_counter() - t_update
-            self.cpu_s = {"rollout": cpu_update - cpu_rollout, "update": time.process_time() - cpu_update}
-            self._count_skips(stats, update)
+        for update in self._updates():
+            started = time.perf_counter()
+            rollout, stats, update_s = self._collect_and_learn(update, update_settings)
             if rollout is None:  # a DDP rank > 0: it only learns
                 if distributed.broadcast_object(None, self.launch):
                     self.final_update = update + 1
                     break
                 continue
-            if self.launch.world_size > 1:
-                stats["dropped_samples"] = dropped
-            self.env_steps += rollout.env_steps
-            step_s = time.perf_counter() - t0
-            self.elapsed_s += step_s
-            record = self._train_record(update + 1, rollout, stats, step_s, update_s)
-            record.update(self.executor.metrics)  # executor figures: weight broadcast, restarts
-            if update == 0:  # a resumed run checks itself again but keeps the curve unchanged
-                record.update(preflight)
-            self.metrics.log(record)
-            if self.on_update is not None:
-                self.on_update(record)
-
-            out_of_time = cfg.max_minutes is not None and self.wall_s() > 60 * cfg.max_minutes
-            out_of_time = distributed.broadcast_object(out_of_time, self.launch)
+            record = self._log_update(update, rollout, stats, started, update_s, preflight)
+            out_of_time = self._out_of_time()
             done = update + 1 == cfg.num_updates or out_of_time
             if evaluating and ((update + 1) % cfg.eval_interval == 0 or done):
-                last_eval = self.evaluate(update + 1, final=done)
-                selected = last_eval[self.selection_split].success_rate
-                if self.best_eval is None or selected > self.best_eval:
-                    self.best_eval = selected
-                    self.save("checkpoint_best", update + 1)
+                last_eval = self._evaluate_and_select(update + 1, final=done)
             if done or (cfg.save_interval > 0 and (update + 1) % cfg.save_interval == 0):
                 self.save("checkpoint_latest", update + 1)
             if self._progress_log is not None:
@@ -463,6 +444,95 @@ class Trainer:
                 break
         self.metrics.close()
         return self._finish(last_eval)
+
+    def _open_progress_log(self) -> None:
+        """Plain progress lines on ``progress_lines``, when the caller gave a stream."""
+        cfg = self.config
+        if self.progress_lines is not None:
+            self._progress_log = ProgressLog(
+                self.progress_lines, cfg.num_updates, cfg.log_interval,
+                first_update=self.start_update, first_env_steps=self.env_steps,
+                max_minutes=cfg.max_minutes, elapsed_before_s=self.wall_before_s,
+            )  # fmt: skip
+
+    def _updates(self) -> Iterable[int]:
+        """The updates this process still runs, behind a progress bar on rank 0 when asked."""
+        from vla_rl_lib.display import progress as progress_bar
+
+        updates = range(self.start_update, self.config.num_updates)
+        if self.progress and self.launch.is_main:
+            updates = progress_bar(updates, total=len(updates), desc="updates", interactive=True)
+        return updates
+
+    def _collect_and_learn(
+        self, update: int, settings: PPOSettings
+    ) -> tuple[Rollout | None, dict[str, Any], float]:
+        """One update: the collecting ranks play its episodes, every rank takes the PPO/GRPO
+        step, each random stream derived from ``(seed, update)``. Returns the rollout (None on
+        a rank that only learns), the update's statistics and its seconds."""
+        cfg, r, p = self.config, self.config.rollout, self.config.ppo
+        cpu_rollout = time.process_time()
+        torch.manual_seed(derive_seed(cfg.seed, update, 1))
+        group_size = p.group_size if p.algorithm == "grpo" else 1
+        seeds = training_episode_seeds(cfg.seed, update, r.num_rollouts_per_update, group_size)
+        rollout = batch = None
+        if self.collects:
+            rollout = self.executor.collect(seeds, temperature=r.temperature)
+            batch = rollout_to_batch(rollout, p.algorithm, p.gamma, p.gae_lambda, group_size)
+        if cfg.distributed_strategy == "ddp":
+            batch = distributed.broadcast_object(batch, self.launch)
+        batch, dropped = distributed.trim_batch(batch, self.launch.world_size)
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, update, 2))
+        t_update, cpu_update = time.perf_counter(), time.process_time()
+        with phase_threads(update_threads(p.update_threads, self.device)):
+            stats = ppo_update(
+                self.learner.trainer_view, self.optimizer, batch, settings, r.temperature, generator,
+                shard=self.learner.shard,
+            )  # fmt: skip
+        update_s = time.perf_counter() - t_update
+        self.cpu_s = {"rollout": cpu_update - cpu_rollout, "update": time.process_time() - cpu_update}
+        self._count_skips(stats, update)
+        if self.launch.world_size > 1:
+            stats["dropped_samples"] = dropped
+        return rollout, stats, update_s
+
+    def _log_update(
+        self,
+        update: int,
+        rollout: Rollout,
+        stats: dict[str, Any],
+        started: float,
+        update_s: float,
+        preflight: dict[str, float],
+    ) -> dict[str, Any]:
+        """Count the update's steps and time (from ``started``), then log its record (with the
+        preflight figures on update 0) and hand it to ``on_update``."""
+        self.env_steps += rollout.env_steps
+        step_s = time.perf_counter() - started
+        self.elapsed_s += step_s
+        record = self._train_record(update + 1, rollout, stats, step_s, update_s)
+        record.update(self.executor.metrics)  # executor figures: weight broadcast, restarts
+        if update == 0:  # a resumed run checks itself again but keeps the curve unchanged
+            record.update(preflight)
+        self.metrics.log(record)
+        if self.on_update is not None:
+            self.on_update(record)
+        return record
+
+    def _out_of_time(self) -> bool:
+        """Whether ``max_minutes`` is spent, as rank 0 sees it (every rank stops together)."""
+        max_minutes = self.config.max_minutes
+        out_of_time = max_minutes is not None and self.wall_s() > 60 * max_minutes
+        return distributed.broadcast_object(out_of_time, self.launch)
+
+    def _evaluate_and_select(self, update: int, final: bool) -> SplitResults:
+        """Evaluate after ``update``; a new best on the selection split becomes checkpoint_best."""
+        result = self.evaluate(update, final=final)
+        selected = result[self.selection_split].success_rate
+        if self.best_eval is None or selected > self.best_eval:
+            self.best_eval = selected
+            self.save("checkpoint_best", update)
+        return result
 
     def _count_skips(self, stats: dict[str, Any], update: int) -> None:
         if stats.get("skipped_steps", 0) and stats.get("num_minibatch_steps", 1) == 0:
