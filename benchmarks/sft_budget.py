@@ -25,11 +25,12 @@ import yaml  # noqa: E402
 from vla_rl_lib.config import apply_overrides, load_config  # noqa: E402
 from vla_rl_lib.policy.loading import load_base_policy  # noqa: E402
 from vla_rl_lib.rollout.collector import evaluation_seeds  # noqa: E402
-from vla_rl_lib.sft.demos import ensure_demonstrations, load_demonstrations  # noqa: E402
+from vla_rl_lib.sft.demos import load_demonstrations  # noqa: E402
 from vla_rl_lib.sft.trainer import run_sft  # noqa: E402
 from vla_rl_lib.training.evaluate import SplitCollectors, evaluate_splits  # noqa: E402
 from vla_rl_lib.training.policy_factory import (  # noqa: E402
     build_sft_policy,
+    demonstrations_for,
     policy_settings,
     sft_unnorm_key,
 )
@@ -60,12 +61,7 @@ def main() -> None:
     configure_cpu_threads(__import__("torch").device("cpu"))
     s, r = cfg.sft, cfg.rollout
     t0 = time.perf_counter()
-    dataset_dir = ensure_demonstrations(
-        s.dataset_dir, s.num_demos, s.demo_seed, simulator=r.simulator, env_id=r.env_id,
-        num_envs=r.num_parallel_envs, image_size=r.image_size, camera=r.camera,
-        control_mode=r.control_mode, max_episode_steps=r.max_steps,
-        instruction=cfg.language_instruction, progress=False,
-    )
+    dataset_dir = demonstrations_for(cfg, progress=False)
     dataset = load_demonstrations(dataset_dir)
     print(f"demos: {s.num_demos} episodes, {len(dataset)} steps, {time.perf_counter() - t0:.0f} s",
           flush=True)

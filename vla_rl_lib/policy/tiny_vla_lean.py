@@ -232,10 +232,7 @@ class LeanTinyVLA:
         residual = hidden
         hidden = _layer_norm(block.layer_norm1, hidden)
         shape = hidden.shape[:-1]
-        split = (*shape, -1, attention.head_dim)
-        query = _linear(attention.q_proj, hidden).view(split).transpose(1, 2)
-        key = _linear(attention.k_proj, hidden).view(split).transpose(1, 2)
-        value = _linear(attention.v_proj, hidden).view(split).transpose(1, 2)
+        query, key, value = _heads(attention, hidden, attention.head_dim)
         out = F.scaled_dot_product_attention(
             query, key, value, attn_mask=None, dropout_p=0.0, scale=attention.scale, is_causal=False
         )
@@ -273,10 +270,7 @@ class LeanTinyVLA:
         residual = hidden
         hidden = _rms_norm(block.input_layernorm, hidden)
         shape = hidden.shape[:-1]
-        split = (*shape, -1, self._text_head_dim)
-        query = _linear(attention.q_proj, hidden).view(split).transpose(1, 2)
-        key = _linear(attention.k_proj, hidden).view(split).transpose(1, 2)
-        value = _linear(attention.v_proj, hidden).view(split).transpose(1, 2)
+        query, key, value = _heads(attention, hidden, self._text_head_dim)
         query = (query * cos) + (_rotate_half(query) * sin)
         key = (key * cos) + (_rotate_half(key) * sin)
         out = F.scaled_dot_product_attention(
@@ -345,6 +339,17 @@ def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     variance = x.pow(2).mean(-1, keepdim=True)
     x = x * torch.rsqrt(variance + norm.variance_epsilon)
     return norm.weight * x.to(dtype)
+
+
+def _heads(
+    attention: nn.Module, hidden: torch.Tensor, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value projections of ``hidden`` as (batch, heads, tokens, head_dim)."""
+    split = (*hidden.shape[:-1], -1, head_dim)
+    return tuple(
+        _linear(projection, hidden).view(split).transpose(1, 2)
+        for projection in (attention.q_proj, attention.k_proj, attention.v_proj)
+    )  # type: ignore[return-value]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

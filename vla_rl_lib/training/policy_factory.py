@@ -205,21 +205,32 @@ def build_sft_policy(
     return fresh_tiny_policy(settings)
 
 
-def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Scripted demonstrations -> behaviour cloning of ``build_sft_policy(cfg)``, saved to ``out_dir``."""
-    from vla_rl_lib.sft.demos import ensure_demonstrations, load_demonstrations
-    from vla_rl_lib.sft.trainer import run_sft
+def demonstrations_for(cfg: VLARLConfig, progress: bool = True) -> Path:
+    """The folder of the run's scripted demonstrations (``sft`` section), recorded if absent.
 
-    check_sft_start(cfg)
+    A folder on disk is reused only when every setting that shapes the demos matches
+    (its ``meta.json`` recipe).
+    """
+    from vla_rl_lib.sft.demos import ensure_demonstrations
+
     s, r = cfg.sft, cfg.rollout
-    t0 = time.perf_counter()
-    # Reused only when every setting that shapes the demos matches (meta.json's recipe).
-    dataset_dir = ensure_demonstrations(
+    return ensure_demonstrations(
         s.dataset_dir, s.num_demos, s.demo_seed, simulator=r.simulator, env_id=r.env_id,
         num_envs=r.num_parallel_envs, image_size=r.image_size, camera=r.camera,
         control_mode=r.control_mode, max_episode_steps=r.max_steps,
         instruction=cfg.language_instruction, progress=progress,
     )  # fmt: skip
+
+
+def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Scripted demonstrations -> behaviour cloning of ``build_sft_policy(cfg)``, saved to ``out_dir``."""
+    from vla_rl_lib.sft.demos import load_demonstrations
+    from vla_rl_lib.sft.trainer import run_sft
+
+    check_sft_start(cfg)
+    s = cfg.sft
+    t0 = time.perf_counter()
+    dataset_dir = demonstrations_for(cfg, progress)
     demo_s = time.perf_counter() - t0
     dataset = load_demonstrations(dataset_dir)
     unnorm_key = sft_unnorm_key(cfg)
