@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from vla_rl_lib.config import apply_overrides, load_config  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> None:
                  "sft.num_demos": args.num_demos}
     overrides.update({k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)})
     cfg = apply_overrides(load_config(args.config), overrides)
-    configure_cpu_threads(__import__("torch").device("cpu"))
+    configure_cpu_threads(torch.device("cpu"))
     s, r = cfg.sft, cfg.rollout
     t0 = time.perf_counter()
     dataset_dir = demonstrations_for(cfg, progress=False)
