@@ -142,11 +142,15 @@ class RolloutConfig(_Section):
         1, "the batch is stepped in this many groups of envs, one simulator each (CPU backends)", ge=1)  # fmt: skip
     overlap: bool = setting(
         False, "one group's policy call runs while another group's simulator steps; same rollout to the bit")  # fmt: skip
+    collect_ahead: bool = setting(
+        False, "a worker process plays the next update's episodes during this update (one update of policy lag)")  # fmt: skip
 
     @model_validator(mode="after")
     def _ray_address_needs_ray(self) -> RolloutConfig:
         _check(self.executor == "ray" or self.ray_address is None, "rollout.ray_address", self.ray_address,
                "only used with rollout.executor='ray'; set it to null or switch the executor")  # fmt: skip
+        _check(not (self.collect_ahead and self.executor == "ray"), "rollout.collect_ahead", self.collect_ahead,
+               "works with rollout.executor='local' only (its own worker process); set one of them")  # fmt: skip
         return self
 
 
@@ -355,6 +359,7 @@ class VLARLConfig(_Section):
         _check_batch(self)
         _check_logging(self)
         _check_eval_splits(self)
+        _check_collect_ahead(self)
         try:
             check_disjoint(seed_streams(self))
         except SeedRangeError as error:
@@ -411,6 +416,18 @@ def _sync_aliases(data: dict[str, Any]) -> dict[str, Any]:
         elif key in values:
             data[alias] = values[key]
     return data
+
+
+def _check_collect_ahead(cfg: VLARLConfig) -> None:
+    """The rollout worker and the update each take one CPU core (README "Using both cores")."""
+    if not cfg.rollout.collect_ahead:
+        return
+    _check(cfg.ppo.update_threads == 1, "ppo.update_threads", cfg.ppo.update_threads,
+           "must be 1 with rollout.collect_ahead: the rollout worker already uses the other core")  # fmt: skip
+    _check(cfg.device != "cuda", "device", cfg.device,
+           "rollout.collect_ahead runs on CPU only; set device: cpu or rollout.collect_ahead: false")  # fmt: skip
+    _check(cfg.rollout.backend == "cpu", "rollout.backend", cfg.rollout.backend,
+           "rollout.collect_ahead runs on CPU only; set rollout.backend: cpu or rollout.collect_ahead: false")  # fmt: skip
 
 
 def _check_start(cfg: VLARLConfig) -> None:

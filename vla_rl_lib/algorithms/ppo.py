@@ -259,6 +259,13 @@ def ppo_update(
     norm before clipping). ``explained_variance`` compares the rollout values
     with the returns (nan for GRPO, which has no critic). With ``shard``,
     every rank passes the same batch and generator state (see the module notes).
+
+    The ratio and its clip are centred on ``batch.old_log_probs``, the log-probs
+    the behaviour policy recorded while it played the episodes, never on
+    log-probs recomputed here; the value clip on ``batch.old_values`` and the
+    advantages are from that policy too. So a batch played by older weights than
+    ``policy``'s (``rollout.collect_ahead``: one update older) is still
+    optimized against the policy that collected it, as asynchronous PPO does.
     """
     size = len(batch)
     if size == 0:

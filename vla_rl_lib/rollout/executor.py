@@ -126,6 +126,25 @@ def play_shard(
     return collector.collect(seeds, **options)
 
 
+def play_shards(
+    collector: RolloutCollector,
+    shards: Sequence[tuple[int, Sequence[int]]],
+    sampling: Sequence[int],
+    **options: Unpack[CollectOptions],
+) -> Rollout:
+    """``shards`` (``shard_seeds``) played one after another on one collector, each with its
+    sampling seed (``shard_sampling_seeds``), merged into one rollout."""
+    columns = collector.env.num_envs
+    played = []
+    # Shards reseed torch; the driver's stream after collect must not depend on the executor.
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        for shard, ((offset, seeds), sampling_seed) in enumerate(zip(shards, sampling, strict=True)):
+            mine = shard_options(options, offset, shard * columns)
+            played.append((offset, play_shard(collector, seeds, sampling_seed, **mine)))
+    return merge_shards(played)
+
+
 def shard_options(options: CollectOptions, offset: int, column: int) -> CollectOptions:
     """``options`` for the shard whose episodes start at index ``offset`` and column
     ``column`` of the merged rollout: its share of the filmed episodes, and
@@ -224,16 +243,7 @@ class LocalExecutor:
 
     def collect(self, seeds: Sequence[int], **options: Unpack[CollectOptions]) -> Rollout:
         shards = shard_seeds(seeds, self.num_shards)
-        sampling = shard_sampling_seeds(len(shards))
-        columns = self.collector.env.num_envs
-        played = []
-        # Shards reseed torch; the driver's stream after collect must not depend on the executor.
-        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=cuda):
-            for shard, ((offset, seeds_), sampling_seed) in enumerate(zip(shards, sampling, strict=True)):
-                mine = shard_options(options, offset, shard * columns)
-                played.append((offset, play_shard(self.collector, seeds_, sampling_seed, **mine)))
-        return merge_shards(played)
+        return play_shards(self.collector, shards, shard_sampling_seeds(len(shards)), **options)
 
     def close(self) -> None:
         """Nothing to release: the trainer owns the simulator and the policy."""

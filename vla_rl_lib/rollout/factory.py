@@ -25,8 +25,13 @@ def make_executor(
     base: dict[str, Any],
     run_dir: Path,
 ) -> RolloutExecutor:
-    """The executor ``config.rollout.executor`` names; ``base`` is the factory's base record."""
+    """The executor ``config.rollout.executor`` names (a worker process that plays ahead of the
+    learner with ``rollout.collect_ahead``); ``base`` is the factory's base record."""
     r = config.rollout
+    if r.collect_ahead:  # the config refuses it with the ray executor
+        from vla_rl_lib.rollout.ahead import AheadExecutor
+
+        return AheadExecutor(config, policy, base, run_dir)
     if r.executor == "local":
         return LocalExecutor(make_collector(config, env, policy), num_shards=r.num_workers)
     if r.executor == "ray":

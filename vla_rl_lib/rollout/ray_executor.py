@@ -23,12 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from vla_rl_lib.policy.loading import PolicySettings, load_base_policy
+from vla_rl_lib.policy.loading import PolicySettings
 from vla_rl_lib.rollout.collector import Episode, Rollout
 from vla_rl_lib.rollout.executor import (
     CollectOptions,
-    make_collector,
-    make_rollout_env,
     merge_shards,
     play_shard,
     relabel,
@@ -36,6 +34,7 @@ from vla_rl_lib.rollout.executor import (
     shard_sampling_seeds,
     shard_seeds,
 )
+from vla_rl_lib.rollout.replica import base_location, policy_load_settings, replica_collector
 
 try:
     import ray
@@ -65,26 +64,6 @@ def state_nbytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
-def base_location(base: dict[str, Any], run_dir: Path) -> str:
-    """The base model as the factory recorded it, with a run-relative path made absolute."""
-    path = Path(base["path"])
-    if base["kind"] == "pretrained" and not path.is_absolute() and not (run_dir / path).exists():
-        return base["path"]  # a hub model name, fetched (or found in the cache) by each node
-    return str(path if path.is_absolute() else (run_dir / path).absolute())
-
-
-def policy_load_settings(policy: VLAPolicy) -> PolicySettings:
-    """How the learner's policy was loaded (``load_base_policy``), so each worker loads the same base."""
-    settings = getattr(policy, "load_settings", None)
-    if not isinstance(settings, PolicySettings):
-        raise ValueError(
-            "rollout.executor='ray' needs a policy loaded by vla_rl_lib.policy.loading.load_base_policy "
-            "(as training.policy_factory.build_training_policy does), so that the workers can load "
-            "the same base; this one was built another way"
-        )
-    return settings
-
-
 class RolloutWorker:
     """One Ray actor: a batched simulator and a replica of the policy's base."""
 
@@ -104,9 +83,7 @@ class RolloutWorker:
                 "put output_dir (and any sft/pretrained checkpoint) on a filesystem that every "
                 "Ray node mounts at the same path"
             )
-        policy = load_base_policy(settings, base_kind, base_path)
-        policy.to(torch.device(device))
-        self.collector = make_collector(config, make_rollout_env(config), policy)
+        self.collector = replica_collector(config, settings, base_kind, base_path, device)
         self.device = device
         self._exit_after: int | None = None
 

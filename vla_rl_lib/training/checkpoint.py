@@ -35,6 +35,8 @@ CONFIG_FILE = "config.yaml"
 POLICY_FILE = "policy_state_dict.pt"
 OPTIMIZER_FILE = "optimizer_state_dict.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
+# rollout.collect_ahead: the weights the next update's pending rollout is played with (optional)
+BEHAVIOUR_FILE = "behaviour_state_dict.pt"
 CHECKPOINT_FILES = (CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE, TRAINER_STATE_FILE)
 
 
@@ -58,8 +60,11 @@ def save_checkpoint(
     policy_state: dict[str, torch.Tensor],
     optimizer_state: dict[str, Any],
     trainer_state: dict[str, Any],
+    behaviour_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically. Refuses to save non-finite weights."""
+    """Write a checkpoint atomically. Refuses to save non-finite weights. ``behaviour_state``:
+    the weights the next rollout is played with, when they are not ``policy_state``
+    (``rollout.collect_ahead``)."""
     path = Path(path)
     bad = non_finite_tensors(policy_state)
     if bad:
@@ -72,9 +77,11 @@ def save_checkpoint(
             (tmp / CONFIG_FILE).write_text(config_yaml)
             torch.save({k: v.detach().cpu() for k, v in policy_state.items()}, tmp / POLICY_FILE)
             torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-            files = {
-                name: file_digest(tmp / name) for name in (CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE)
-            }
+            names = [CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE]
+            if behaviour_state is not None:
+                torch.save({k: v.detach().cpu() for k, v in behaviour_state.items()}, tmp / BEHAVIOUR_FILE)
+                names.append(BEHAVIOUR_FILE)
+            files = {name: file_digest(tmp / name) for name in names}
             (tmp / TRAINER_STATE_FILE).write_text(
                 json.dumps({**trainer_state, "files": files}, indent=1, allow_nan=False)
             )
@@ -122,7 +129,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
         raise CheckpointError(f"checkpoint file {path / TRAINER_STATE_FILE} is corrupt: {exc}") from exc
     recorded = trainer_state.get("files")  # absent in checkpoints from before it was kept
     recorded = recorded if isinstance(recorded, dict) else {}
-    for name in (CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE):
+    if BEHAVIOUR_FILE in recorded and not (path / BEHAVIOUR_FILE).is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {BEHAVIOUR_FILE}")
+    for name in (CONFIG_FILE, POLICY_FILE, OPTIMIZER_FILE, BEHAVIOUR_FILE):
         if name in recorded and file_digest(path / name) != recorded[name]:
             raise CheckpointError(
                 f"checkpoint file {path / name} is damaged: its size or SHA-256 differs from the "
@@ -139,7 +148,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
             "resume from another checkpoint"
         ) from exc
     out: dict[str, Any] = {"config_yaml": config_yaml, "trainer_state": trainer_state}
-    for key, name in (("policy_state", POLICY_FILE), ("optimizer_state", OPTIMIZER_FILE)):
+    parts = [("policy_state", POLICY_FILE), ("optimizer_state", OPTIMIZER_FILE)]
+    if BEHAVIOUR_FILE in recorded:
+        parts.append(("behaviour_state", BEHAVIOUR_FILE))
+    for key, name in parts:
         try:
             out[key] = torch.load(path / name, map_location=map_location, weights_only=True)
         except Exception as exc:  # torch raises several types for truncated/corrupt pickles

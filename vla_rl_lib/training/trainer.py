@@ -26,6 +26,7 @@ import yaml
 from vla_rl_lib.algorithms.ppo import PPOSettings, ppo_update
 from vla_rl_lib.config import VLARLConfig, apply_overrides, config_to_dict
 from vla_rl_lib.metrics import MetricsWriter
+from vla_rl_lib.rollout.ahead import Weights, frozen_weights
 from vla_rl_lib.rollout.batch import rollout_to_batch
 from vla_rl_lib.rollout.collector import (
     Rollout,
@@ -147,6 +148,12 @@ class Trainer:
         refusal = check_fits_device(config, self.device.type, self.launch.world_size)
         if refusal is not None:
             raise PreflightError(f"preflight: {refusal}")
+        if config.rollout.collect_ahead and (self.launch.world_size > 1 or self.device.type != "cpu"):
+            raise PreflightError(
+                f"preflight: rollout.collect_ahead runs on one CPU process only (here: "
+                f"{self.launch.world_size} ranks on {self.device.type}); set rollout.collect_ahead: "
+                "false, or device: cpu without torchrun"
+            )
         distributed.init_process_group(self.launch, self.device)
 
     def _open_run_dir(self, experiment_dir: Path, latest: Path | None) -> None:
@@ -177,6 +184,10 @@ class Trainer:
         self.stopped_by = "num_updates"
         self.final_update = self.config.num_updates
         self._progress_log: ProgressLog | None = None
+        # rollout.collect_ahead: the weights the next update's rollout is played with (None: the
+        # current ones), and whether max_minutes was spent when that rollout would have started.
+        self.behaviour_weights: Weights | None = None
+        self._time_up_before_update = False
 
     def _build_learner(self, latest: Path | None, resume_state: dict[str, Any] | None) -> None:
         """The policy on its device, wrapped for the launch, and its optimizer; a resumed run
@@ -298,6 +309,7 @@ class Trainer:
                 policy_state=policy_state,
                 optimizer_state=optimizer_state,
                 trainer_state=self._trainer_state(update),
+                behaviour_state=self.behaviour_weights if self.config.rollout.collect_ahead else None,
             )
         return path
 
@@ -332,6 +344,12 @@ class Trainer:
                 f"{path / ckpt.TRAINER_STATE_FILE} lacks a valid {exc} entry; "
                 "resume from another checkpoint"
             ) from exc
+        if self.config.rollout.collect_ahead:
+            self.behaviour_weights = state.get("behaviour_state")
+            if self.behaviour_weights is None and self.start_update > 0:
+                log.warning("%s holds no behaviour weights (saved without rollout.collect_ahead): "
+                            "update %d's rollout is played with the checkpoint's own weights",
+                            path, self.start_update + 1)  # fmt: skip
 
     # ------------------------------------------------------------------ preflight
     def preflight(self) -> dict[str, float]:
@@ -430,7 +448,8 @@ class Trainer:
                     break
                 continue
             record = self._log_update(update, rollout, stats, started, update_s, preflight)
-            out_of_time = self._out_of_time()
+            # collect_ahead decides before the update, so that no rollout is played for nothing
+            out_of_time = self._time_up_before_update if cfg.rollout.collect_ahead else self._out_of_time()
             done = update + 1 == cfg.num_updates or out_of_time
             if evaluating and ((update + 1) % cfg.eval_interval == 0 or done):
                 last_eval = self._evaluate_and_select(update + 1, final=done)
@@ -477,7 +496,10 @@ class Trainer:
         seeds = training_episode_seeds(cfg.seed, update, r.num_rollouts_per_update, group_size)
         rollout = batch = None
         if self.collects:
-            rollout = self.executor.collect(seeds, temperature=r.temperature)
+            rollout = (
+                self._collect_ahead(update) if r.collect_ahead
+                else self.executor.collect(seeds, temperature=r.temperature)
+            )  # fmt: skip
             batch = rollout_to_batch(rollout, p.algorithm, p.gamma, p.gae_lambda, group_size)
         if cfg.distributed_strategy == "ddp":
             batch = distributed.broadcast_object(batch, self.launch)
@@ -491,10 +513,39 @@ class Trainer:
             )  # fmt: skip
         update_s = time.perf_counter() - t_update
         self.cpu_s = {"rollout": cpu_update - cpu_rollout, "update": time.process_time() - cpu_update}
+        if r.collect_ahead:  # the rollout's own CPU seconds were the worker process's
+            self.cpu_s["rollout"] += self.executor.metrics["perf/rollout_worker_cpu_s"]
         self._count_skips(stats, update)
         if self.launch.world_size > 1:
             stats["dropped_samples"] = dropped
         return rollout, stats, update_s
+
+    def _collect_ahead(self, update: int) -> Rollout:
+        """``rollout.collect_ahead``: this update's rollout from the worker process, played with
+        the weights from before the previous update (a run's first update: the current ones);
+        then the next update's rollout is started there with the weights from before this
+        update, to play while this update runs. Which weights play which rollout does not
+        depend on timing, and the checkpoint keeps the next rollout's (``save``), so a resumed
+        run plays it again exactly."""
+        cfg = self.config
+        if self.executor.pending != update:  # the first update of this process
+            self._submit_rollout(update, self.behaviour_weights or frozen_weights(self.policy))
+        rollout = self.executor.result(update)
+        self.behaviour_weights = frozen_weights(self.policy)
+        self._time_up_before_update = self._out_of_time()
+        if update + 1 < cfg.num_updates and not self._time_up_before_update:
+            self._submit_rollout(update + 1, self.behaviour_weights)
+        return rollout
+
+    def _submit_rollout(self, update: int, weights: Weights) -> None:
+        """Start ``update``'s rollout in the collect-ahead worker, its start and sampling seeds
+        drawn from ``(seed, update)`` as the synchronous path draws them."""
+        cfg, r, p = self.config, self.config.rollout, self.config.ppo
+        group_size = p.group_size if p.algorithm == "grpo" else 1
+        seeds = training_episode_seeds(cfg.seed, update, r.num_rollouts_per_update, group_size)
+        with torch.random.fork_rng(devices=[]):  # the driver's own stream stays as it was
+            torch.manual_seed(derive_seed(cfg.seed, update, 1))
+            self.executor.submit(update, seeds, weights, temperature=r.temperature)
 
     def _log_update(
         self,
