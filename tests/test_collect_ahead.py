@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_ray_executor import needs_ray, ray
 from tests.test_trainer import _curve, _train
 from vla_rl_lib.config import ConfigError, apply_overrides
+from vla_rl_lib.metrics import load_metrics
 from vla_rl_lib.rollout.ahead import AheadExecutor, frozen_weights
 from vla_rl_lib.rollout.collector import training_episode_seeds
 from vla_rl_lib.rollout.executor import LocalExecutor, make_collector
@@ -133,7 +135,6 @@ def test_max_minutes_plays_no_rollout_past_the_last_update(ahead_config):
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        ({"rollout": {"executor": "ray"}}, "rollout.collect_ahead=True"),
         ({"ppo": {"update_threads": 2}}, "ppo.update_threads=2"),
         ({"ppo": {"update_threads": 0}}, "ppo.update_threads=0"),
         ({"device": "cuda"}, "device='cuda'"),
@@ -144,3 +145,26 @@ def test_unsupported_combinations_are_refused_in_one_line(ahead_config, override
     with pytest.raises(ConfigError, match="collect_ahead") as error:
         apply_overrides(ahead_config, overrides)
     assert str(error.value).startswith(key) and "\n" not in str(error.value)
+
+
+def test_ray_executor_settings_are_not_the_local_workers_limits(ahead_config):
+    cfg = apply_overrides(ahead_config, {"rollout": {"executor": "ray"}, "ppo": {"update_threads": 2}})
+    assert cfg.rollout.collect_ahead and cfg.ppo.update_threads == 2
+
+
+@needs_ray
+@pytest.mark.slow  # starts Ray and its worker: about a minute on 2 busy cores
+def test_ray_workers_play_ahead_like_the_local_worker(ahead_config):
+    if ray.is_initialized():
+        pytest.skip("needs to start its own Ray; run it before the shared-Ray tests or alone")
+    cfg = apply_overrides(ahead_config, {"num_updates": 3, "experiment_name": "local"})
+    _, local_dir = _train(cfg)
+    ray_cfg = apply_overrides(cfg, {"experiment_name": "ray", "rollout": {"executor": "ray"}})
+    _, ray_dir = _train(ray_cfg)
+
+    def learning(run_dir):  # the Ray executor adds its own rollout/worker* figures
+        return [{k: v for k, v in r.items() if not k.startswith(("rollout/worker", "rollout/weight"))}
+                for r in _curve(run_dir)]  # fmt: skip
+
+    assert learning(ray_dir) == learning(local_dir)
+    assert all("perf/rollout_overlap" in r for r in load_metrics(ray_dir) if "train/episodes" in r)

@@ -149,8 +149,6 @@ class RolloutConfig(_Section):
     def _ray_address_needs_ray(self) -> RolloutConfig:
         _check(self.executor == "ray" or self.ray_address is None, "rollout.ray_address", self.ray_address,
                "only used with rollout.executor='ray'; set it to null or switch the executor")  # fmt: skip
-        _check(not (self.collect_ahead and self.executor == "ray"), "rollout.collect_ahead", self.collect_ahead,
-               "works with rollout.executor='local' only (its own worker process); set one of them")  # fmt: skip
         return self
 
 
@@ -419,15 +417,19 @@ def _sync_aliases(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_collect_ahead(cfg: VLARLConfig) -> None:
-    """The rollout worker and the update each take one CPU core (README "Using both cores")."""
-    if not cfg.rollout.collect_ahead:
+    """The local executor's rollout worker and the update each take one CPU core (README "Using
+    both cores"); Ray's workers have their own resources."""
+    if not cfg.rollout.collect_ahead or cfg.rollout.executor != "local":
         return
     _check(cfg.ppo.update_threads == 1, "ppo.update_threads", cfg.ppo.update_threads,
-           "must be 1 with rollout.collect_ahead: the rollout worker already uses the other core")  # fmt: skip
+           "must be 1 with rollout.collect_ahead and the local executor: its rollout worker process "
+           "uses the other core")  # fmt: skip
     _check(cfg.device != "cuda", "device", cfg.device,
-           "rollout.collect_ahead runs on CPU only; set device: cpu or rollout.collect_ahead: false")  # fmt: skip
+           "rollout.collect_ahead with the local executor runs on CPU; set device: cpu, "
+           "rollout.executor: ray, or rollout.collect_ahead: false")  # fmt: skip
     _check(cfg.rollout.backend == "cpu", "rollout.backend", cfg.rollout.backend,
-           "rollout.collect_ahead runs on CPU only; set rollout.backend: cpu or rollout.collect_ahead: false")  # fmt: skip
+           "rollout.collect_ahead with the local executor runs on CPU; set rollout.backend: cpu, "
+           "rollout.executor: ray, or rollout.collect_ahead: false")  # fmt: skip
 
 
 def _check_start(cfg: VLARLConfig) -> None:

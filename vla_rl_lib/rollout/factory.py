@@ -28,7 +28,7 @@ def make_executor(
     """The executor ``config.rollout.executor`` names (a worker process that plays ahead of the
     learner with ``rollout.collect_ahead``); ``base`` is the factory's base record."""
     r = config.rollout
-    if r.collect_ahead:  # the config refuses it with the ray executor
+    if r.collect_ahead and r.executor == "local":  # Ray's workers play ahead as they are
         from vla_rl_lib.rollout.ahead import AheadExecutor
 
         return AheadExecutor(config, policy, base, run_dir)

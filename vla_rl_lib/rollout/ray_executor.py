@@ -8,6 +8,10 @@ every worker; each worker plays its shard of the start seeds and returns a
 episodes equal the local executor's). A worker that dies mid-rollout is
 replaced by a fresh actor that plays its shard again, with the same sampling
 seed, so the update goes ahead with the same episodes.
+
+``submit`` and ``result`` split a collect in two, so that with
+``rollout.collect_ahead`` the workers play the next update's episodes while the
+driver runs this update (``collect`` is both, with the current weights).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,6 +178,22 @@ def check_cluster_resources(num_cpus: float, num_gpus: float) -> None:
             )
 
 
+@dataclass
+class _Flight:
+    """A rollout submitted to the workers and not yet taken (``RayExecutor.submit``)."""
+
+    key: int
+    shards: list[tuple[int, list[int]]]
+    sampling: list[int]
+    options: CollectOptions
+    on_episode: Callable[[Episode], None] | None
+    weights_ref: Any
+    weight_bytes: int
+    started: float
+    broadcast_s: float = 0.0
+    refs: dict[Any, int] = field(default_factory=dict)  # shard result -> shard index
+
+
 class RayExecutor:
     """Plays each collect's shards in parallel on ``rollout.num_workers`` Ray actors."""
 
@@ -196,6 +217,7 @@ class RayExecutor:
         )
         self.worker_restarts = 0
         self.metrics: dict[str, float] = {}
+        self._flight: _Flight | None = None
         cpus, gpus = r.num_workers * r.worker_num_cpus, r.num_workers * r.worker_num_gpus
         self.workers: list[Any] = []
         self._connected = connect(r.ray_address, cpus, gpus)
@@ -223,20 +245,53 @@ class RayExecutor:
 
     def collect(self, seeds: Sequence[int], **options: Unpack[CollectOptions]) -> Rollout:
         """Same contract as ``RolloutCollector.collect``; ``on_episode`` runs as shards arrive."""
+        weights = {k: v.detach().cpu() for k, v in self.policy.trainable_state_dict().items()}
+        self.submit(-1, seeds, weights, **options)
+        return self.result(-1)
+
+    def submit(
+        self, key: int, seeds: Sequence[int], weights: dict[str, torch.Tensor],
+        **options: Unpack[CollectOptions],
+    ) -> None:  # fmt: skip
+        """Start playing ``seeds`` with ``weights`` on the workers and return at once
+        (``rollout.collect_ahead``); ``result(key)`` takes the rollout. The weights are copied
+        into the object store before this returns."""
+        if self._flight is not None:
+            raise RolloutWorkerError(
+                f"rollout {self._flight.key} is still in flight; take it with result() first"
+            )
         t_start = time.perf_counter()
         on_episode = options.pop("on_episode", None)  # called here, not on the workers
         shards = shard_seeds(seeds, len(self.workers))
-        sampling = shard_sampling_seeds(len(shards))
-        weights = {k: v.detach().cpu() for k, v in self.policy.trainable_state_dict().items()}
-        weights_ref = ray.put(weights)
-        broadcast_s = time.perf_counter() - t_start
+        flight = _Flight(
+            key, shards, shard_sampling_seeds(len(shards)), options, on_episode,
+            ray.put(weights), state_nbytes(weights), t_start,
+        )  # fmt: skip
+        flight.broadcast_s = time.perf_counter() - t_start
+        flight.refs = {self._submit_shard(flight, shard): shard for shard in range(len(shards))}
+        self._flight = flight
 
-        def submit(shard: int) -> Any:
-            offset, shard_seeds_ = shards[shard]
-            mine = shard_options(options, offset, column=0)  # on_episode was taken out above
-            return self.workers[shard].collect.remote(weights_ref, shard_seeds_, sampling[shard], mine)
+    @property
+    def pending(self) -> int | None:
+        """The key of the rollout in flight, if any."""
+        return None if self._flight is None else self._flight.key
 
-        pending = {submit(shard): shard for shard in range(len(shards))}
+    def _submit_shard(self, flight: _Flight, shard: int) -> Any:
+        offset, seeds = flight.shards[shard]
+        mine = shard_options(flight.options, offset, column=0)  # on_episode was taken out
+        return self.workers[shard].collect.remote(flight.weights_ref, seeds, flight.sampling[shard], mine)
+
+    def result(self, key: int) -> Rollout:
+        """The rollout submitted as ``key``, once every shard is back (a dead worker's shard
+        is played again on a fresh one)."""
+        flight = self._flight
+        if flight is None or flight.key != key:
+            raise RolloutWorkerError(
+                f"rollout {key} was never submitted (in flight: {self.pending}); submit it first"
+            )
+        self._flight = None
+        t_wait = time.perf_counter()
+        pending, shards, on_episode = flight.refs, flight.shards, flight.on_episode
         results: dict[int, Rollout] = {}
         restarts = 0
         while pending:
@@ -254,28 +309,33 @@ class RayExecutor:
                         "(`ray logs`), or use rollout.executor: local"
                     ) from exc
                 self._replace(shard)
-                pending[submit(shard)] = shard
+                pending[self._submit_shard(flight, shard)] = shard
                 continue
             if on_episode is not None:
                 column = shard * self.config.rollout.num_parallel_envs
                 for ep in results[shard].episodes:
                     on_episode(relabel(ep, shards[shard][0], column))
+        waited = time.perf_counter() - t_wait
         played = [results[s] for s in range(len(shards))]
         rollout = merge_shards(
             [(shards[s][0], played[s]) for s in range(len(shards))],
-            seconds_total=time.perf_counter() - t_start,
+            seconds_total=time.perf_counter() - flight.started,
         )
         slowest = max(r.seconds_total for r in played)
         self.metrics = {
             "perf/worker_env_steps_per_s": sum(r.env_steps / r.seconds_total for r in played)
             / len(played),
-            # Wall-clock beyond the slowest shard: broadcast, dispatch, result transfer, merge.
+            # Wall-clock beyond the slowest shard: broadcast, dispatch, result transfer, merge
+            # (and, with collect_ahead, the time the rollout waited to be taken).
             "perf/executor_overhead_s": rollout.seconds_total - slowest,
             "rollout/workers": len(self.workers),
-            "rollout/weight_broadcast_bytes": state_nbytes(weights),
-            "perf/weight_broadcast_s": broadcast_s,
+            "rollout/weight_broadcast_bytes": flight.weight_bytes,
+            "perf/weight_broadcast_s": flight.broadcast_s,
             "rollout/worker_restarts": restarts,
             "rollout/worker_restarts_total": self.worker_restarts,
+            # the learner blocked this long for the rollout; the rest ran beside its own work
+            "perf/rollout_wait_s": waited,
+            "perf/rollout_overlap": max(0.0, 1.0 - waited / max(rollout.seconds_total, 1e-9)),
         }
         return rollout
 

@@ -148,11 +148,13 @@ class Trainer:
         refusal = check_fits_device(config, self.device.type, self.launch.world_size)
         if refusal is not None:
             raise PreflightError(f"preflight: {refusal}")
-        if config.rollout.collect_ahead and (self.launch.world_size > 1 or self.device.type != "cpu"):
+        r = config.rollout
+        local_on_gpu = r.executor == "local" and self.device.type != "cpu"
+        if r.collect_ahead and (self.launch.world_size > 1 or local_on_gpu):
             raise PreflightError(
-                f"preflight: rollout.collect_ahead runs on one CPU process only (here: "
-                f"{self.launch.world_size} ranks on {self.device.type}); set rollout.collect_ahead: "
-                "false, or device: cpu without torchrun"
+                f"preflight: rollout.collect_ahead needs one learner process, on CPU with the local "
+                f"executor (here: {self.launch.world_size} ranks on {self.device.type}, executor "
+                f"{r.executor}); set rollout.collect_ahead: false, or device: cpu without torchrun"
             )
         distributed.init_process_group(self.launch, self.device)
 
@@ -513,8 +515,8 @@ class Trainer:
             )  # fmt: skip
         update_s = time.perf_counter() - t_update
         self.cpu_s = {"rollout": cpu_update - cpu_rollout, "update": time.process_time() - cpu_update}
-        if r.collect_ahead:  # the rollout's own CPU seconds were the worker process's
-            self.cpu_s["rollout"] += self.executor.metrics["perf/rollout_worker_cpu_s"]
+        if r.collect_ahead:  # the rollout's own CPU seconds were the local worker process's
+            self.cpu_s["rollout"] += self.executor.metrics.get("perf/rollout_worker_cpu_s", 0.0)
         self._count_skips(stats, update)
         if self.launch.world_size > 1:
             stats["dropped_samples"] = dropped
