@@ -82,7 +82,8 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def train(template: str, name: str, overrides: dict[str, Any], updates: int, out: Path) -> dict[str, float]:
-    """Train ``updates`` + 1 updates; per-update means of the counted ones, and the load."""
+    """Train ``updates`` + 1 updates (+ 1 more with collect-ahead); per-update means of the
+    counted ones, and the load."""
     cfg = apply_overrides(
         load_template(template),
         {
@@ -92,6 +93,10 @@ def train(template: str, name: str, overrides: dict[str, Any], updates: int, out
         },
     )  # fmt: skip
     cfg = apply_overrides(cfg, overrides)
+    # With collect-ahead a run's last update has no next rollout playing beside it: one more
+    # update, not counted, so that every counted one is the steady state.
+    tail = 1 if cfg.rollout.collect_ahead else 0
+    cfg = apply_overrides(cfg, {"num_updates": updates + 1 + tail})
     load_before = os.getloadavg()[0]
     trainer = Trainer(cfg, progress=False)
     try:
@@ -99,7 +104,7 @@ def train(template: str, name: str, overrides: dict[str, Any], updates: int, out
     finally:
         trainer.close()
     every = [r for r in load_metrics(trainer.run_dir) if "perf/update_s" in r]
-    records = every[1:]  # the first update warms up (allocations, renderer, caches)
+    records = every[1 : len(every) - tail]  # the first update warms up (allocations, renderer, caches)
     steps = [r["env_steps"] - before["env_steps"] for before, r in zip(every, records, strict=False)]
     result = {phase: float(np.mean([r[f"perf/{phase}"] for r in records])) for phase in PHASES}
     result["env_steps"] = float(np.mean(steps))
