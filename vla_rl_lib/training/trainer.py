@@ -531,7 +531,8 @@ class Trainer:
         run plays it again exactly."""
         cfg = self.config
         if self.executor.pending != update:  # the first update of this process
-            self._submit_rollout(update, self.behaviour_weights or frozen_weights(self.policy))
+            behaviour = self.behaviour_weights  # from the checkpoint when resumed
+            self._submit_rollout(update, frozen_weights(self.policy) if behaviour is None else behaviour)
         rollout = self.executor.result(update)
         self.behaviour_weights = frozen_weights(self.policy)
         self._time_up_before_update = self._out_of_time()
