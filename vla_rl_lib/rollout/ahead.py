@@ -12,7 +12,11 @@ optimizes.
 
 Why a process and not a thread: the tiny VLA's forward pass is mostly Python,
 and ``benchmarks/gil_release.py`` measured a policy loop beside a busy thread
-at 0.32 of its rate alone. The worker plays exactly what
+at 0.32 of its rate alone; a thread would also share torch's global random
+stream and thread count with the update (``benchmarks/collect_ahead_modes.py``
+times both). Being spawned, the worker re-imports the script that started
+training, which therefore needs an ``if __name__ == "__main__":`` guard (the
+CLI and notebooks have one). The worker plays exactly what
 ``LocalExecutor.collect`` would (``play_shards`` with the same shards and
 sampling seeds, one torch thread), so its rollout is the in-process one to the
 bit (``tests/test_collect_ahead.py``).
