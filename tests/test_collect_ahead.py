@@ -168,3 +168,13 @@ def test_ray_workers_play_ahead_like_the_local_worker(ahead_config):
 
     assert learning(ray_dir) == learning(local_dir)
     assert all("perf/rollout_overlap" in r for r in load_metrics(ray_dir) if "train/episodes" in r)
+
+
+def test_a_worker_that_cannot_start_fails_with_its_own_error(ahead_config, tmp_path):
+    trainer = Trainer(ahead_config, progress=False)
+    try:
+        missing = {"kind": "sft", "path": str(tmp_path / "no_such_policy")}
+        with pytest.raises(FileNotFoundError, match="no_such_policy"):  # raised in the worker
+            AheadExecutor(ahead_config, trainer.policy, missing, trainer.run_dir)
+    finally:
+        trainer.close()
