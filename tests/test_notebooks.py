@@ -176,7 +176,7 @@ def test_setup_notebook_checks_the_simulator_and_saves_an_sft_checkpoint(outputs
     assert "MUJOCO_GL" in report and "OpenGL" in report
     (cameras,) = outputs_of(cell_with(nb, "camera_views(cfg)"), "image/png")
     assert_png(cameras)
-    assert outputs_of(cell_with(nb, "run_warm_start("), "image/png")  # SFT loss per epoch
+    assert outputs_of(cell_with(nb, "save_shared_sft("), "image/png")  # SFT loss per epoch
     assert (outputs / "nb_setup" / "sft" / "policy_config.json").is_file()
 
 

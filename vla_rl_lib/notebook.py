@@ -417,13 +417,8 @@ def model_rows(policy: Any) -> list[dict[str, Any]]:
     ]
 
 
-def sft_output_dir(cfg: VLARLConfig) -> Path:
-    """Where ``python -m vla_rl_lib sft`` (and notebook 01) writes the SFT checkpoint."""
-    return run_dir(cfg) / "sft"
-
-
 def sft_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The SFT summary of ``run_warm_start`` as table rows (per-epoch history left out)."""
+    """The SFT summary of ``run_warm_start`` (``save_shared_sft``) as table rows (per-epoch history left out)."""
     skip = {"history", "epoch_losses"}
     rows = [{"item": k, "value": v} for k, v in result.items() if k not in skip]
     losses = result.get("epoch_losses") or []

@@ -311,10 +311,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from vla_rl_lib.training.policy_factory import run_warm_start
+    from vla_rl_lib.training.policy_factory import save_shared_sft
 
     cfg = resolve_config(args)
-    out = run_warm_start(cfg, Path(cfg.output_dir) / cfg.experiment_name / "sft", progress=True)
+    out = save_shared_sft(cfg, progress=True)  # refuses an existing sft folder before any work
     print(json.dumps(out, indent=1, default=str))
     return 0
 
@@ -337,7 +337,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from vla_rl_lib.training.trainer import TrainingError
 
     return (UsageError, ConfigError, CheckpointError, TrainingError, FileNotFoundError,
-            ImportError, ValueError, PermissionError)
+            FileExistsError, ImportError, ValueError, PermissionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
