@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from PIL import Image
 
 from vla_rl_lib.training.runs import latest_run
@@ -106,6 +108,26 @@ def grpo_interactive_run(outputs: Path) -> tuple[Any, Path]:
 
 
 # ---------------------------------------------------------------- 02_train
+
+
+@pytest.mark.slow
+def test_train_notebook_resumes_a_checkpoint_with_its_own_config(outputs: Path) -> None:
+    """``-p resume <checkpoint>`` continues that run with its config.yaml, as ``train --resume
+    PATH``: the notebook's template (the fast template's larger model) does not replace it."""
+    execute("02_train.ipynb", outputs, train_parameters(outputs, experiment_name="nb_resume", num_updates=1))
+    run_dir = latest_run(outputs / "nb_resume")
+    checkpoint = run_dir / "checkpoint_latest"
+    nb = execute("02_train.ipynb", outputs, {"num_updates": 2, "resume": str(checkpoint), "plot_every_s": 0.0})
+    assert_no_errors(nb)
+    assert [p.name for p in (outputs / "nb_resume").iterdir() if p.is_dir() and not p.is_symlink()] == [
+        run_dir.name
+    ]  # continued in its own folder
+    updates = [json.loads(line).get("update") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(u for u in updates if u is not None) == 2
+    resumed = yaml.safe_load((checkpoint / "config.yaml").read_text())
+    assert resumed["num_updates"] == 2  # a parameter set still overrides the checkpoint's
+    assert resumed["model"]["hidden_size"] == TINY["model"]["hidden_size"]
+    assert resumed["experiment_name"] == "nb_resume"
 
 
 @pytest.mark.slow

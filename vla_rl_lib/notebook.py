@@ -109,13 +109,23 @@ def _overrides(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_from_notebook_parameters(
-    template: str | None = None, config: str | os.PathLike[str] | None = None, **params: Any
+    template: str | None = None,
+    config: str | os.PathLike[str] | None = None,
+    resume: bool | str | os.PathLike[str] = False,
+    **params: Any,
 ) -> VLARLConfig:
     """The validated config for a notebook run; raises ``ConfigError`` naming a bad key.
 
     ``config`` (a YAML path) is the base when given, else ``params/<template>.yaml``
     (``"default"`` when ``template`` is None). ``params`` are the parameters cell's values.
+    ``resume`` a checkpoint directory, as ``train --resume PATH``: without ``config`` its own
+    ``config.yaml`` is the base (the template is not used), and only the parameters the user
+    set change it (e.g. ``num_updates`` to run longer).
     """
+    if not isinstance(resume, bool) and config is None:
+        from vla_rl_lib.training.cli import resume_config_path
+
+        config = resume_config_path(str(resume), flag="resume")
     base = load_config(config) if config is not None else load_template(template or "default")
     overrides = _overrides(params)
     return apply_overrides(base, overrides) if overrides else base
