@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -407,6 +408,19 @@ def test_tuples_fill_list_fields_and_nothing_else_is_loosened():
         VLARLConfig(seed=(1,))  # a tuple fills only a list
     with pytest.raises(ConfigError, match="^config key 'eval_splits' expects list of str"):
         VLARLConfig(eval_splits={"val", "test"})  # a set has no order: still refused
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_templates_name_the_run_folder_after_the_task_they_train(name):
+    cfg = load_template(name)
+    task = cfg.rollout.env_id.removesuffix("-CRANE-X7").lower()  # Lift-CRANE-X7 -> lift
+    assert cfg.experiment_name.startswith(f"crane_x7_{task}"), (cfg.experiment_name, cfg.rollout.env_id)
+
+
+def test_evaluate_notebook_looks_in_the_default_experiment_folder():
+    notebook = json.loads((template_dir().parent / "notebooks" / "03_evaluate.ipynb").read_text())
+    (cell,) = [c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert f'experiment_name: str = "{VLARLConfig().experiment_name}"' in "".join(cell["source"])
 
 
 def test_validate_config_catches_an_unvalidated_copy():

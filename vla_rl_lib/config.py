@@ -334,7 +334,7 @@ class VLARLConfig(_Section):
     """Every setting of a run."""
 
     experiment_name: FolderName = setting(
-        "crane_x7_pickplace", "names the run folder under output_dir", shortcut="experiment_name"
+        "crane_x7_lift", "names the run folder under output_dir", shortcut="experiment_name"
     )
     seed: int = setting(0, "seed of the run's random streams", ge=0, shortcut="seed")
     device: Literal["cpu", "cuda", "auto"] = setting(
