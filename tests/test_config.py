@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -10,7 +11,9 @@ import yaml
 from vla_rl_lib.config import (
     TEMPLATE_NAMES,
     ConfigError,
+    LoRAConfig,
     PPOConfig,
+    RolloutConfig,
     VLARLConfig,
     all_keys,
     apply_overrides,
@@ -365,6 +368,59 @@ def test_bounds_and_rules_name_the_key_and_the_fix():
         config_from_dict({"trust_remote_code": ["a", ""]})
     with pytest.raises(ConfigError, match=r"^rollout.camera='wrist' is invalid: choose one of \['third_person'"):
         config_from_dict({"rollout": {"camera": "wrist"}})
+
+
+def test_building_in_python_gives_the_one_line_error_of_a_yaml_file():
+    """A notebook or script building the config directly reads the same error as the CLI."""
+    one_line = r"^rollout.num_parallel_envs=0 is invalid: must be >= 1 \(batched envs"
+    with pytest.raises(ConfigError, match=one_line) as raised:
+        VLARLConfig(rollout={"num_parallel_envs": 0})
+    assert "\n" not in str(raised.value) and type(raised.value) is ConfigError
+    with pytest.raises(ConfigError, match=one_line):
+        VLARLConfig.model_validate({"rollout": {"num_parallel_envs": 0}})
+    with pytest.raises(ConfigError, match=one_line):
+        RolloutConfig(num_parallel_envs=0)  # a section alone still names its dotted key
+    with pytest.raises(ConfigError, match=r"^unknown config key 'sedd'; did you mean 'seed'\?$"):
+        VLARLConfig(sedd=3)
+    with pytest.raises(ConfigError, match=r"^config key 'seed' expects int, got '3' \(str\)$"):
+        VLARLConfig(seed="3")
+    with pytest.raises(ConfigError, match=r"^ppo.micro_batch_size=128 is invalid"):
+        VLARLConfig(ppo={"micro_batch_size": 128})  # a cross-field rule
+    with pytest.raises(ValueError):  # ConfigError stays a ValueError
+        VLARLConfig(rollout={"max_steps": 0})
+
+
+def test_tuples_fill_list_fields_and_nothing_else_is_loosened():
+    cfg = VLARLConfig(eval_splits=("val", "test"), trust_remote_code=("a/b",),
+                      lora={"target_modules": ("q_proj", "v_proj"), "exclude_modules": ("head",)})  # fmt: skip
+    assert cfg.eval_splits == ["val", "test"] and cfg.trust_remote_code == ["a/b"]
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.lora.exclude_modules == ["head"]
+    assert LoRAConfig(target_modules=("q_proj",)).target_modules == ["q_proj"]
+    assert config_to_dict(cfg) == config_to_dict(config_from_dict(config_to_dict(cfg)))
+    assert apply_overrides(VLARLConfig(), {"eval_splits": ("val",)}).eval_splits == ["val"]
+    with pytest.raises(ConfigError, match="^config key 'eval_splits' expects list of str, got 'val'"):
+        VLARLConfig(eval_splits="val")  # a string stays a string
+    with pytest.raises(ConfigError, match="^config key 'use_wandb' expects bool, got 1 \\(int\\)"):
+        VLARLConfig(use_wandb=1)  # no int -> bool
+    with pytest.raises(ConfigError, match="^config key 'lora.target_modules' expects str or list of str"):
+        VLARLConfig(lora={"target_modules": ("q_proj", 1)})  # items keep their type
+    with pytest.raises(ConfigError, match="^config key 'seed' expects int"):
+        VLARLConfig(seed=(1,))  # a tuple fills only a list
+    with pytest.raises(ConfigError, match="^config key 'eval_splits' expects list of str"):
+        VLARLConfig(eval_splits={"val", "test"})  # a set has no order: still refused
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_templates_name_the_run_folder_after_the_task_they_train(name):
+    cfg = load_template(name)
+    task = cfg.rollout.env_id.removesuffix("-CRANE-X7").lower()  # Lift-CRANE-X7 -> lift
+    assert cfg.experiment_name.startswith(f"crane_x7_{task}"), (cfg.experiment_name, cfg.rollout.env_id)
+
+
+def test_evaluate_notebook_looks_in_the_default_experiment_folder():
+    notebook = json.loads((template_dir().parent / "notebooks" / "03_evaluate.ipynb").read_text())
+    (cell,) = [c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert f'experiment_name: str = "{VLARLConfig().experiment_name}"' in "".join(cell["source"])
 
 
 def test_validate_config_catches_an_unvalidated_copy():

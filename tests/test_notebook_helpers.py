@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import yaml
 
-from vla_rl_lib.config import ConfigError, config_to_dict, load_template
+from vla_rl_lib.config import (
+    ConfigError,
+    apply_overrides,
+    config_to_dict,
+    load_template,
+    save_config,
+)
 from vla_rl_lib.notebook import (
     NOTEBOOK_OWN,
     SHORTCUTS,
@@ -29,7 +35,7 @@ from vla_rl_lib.notebook import (
     success_and_failure,
     top_level_keys,
 )
-from vla_rl_lib.training.cli import build_parser, resolve_config
+from vla_rl_lib.training.cli import UsageError, build_parser, resolve_config, train_config
 from vla_rl_lib.training.runs import create_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +76,32 @@ def test_same_config_as_the_cli_flags(tmp_path: Path) -> None:
         "--sft-checkpoint", "outputs/x/sft", "--algorithm", "grpo",
     )  # fmt: skip
     assert config_from_notebook_parameters(**params) == cli
+
+
+def test_resuming_a_checkpoint_takes_its_config_like_the_cli(tmp_path: Path) -> None:
+    """``resume`` a checkpoint directory: its config.yaml is the base, not the template, and
+    only the parameters set change it, as ``train --resume PATH --num-updates 9``."""
+    run = apply_overrides(load_template("fast"), {"seed": 7, "experiment_name": "earlier",
+                                                  "rollout": {"max_steps": 33}, "output_dir": str(tmp_path)})  # fmt: skip
+    checkpoint = tmp_path / "earlier" / "20261130-114502" / "checkpoint_latest"
+    checkpoint.mkdir(parents=True)
+    save_config(run, checkpoint / "config.yaml")
+    params = {**unset(), "template": "fast", "num_updates": 9}
+
+    resumed = config_from_notebook_parameters(**params, resume=str(checkpoint))
+    assert resumed == apply_overrides(run, {"num_updates": 9})
+    cli = train_config(build_parser().parse_args(["train", "--resume", str(checkpoint), "--num-updates", "9"]))
+    assert resumed == cli
+    # resume=True names no checkpoint: the template is the base, as for bare --resume
+    newest = config_from_notebook_parameters(**params, resume=True)
+    assert newest == train_config(build_parser().parse_args(["train", "--template", "fast", "--resume",
+                                                             "--num-updates", "9"]))  # fmt: skip
+    # a config file given with the checkpoint is the base, as --config with --resume PATH
+    chosen = config_from_notebook_parameters(**{**params, "config": str(ROOT / "params" / "fast.yaml")},
+                                             resume=str(checkpoint))  # fmt: skip
+    assert chosen == apply_overrides(load_template("fast"), {"num_updates": 9})
+    with pytest.raises(UsageError, match=r"^resume .*missing: no checkpoint directory there .* or resume=True"):
+        config_from_notebook_parameters(**params, resume=str(tmp_path / "missing"))
 
 
 def test_shortcuts_map_like_the_cli() -> None:

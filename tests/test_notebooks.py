@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from PIL import Image
 
 from vla_rl_lib.training.runs import latest_run
@@ -109,6 +111,26 @@ def grpo_interactive_run(outputs: Path) -> tuple[Any, Path]:
 
 
 @pytest.mark.slow
+def test_train_notebook_resumes_a_checkpoint_with_its_own_config(outputs: Path) -> None:
+    """``-p resume <checkpoint>`` continues that run with its config.yaml, as ``train --resume
+    PATH``: the notebook's template (the fast template's larger model) does not replace it."""
+    execute("02_train.ipynb", outputs, train_parameters(outputs, experiment_name="nb_resume", num_updates=1))
+    run_dir = latest_run(outputs / "nb_resume")
+    checkpoint = run_dir / "checkpoint_latest"
+    nb = execute("02_train.ipynb", outputs, {"num_updates": 2, "resume": str(checkpoint), "plot_every_s": 0.0})
+    assert_no_errors(nb)
+    assert [p.name for p in (outputs / "nb_resume").iterdir() if p.is_dir() and not p.is_symlink()] == [
+        run_dir.name
+    ]  # continued in its own folder
+    updates = [json.loads(line).get("update") for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert max(u for u in updates if u is not None) == 2
+    resumed = yaml.safe_load((checkpoint / "config.yaml").read_text())
+    assert resumed["num_updates"] == 2  # a parameter set still overrides the checkpoint's
+    assert resumed["model"]["hidden_size"] == TINY["model"]["hidden_size"]
+    assert resumed["experiment_name"] == "nb_resume"
+
+
+@pytest.mark.slow
 def test_train_notebook_keeps_plot_frames_and_summary(ppo_run: tuple[Any, Path], outputs: Path) -> None:
     nb, run_dir = ppo_run
     assert_no_errors(nb)
@@ -176,7 +198,7 @@ def test_setup_notebook_checks_the_simulator_and_saves_an_sft_checkpoint(outputs
     assert "MUJOCO_GL" in report and "OpenGL" in report
     (cameras,) = outputs_of(cell_with(nb, "camera_views(cfg)"), "image/png")
     assert_png(cameras)
-    assert outputs_of(cell_with(nb, "run_warm_start("), "image/png")  # SFT loss per epoch
+    assert outputs_of(cell_with(nb, "save_shared_sft("), "image/png")  # SFT loss per epoch
     assert (outputs / "nb_setup" / "sft" / "policy_config.json").is_file()
 
 

@@ -112,7 +112,7 @@ def test_sft_train_evaluate_and_resume_after_kill_through_the_cli(base_openvla, 
     _cli("sft", "--config", str(config))
     sft_dir = outputs / "openvla_sft" / "sft"
     policy_config = json.loads((sft_dir / "policy_config.json").read_text())
-    assert policy_config["use_lora"] and policy_config["lora"]["rank"] == 4
+    assert policy_config["lora"]["enabled"] and policy_config["lora"]["rank"] == 4
     assert policy_config["base_model"] == str(base_openvla)  # referenced, not copied
     assert policy_config["unnorm_key"] == UNNORM_KEY
     assert not list(sft_dir.glob("model*.safetensors"))

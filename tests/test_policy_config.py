@@ -92,6 +92,26 @@ def test_previous_format_checkpoints_still_load(saved, tmp_path) -> None:
     assert not PolicyConfig.read(_write(tmp_path / "full.json", full)).lora.enabled
 
 
+def test_use_lora_is_not_written_and_older_format_2_files_with_it_still_load(saved, tmp_path) -> None:
+    """``lora.enabled`` decides; format 2 files from before the change repeat it as use_lora."""
+    path, policy = saved
+    written = json.loads((path / POLICY_CONFIG_FILE).read_text())
+    assert written["format"] == "vla_rl_policy/2" and "use_lora" not in written
+    assert written["lora"]["enabled"] is True
+    for use_lora, lora in ((True, written["lora"]), (False, {**written["lora"], "enabled": False})):
+        older = {**written, "use_lora": use_lora, "lora": lora}
+        assert PolicyConfig.read(_write(tmp_path / f"older_{use_lora}.json", older)).lora.enabled is use_lora
+    older = tmp_path / "older"
+    older.mkdir()
+    for item in path.iterdir():
+        if item.name != POLICY_CONFIG_FILE:
+            (older / item.name).symlink_to(item)
+    _write(older / POLICY_CONFIG_FILE, {**written, "use_lora": True})
+    loaded = HFVLAPolicy.from_checkpoint(older)
+    assert loaded.use_lora and loaded.config == HFVLAPolicy.from_checkpoint(path).config
+    _same_actions(policy, loaded)
+
+
 def _write(file, data) -> object:
     file.write_text(data if isinstance(data, str) else json.dumps(data))
     return file

@@ -11,7 +11,9 @@ Rules worth knowing:
 
 * Unknown keys, wrong types and impossible values raise ``ConfigError`` (a ``ValueError``)
   with a one-line message naming the dotted key. An int is accepted for a float field; a
-  bool is never an int and a str is never a number (pydantic's strict mode).
+  bool is never an int and a str is never a number (pydantic's strict mode); a tuple fills
+  a list field. Building the config in Python (``VLARLConfig(...)``, ``model_validate``)
+  raises the same one-line ``ConfigError`` as a YAML file.
 * A file or dict may leave keys out; they take the defaults below, which are the values of
   ``params/default.yaml`` (a file generated from this schema). ``params/fast.yaml`` and
   ``params/full.yaml`` list only what differs from it.
@@ -100,9 +102,46 @@ Camera = Literal[CAMERAS]  # type: ignore[valid-type]
 ControlMode = Literal[CONTROL_MODES]  # type: ignore[valid-type]
 
 
+def _takes_list(annotation: Any) -> bool:
+    """Whether a field holds a list (``list[str]``, ``str | list[str]``, ``list[str] | None``)."""
+    if typing.get_origin(annotation) is Annotated:
+        return _takes_list(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_list(arm) for arm in typing.get_args(annotation))
+    return typing.get_origin(annotation) is list
+
+
 class _Section(BaseModel):
     # strict: a bool is not an int and a str is not a number; an int still fills a float
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    def __init__(self, /, **data: Any) -> None:
+        """Built in Python (a notebook, a script): a bad value is the same one-line
+        ``ConfigError`` as in a YAML file, not pydantic's multi-line ``ValidationError``."""
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise _construction_error(type(self), error, data) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """As pydantic's, with a bad value raised as the one-line ``ConfigError``."""
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as error:
+            raise _construction_error(cls, error, obj if isinstance(obj, dict) else {}) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tuples_as_lists(cls, data: Any) -> Any:
+        """A tuple fills a list field (Python users write ``("val", "test")``); strict mode
+        otherwise refuses it, and nothing else is loosened."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {key: list(value) if isinstance(value, tuple) and key in fields
+                and _takes_list(fields[key].annotation) else value
+                for key, value in data.items()}  # fmt: skip
 
 
 class RolloutConfig(_Section):
@@ -297,7 +336,7 @@ class VLARLConfig(_Section):
     """Every setting of a run."""
 
     experiment_name: FolderName = setting(
-        "crane_x7_pickplace", "names the run folder under output_dir", shortcut="experiment_name"
+        "crane_x7_lift", "names the run folder under output_dir", shortcut="experiment_name"
     )
     seed: int = setting(0, "seed of the run's random streams", ge=0, shortcut="seed")
     device: Literal["cpu", "cuda", "auto"] = setting(
@@ -620,6 +659,16 @@ def _lookup(data: dict[str, Any], key: str) -> Any:
     return values.get(leaf) if isinstance(values, dict) else None
 
 
+def _construction_error(cls: type[_Section], error: ValidationError, data: dict[str, Any]) -> ConfigError:
+    """A section's or the whole config's validation error as the one-line ``ConfigError``,
+    keys dotted from the top (``rollout.num_parallel_envs``) however it was built."""
+    section = next((name for name, section_cls in SECTIONS.items() if section_cls is cls), None)
+    if section is None:
+        return _first_error(error.errors(), data)
+    errors = [{**e, "loc": (section, *e["loc"])} for e in error.errors()]
+    return _first_error(errors, {section: data})
+
+
 def _first_error(errors: list[Any], data: dict[str, Any]) -> ConfigError:
     """The first key's error; of a union's several, the bound or rule it broke over 'wrong type'."""
     first = _error_key(errors[0]["loc"])
@@ -635,10 +684,7 @@ def config_from_dict(d: dict[str, Any]) -> VLARLConfig:
     """Build and validate a config from a (possibly partial) nested dict."""
     if not isinstance(d, dict):
         raise ConfigError(f"a config must be a mapping of keys to values, got {type(d).__name__}")
-    try:
-        return VLARLConfig.model_validate(d)
-    except ValidationError as error:
-        raise _first_error(error.errors(), d) from None
+    return VLARLConfig.model_validate(d)
 
 
 def validate_config(cfg: VLARLConfig) -> None:

@@ -109,13 +109,23 @@ def _overrides(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_from_notebook_parameters(
-    template: str | None = None, config: str | os.PathLike[str] | None = None, **params: Any
+    template: str | None = None,
+    config: str | os.PathLike[str] | None = None,
+    resume: bool | str | os.PathLike[str] = False,
+    **params: Any,
 ) -> VLARLConfig:
     """The validated config for a notebook run; raises ``ConfigError`` naming a bad key.
 
     ``config`` (a YAML path) is the base when given, else ``params/<template>.yaml``
     (``"default"`` when ``template`` is None). ``params`` are the parameters cell's values.
+    ``resume`` a checkpoint directory, as ``train --resume PATH``: without ``config`` its own
+    ``config.yaml`` is the base (the template is not used), and only the parameters the user
+    set change it (e.g. ``num_updates`` to run longer).
     """
+    if not isinstance(resume, bool) and config is None:
+        from vla_rl_lib.training.cli import resume_config_path
+
+        config = resume_config_path(str(resume), flag="resume")
     base = load_config(config) if config is not None else load_template(template or "default")
     overrides = _overrides(params)
     return apply_overrides(base, overrides) if overrides else base
@@ -417,13 +427,8 @@ def model_rows(policy: Any) -> list[dict[str, Any]]:
     ]
 
 
-def sft_output_dir(cfg: VLARLConfig) -> Path:
-    """Where ``python -m vla_rl_lib sft`` (and notebook 01) writes the SFT checkpoint."""
-    return run_dir(cfg) / "sft"
-
-
 def sft_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The SFT summary of ``run_warm_start`` as table rows (per-epoch history left out)."""
+    """The SFT summary of ``run_warm_start`` (``save_shared_sft``) as table rows (per-epoch history left out)."""
     skip = {"history", "epoch_losses"}
     rows = [{"item": k, "value": v} for k, v in result.items() if k not in skip]
     losses = result.get("epoch_losses") or []

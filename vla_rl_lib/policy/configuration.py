@@ -4,7 +4,9 @@ As LeRobot's ``configuration_*.py``: one dataclass, each field with its
 default, bounds and description; ``HFVLAPolicy(config, model, processor)``
 is built from it, and ``from_checkpoint`` reads it back rather than
 restating defaults. The file is versioned (``format``); the previous format
-(``vla_rl_policy/1``, which named LoRA as ``use_lora`` + settings) is read too.
+(``vla_rl_policy/1``, which named LoRA as ``use_lora`` + settings) is read too. Format 2
+files written before 2026-11-30 repeat ``lora.enabled`` as ``use_lora``; they still load
+(the two must agree), and the key is no longer written: the ``lora`` section decides.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ class PolicyConfig:
         return template
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The file's content; ``use_lora`` repeats ``lora.enabled`` for readers of format 1's key."""
-        return {"format": POLICY_FORMAT, "use_lora": self.lora.enabled, **dataclasses.asdict(self)}
+        """The file's content: the format, then every field (``lora.enabled`` says whether LoRA)."""
+        return {"format": POLICY_FORMAT, **dataclasses.asdict(self)}
 
     @classmethod
     def read(cls, file: str | Path) -> PolicyConfig:
@@ -95,7 +97,8 @@ class PolicyConfig:
 
 
 def _check_use_lora(file: Path, data: dict[str, Any]) -> None:
-    """Format 2 repeats ``lora.enabled`` as ``use_lora`` (dropped here); the two must agree."""
+    """Early format 2 files repeat ``lora.enabled`` as ``use_lora`` (dropped here); the two
+    must agree."""
     use_lora, lora = data.pop("use_lora", None), data.get("lora")
     enabled = lora.get("enabled", False) if isinstance(lora, dict) else None
     if use_lora is not None and enabled is not None and use_lora != enabled:

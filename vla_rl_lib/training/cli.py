@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from vla_rl_lib.config import (
     TEMPLATE_NAMES,
     ConfigError,
+    VLARLConfig,
     all_keys,
     apply_overrides,
     choices,
@@ -139,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace, base: str | Path | None = None):
+def resolve_config(args: argparse.Namespace, base: str | Path | None = None) -> VLARLConfig:
     """Template or YAML file (else ``base``), then only the flags the user passed."""
     if getattr(args, "config", None) and getattr(args, "template", None):
         raise UsageError("give --config or --template, not both")
@@ -160,13 +161,18 @@ def resolve_config(args: argparse.Namespace, base: str | Path | None = None):
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
+def train_config(args: argparse.Namespace) -> VLARLConfig:
+    """``train``'s config: ``--resume PATH`` without ``--config``/``--template`` takes the
+    checkpoint's own ``config.yaml`` as the base; the flags passed change it."""
+    return resolve_config(
+        args, base=resume_config_path(args.resume) if isinstance(args.resume, str) else None
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from vla_rl_lib.training.trainer import Trainer
 
-    # --resume PATH without --config/--template: the checkpoint's own settings are the base
-    cfg = resolve_config(
-        args, base=resume_config_path(args.resume) if isinstance(args.resume, str) else None
-    )
+    cfg = train_config(args)
     terminal = sys.stderr.isatty()
     if not terminal:  # transformers' own bars would write \r-redrawn fragments into the log
         from huggingface_hub.utils import disable_progress_bars
@@ -240,7 +246,6 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
 def evaluated_env_id(args: argparse.Namespace) -> str:
     """The env ``evaluate`` plays, read before any model loads: --env-id, else --config's, else
     the checkpoint's config.yaml, else the default template's."""
-    from vla_rl_lib.config import VLARLConfig
     from vla_rl_lib.training.checkpoint import CONFIG_FILE
 
     if getattr(args, "env_id", None):
@@ -251,15 +256,17 @@ def evaluated_env_id(args: argparse.Namespace) -> str:
     return VLARLConfig().rollout.env_id
 
 
-def resume_config_path(resume: str) -> Path:
-    """``config.yaml`` of the checkpoint ``--resume PATH`` names (through links, after a crash)."""
+def resume_config_path(resume: str, flag: str = "--resume") -> Path:
+    """``config.yaml`` of the checkpoint ``--resume PATH`` names (through links, after a crash).
+    ``flag``: how the error names the setting (a notebook's is ``resume``)."""
     from vla_rl_lib.training.checkpoint import CONFIG_FILE, recover_checkpoint
 
     path = recover_checkpoint(os.path.realpath(resume))
     if path is None or not (path / CONFIG_FILE).is_file():
+        newest = "bare --resume" if flag == "--resume" else f"{flag}=True"
         raise UsageError(
-            f"--resume {resume}: no checkpoint directory there (it needs a {CONFIG_FILE}); pass "
-            "<run folder>/checkpoint_latest, or bare --resume for the newest run"
+            f"{flag} {resume}: no checkpoint directory there (it needs a {CONFIG_FILE}); pass "
+            f"<run folder>/checkpoint_latest, or {newest} for the newest run"
         )
     return path / CONFIG_FILE
 
@@ -311,10 +318,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from vla_rl_lib.training.policy_factory import run_warm_start
+    from vla_rl_lib.training.policy_factory import save_shared_sft
 
     cfg = resolve_config(args)
-    out = run_warm_start(cfg, Path(cfg.output_dir) / cfg.experiment_name / "sft", progress=True)
+    out = save_shared_sft(cfg, progress=True)  # refuses an existing sft folder before any work
     print(json.dumps(out, indent=1, default=str))
     return 0
 
@@ -337,7 +344,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from vla_rl_lib.training.trainer import TrainingError
 
     return (UsageError, ConfigError, CheckpointError, TrainingError, FileNotFoundError,
-            ImportError, ValueError, PermissionError)
+            FileExistsError, ImportError, ValueError, PermissionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

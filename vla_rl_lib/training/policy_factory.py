@@ -19,6 +19,9 @@ rebuilding that base and loading them on top (``policy_from_run_checkpoint``).
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,8 @@ from vla_rl_lib.policy.loading import (
 from vla_rl_lib.policy.lora import LoRAConfig
 from vla_rl_lib.policy.tiny_vla import TinyVLAConfig
 from vla_rl_lib.training import checkpoint as ckpt
+from vla_rl_lib.training.runs import SHARED_SFT_DIRNAME
+from vla_rl_lib.utils import write_json_atomic
 
 
 def policy_settings(cfg: VLARLConfig) -> PolicySettings:
@@ -164,7 +169,7 @@ def pretrained_needs_sft(cfg: VLARLConfig) -> bool:
 
 
 def _sft_first_message(cfg: VLARLConfig) -> str:
-    sft_dir = Path(cfg.output_dir) / cfg.experiment_name / "sft"
+    sft_dir = shared_sft_dir(cfg)
     return (
         f"pretrained_checkpoint {cfg.pretrained_checkpoint!r} has no 8-D CRANE-X7 action statistics "
         f"(unnorm_key {sft_unnorm_key(cfg)!r}; base OpenVLA has only 7-D end-effector ones), so it must be "
@@ -242,6 +247,56 @@ def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> di
     save_config(cfg, out_dir / ckpt.CONFIG_FILE)  # lets `evaluate --checkpoint <sft dir>` rebuild the env
     return {"dataset": str(dataset_dir), "sft_checkpoint": str(out_dir), "demo_seconds": demo_s,
             "seconds": time.perf_counter() - t0, **result}
+
+
+def shared_sft_dir(cfg: VLARLConfig) -> Path:
+    """``<output_dir>/<experiment_name>/sft``: the experiment's SFT result, which ``train``
+    starts from (``sft`` command, notebook 01_setup)."""
+    return Path(cfg.output_dir) / cfg.experiment_name / SHARED_SFT_DIRNAME
+
+
+def check_sft_destination(out_dir: Path) -> None:
+    """Refuse a folder that already holds something: runs of the experiment start from an SFT
+    result there, so it is never overwritten."""
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        return  # an empty folder takes the result
+    if out_dir.exists() or out_dir.is_symlink():
+        raise FileExistsError(
+            f"{out_dir} already exists and is kept (runs of experiment {out_dir.parent.name!r} start "
+            "from the SFT result there): choose another experiment_name (--experiment-name), or "
+            "delete that folder to train it again"
+        )
+
+
+def save_shared_sft(cfg: VLARLConfig, progress: bool = True) -> dict[str, Any]:
+    """``run_warm_start`` into the experiment's ``sft`` folder, which must not exist yet.
+
+    It is written into a hidden sibling folder and renamed into place when complete, so a
+    crash never leaves a half-written result that ``train`` would start from.
+    """
+    from vla_rl_lib.sft.trainer import SFT_METRICS_FILE
+
+    out_dir = shared_sft_dir(cfg)
+    check_sft_destination(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)  # this process's own leftover, never another's
+    try:
+        result = run_warm_start(cfg, partial, progress=progress)
+        metrics_file = partial / SFT_METRICS_FILE
+        metrics = json.loads(metrics_file.read_text())
+        write_json_atomic(metrics_file, {**metrics, "checkpoint": str(out_dir)})
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    try:
+        os.rename(partial, out_dir)  # fails on a non-empty folder: a result written meanwhile
+    except OSError as exc:
+        raise FileExistsError(
+            f"{out_dir} was written by another process during this SFT ({exc.strerror}); this "
+            f"result is kept in {partial}: rename it to use it"
+        ) from exc
+    return {**result, "sft_checkpoint": str(out_dir), "checkpoint": str(out_dir)}
 
 
 def policy_from_run_checkpoint(path: Path) -> tuple[HFVLAPolicy, VLARLConfig, dict[str, Any]]:
