@@ -20,6 +20,7 @@ the other way round.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -203,6 +204,21 @@ class DataParallelLearner:
         if self.strategy == "fsdp":
             return _gathered(self.policy.trainable_state_dict())
         return self.policy.trainable_state_dict()
+
+    def release(self) -> None:
+        """Free the DDP wrapper (and its reducer) now, while the process group is still registered.
+
+        Call it before :func:`destroy_process_group`. Freed later, the reducer drops the
+        group's last reference while holding the GIL; gloo's destructor then joins its
+        worker threads, and one that still needs the GIL to free a finished broadcast's
+        tensors never returns: the rank hangs at exit (seen under load, about 1 run in 15).
+        Released first, the group's last reference is the registry's, whose destructor
+        runs without the GIL. The learner cannot update afterwards.
+        """
+        if self.trainer_view is not self.policy:
+            self.trainer_view = None
+            self.shard = DataShard(self.shard.rank, self.shard.world_size)  # drops ddp.no_sync
+            gc.collect()  # DDP's module graph holds reference cycles
 
 
 def _gathered(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

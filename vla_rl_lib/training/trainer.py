@@ -660,6 +660,8 @@ class Trainer:
         if self.eval_collectors is not None:
             self.eval_collectors.close()
         self.metrics.close()
+        if getattr(self, "learner", None) is not None:
+            self.learner.release()  # before the group goes, or a gloo rank can hang at exit
         distributed.destroy_process_group(self.launch)
 
 
