@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from gymnasium.utils.env_checker import check_env
 
 import lift
 from lift import task
@@ -42,6 +43,10 @@ def test_the_action_is_four_wide_and_starts_at_the_gripper() -> None:
     np.testing.assert_allclose(env.ee_target, gripper_positions(env))
     gym = PickPlaceGymEnv(env_id=ENV, obs_mode="state", control_mode=EE)
     assert gym.action_space.shape == (4,)
+    check_env(gym, skip_render_check=True)
+    gym.reset(seed=0)
+    with pytest.raises(ValueError, match=r"shape \(4,\) for control_mode='pd_ee_delta_pos'"):
+        gym.step(np.zeros(8))
 
 
 def test_plus_one_in_x_moves_the_gripper_ee_max_delta_a_step_pointing_down() -> None:
