@@ -31,9 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lift import make_env  # noqa: E402
+from lift import make_env, task  # noqa: E402
 from lift.expert import ScriptedExpert  # noqa: E402
 from lift.task import PICKPLACE_ENV_ID  # noqa: E402
+from lift.types import CONTROL_MODES  # noqa: E402
 from vla_rl_lib.policy.hf_policy import HFVLAPolicy  # noqa: E402
 from vla_rl_lib.rollout.collector import evaluation_seeds  # noqa: E402
 
@@ -108,13 +109,22 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=1_000_000, help="the run's eval_seed")
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--camera", default="third_person")
+    parser.add_argument("--control-mode", choices=CONTROL_MODES,
+                        help="default: the one the checkpoint's action width implies (4: pd_ee_delta_pos, "
+                        "8: pd_joint_delta_pos)")  # fmt: skip
     parser.add_argument("--demos", help="a demonstration folder: also check the fit on its frames")
     args = parser.parse_args()
     torch.set_num_threads(1)
     policy = HFVLAPolicy.from_checkpoint(args.checkpoint).eval()
     size = policy.model.config.vision_config.image_size  # the tiny VLA's render size
+    ee = policy.action_dim == task.EE_ACTION_DIM
+    control_mode = args.control_mode or (task.EE_CONTROL_MODE if ee else "pd_joint_delta_pos")
+    if task.action_dim(control_mode) != policy.action_dim:
+        parser.error(f"--control-mode {control_mode} takes {task.action_dim(control_mode)}-D actions but "
+                     f"{args.checkpoint} emits {policy.action_dim}-D ones; leave --control-mode out")
     env = make_env("mujoco", args.env_id, split=args.split, num_envs=1, image_size=size,
-                   camera=args.camera, max_episode_steps=args.max_steps, auto_reset=False)
+                   camera=args.camera, max_episode_steps=args.max_steps, auto_reset=False,
+                   control_mode=control_mode)
     seeds = [int(s) for s in evaluation_seeds(args.eval_seed, args.episodes)]
     expert = ScriptedExpert(env)
     with torch.no_grad():

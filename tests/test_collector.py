@@ -20,6 +20,7 @@ class ScriptedEnv:
     """Episode with seed s lasts 2 + s % 4 steps; even seeds succeed, odd ones truncate."""
 
     num_envs = 3
+    action_dim = 2
 
     def __init__(self):
         self.seed = np.zeros(self.num_envs, dtype=np.int64)

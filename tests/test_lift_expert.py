@@ -33,7 +33,7 @@ def run_expert(num_episodes: int, control_mode: str) -> tuple[float, list[int]]:
     return float(success.mean()), lengths.tolist()
 
 
-@pytest.mark.parametrize("control_mode", ["pd_joint_delta_pos", "pd_joint_pos"])
+@pytest.mark.parametrize("control_mode", ["pd_joint_delta_pos", "pd_joint_pos", "pd_ee_delta_pos"])
 def test_expert_succeeds_on_20_seeded_episodes(control_mode: str) -> None:
     rate, lengths = run_expert(20, control_mode)
     assert rate >= 0.95, f"success {rate:.2f}, lengths {lengths}"

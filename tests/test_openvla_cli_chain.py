@@ -279,3 +279,14 @@ def test_hub_id_on_the_allowlist_covers_its_local_cache_folder(tmp_path, monkeyp
     check_trust_remote_code(snapshot, ["openvla/openvla-7b"])
     with pytest.raises(PermissionError, match="trust_remote_code"):
         check_trust_remote_code(snapshot, ["someone/else"])
+
+
+def test_base_with_joint_statistics_under_ee_control_needs_sft_first(tmp_path, capsys):
+    """8-D CRANE-X7 statistics do not describe pd_ee_delta_pos's 4-D actions: SFT must come first."""
+    base = make_openvla_checkpoint(tmp_path, norm_stats={"crane_x7": _action_stats(8)},
+                                   with_weights=False)  # fmt: skip
+    (base / "model.safetensors").write_bytes(b"")  # never read: the statistics check comes first
+    config = _write_config(tmp_path, base, "ee", sft={"num_demos": 0},
+                           rollout={"simulator": "mujoco", "control_mode": "pd_ee_delta_pos"})  # fmt: skip
+    err = _one_line_error(["train", "--config", str(config)], capsys)
+    assert "4-D" in err and "pd_ee_delta_pos" in err and "--sft-checkpoint" in err

@@ -168,7 +168,8 @@ class RolloutConfig(_Section):
     image_size: int = setting(64, "render size in pixels per side; equals model.image_size for the tiny model", ge=8)
     media_size: int = setting(256, "videos, GIFs and filmstrips, pixels per side; the policy sees image_size", ge=16)
     control_mode: ControlMode = setting(
-        "pd_joint_delta_pos", "action meaning; pd_joint_delta_pos moves targets by at most 0.1 rad a step"
+        "pd_joint_delta_pos", "action meaning; pd_joint_delta_pos moves joint targets <= 0.1 rad a step, "
+        "pd_ee_delta_pos (mujoco only) the gripper <= 0.02 m a step along x, y, z"
     )
     executor: Literal["local", "ray"] = setting("local", "who steps the envs: local | ray", shortcut="executor")
     ray_address: str | None = setting(
@@ -183,6 +184,13 @@ class RolloutConfig(_Section):
         False, "one group's policy call runs while another group's simulator steps; same rollout to the bit")  # fmt: skip
     collect_ahead: bool = setting(
         False, "a worker process plays the next update's episodes during this update (one update of policy lag)")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _ee_control_needs_mujoco(self) -> RolloutConfig:
+        _check(self.control_mode != "pd_ee_delta_pos" or self.simulator == "mujoco", "rollout.control_mode",
+               self.control_mode, f"runs on simulator 'mujoco' only (this is {self.simulator!r}); "
+               "set rollout.simulator: mujoco or use pd_joint_delta_pos")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _ray_address_needs_ray(self) -> RolloutConfig:

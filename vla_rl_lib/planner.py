@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
+from lift import task
 from vla_rl_lib.config import VLARLConfig
 
 log = logging.getLogger(__name__)
@@ -235,10 +236,11 @@ def count_parameters(config: VLARLConfig) -> ModelCount:
     if name not in KNOWN_MODELS:
         raise PlanError(f"model.name={name!r} is unknown to the planner; known models: {', '.join(KNOWN_MODELS)}")
     instruction = config.language_instruction or episode_instruction(config.rollout.env_id)
+    action_dim = task.action_dim(config.rollout.control_mode)
     if name == "tiny":
         sizes = tuple(sorted(config.model.tiny_vla_sizes().items()))
-        return _tiny_count(sizes, instruction, 8)
-    return _openvla_count(instruction, 8)
+        return _tiny_count(sizes, instruction, action_dim)
+    return _openvla_count(instruction, action_dim)
 
 
 def episode_instruction(env_id: str) -> str:

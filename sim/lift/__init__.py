@@ -33,9 +33,14 @@ from lift.registry import (
 from lift.simulator import Simulator
 from lift.splits import list_splits
 from lift.task import ENV_ID, ENV_IDS, INSTRUCTION, LIFT_ENV_ID, PICKPLACE_ENV_ID
-from lift.types import Observation, SimulatorConfig, StepResult
+from lift.types import CONTROL_MODES, Observation, SimulatorConfig, StepResult
 
-register_simulator("mujoco", "lift.backends.mujoco_env:MujocoPickPlace", requires=("mujoco",))
+register_simulator(
+    "mujoco",
+    "lift.backends.mujoco_env:MujocoPickPlace",
+    requires=("mujoco",),
+    control_modes=CONTROL_MODES,  # pd_ee_delta_pos too: its IK runs on the MuJoCo model
+)
 # ManiSkill3 and Genesis do not build the PickPlace scene yet: make_env refuses it there.
 register_simulator(
     "maniskill",

@@ -2,9 +2,10 @@
 
 It reads the simulator's state (privileged), plans a gripper-base waypoint a
 little further along the current phase each control step, solves damped
-least-squares IK on MuJoCo's body Jacobian *in joint-target space* (starting
-from the PD targets now in force, so PD lag does not compound), and returns the
+least-squares IK (:class:`lift.ik.ArmIK`) in joint-target space, and returns the
 action in the env's own action space (``pd_joint_delta_pos`` or ``pd_joint_pos``).
+In ``pd_ee_delta_pos`` the env solves the IK: the action is the step from the env's
+end-effector target to the waypoint.
 
 Phases, per env: approach (above the named cube, gripper open) -> descend ->
 close -> lift. Lift-CRANE-X7 ends there. PickPlace-CRANE-X7 goes on: carry (over
@@ -17,10 +18,10 @@ from __future__ import annotations  # noqa: I001 (the order below is deliberate)
 
 # The MuJoCo backend first: it sets the MUJOCO_GL default, which MuJoCo reads when it loads.
 from lift.backends.mujoco_env import MujocoPickPlace
-import mujoco
 import numpy as np
 
 from lift import pickplace, task
+from lift.ik import TURN_SPEED, ArmIK, limit_rotation, rotation_error, top_down_orientation
 
 APPROACH, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
 PHASE_NAMES = ("approach", "descend", "close", "lift", "carry", "lower", "release", "retreat")
@@ -38,7 +39,6 @@ LIFT_CUBE_HEIGHT = task.SUCCESS_HEIGHT + 0.03  # aim past the success height
 APPROACH_SPEED = 0.015  # m/step
 DESCEND_SPEED = 0.008
 LIFT_SPEED = 0.01
-TURN_SPEED = 0.1  # rad/step for the gripper orientation
 CLOSE_STEPS = 4  # control steps with the gripper closing before lifting
 # While closing, the gripper already rises slowly instead of standing still. An
 # image-only policy cloned from a script that pauses sees (nearly) the same frame
@@ -63,49 +63,6 @@ RETREAT_SPEED = 0.015
 RETREAT_HEIGHT = pickplace.GRIPPER_CLEARANCE + 0.03  # gripper base above the released cube
 DROP_GAP = 0.075  # gripper base this far above the cube while carrying: it was dropped
 
-IK_ITERATIONS = 3
-IK_DAMPING = 0.02
-NULLSPACE_GAIN = 0.05  # pull toward the rest pose in the arm's redundant direction
-
-
-def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """World-frame rotation vector taking rotation matrix ``current`` to ``target``."""
-    q_target, q_current, q_inv, q_err = (np.zeros(4) for _ in range(4))
-    mujoco.mju_mat2Quat(q_target, target.reshape(-1))
-    mujoco.mju_mat2Quat(q_current, current.reshape(-1))
-    mujoco.mju_negQuat(q_inv, q_current)
-    mujoco.mju_mulQuat(q_err, q_target, q_inv)
-    if q_err[0] < 0:  # shortest way round
-        q_err = -q_err
-    velocity = np.zeros(3)
-    mujoco.mju_quat2Vel(velocity, q_err, 1.0)
-    return velocity
-
-
-def limit_rotation(target: np.ndarray, current: np.ndarray, max_angle: float) -> np.ndarray:
-    """``target`` rotation matrix, or ``current`` turned toward it by at most ``max_angle``."""
-    error = rotation_error(target, current)
-    angle = np.linalg.norm(error)
-    if angle <= max_angle:
-        return target
-    quat, step = np.zeros(4), np.zeros(4)
-    mujoco.mju_axisAngle2Quat(step, error / angle, max_angle)
-    mujoco.mju_mat2Quat(quat, current.reshape(-1))
-    turned = np.zeros(4)
-    mujoco.mju_mulQuat(turned, step, quat)
-    matrix = np.zeros(9)
-    mujoco.mju_quat2Mat(matrix, turned)
-    return matrix.reshape(3, 3)
-
-
-def top_down_orientation(gripper_x: np.ndarray) -> np.ndarray:
-    """Gripper pointing straight down, fingers closing along the world axis nearest ``gripper_x``."""
-    candidates = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], dtype=np.float64)
-    x_axis = candidates[np.argmax(candidates @ gripper_x)]
-    z_axis = np.array([0.0, 0.0, -1.0])
-    y_axis = np.cross(z_axis, x_axis)
-    return np.stack([x_axis, y_axis, z_axis], axis=1)
-
 
 def move_toward(current: np.ndarray, goal: np.ndarray, max_step: float) -> np.ndarray:
     offset = goal - current
@@ -114,7 +71,7 @@ def move_toward(current: np.ndarray, goal: np.ndarray, max_step: float) -> np.nd
 
 
 class ScriptedExpert:
-    """Batched controller: ``ScriptedExpert(env).act()`` -> (N, 8) actions.
+    """Batched controller: ``ScriptedExpert(env).act()`` -> (N, env.action_dim) actions.
 
     ``place=False`` stops PickPlace episodes after the lift (grasp and raise, never
     place): what a lift-only policy does, which must score 0 there.
@@ -127,7 +84,7 @@ class ScriptedExpert:
             )
         self.env = env
         self.place = place and env.pickplace
-        self._scratch = mujoco.MjData(env.model)
+        self._ik = ArmIK(env.model)
         n = env.num_envs
         self.phase = np.full(n, APPROACH)
         self._waypoint = np.zeros((n, 3))
@@ -137,20 +94,26 @@ class ScriptedExpert:
         self._lift_xy = np.zeros((n, 2))
         self._hold = np.zeros((n, 3))  # where the gripper waits while releasing
         self._release_steps = np.zeros(n, dtype=np.int64)
-        arm_dofs = [env.model.joint(name).dofadr[0] for name in task.ARM_JOINT_NAMES]
-        self._arm_dofs = np.array(arm_dofs)
-        self._arm_qpos = np.array([env.model.joint(n).qposadr[0] for n in task.ARM_JOINT_NAMES])
 
     # ------------------------------------------------------------------ public
     def act(self) -> np.ndarray:
         """Actions for the current state of every env; new episodes (elapsed 0) restart the script."""
         env = self.env
-        arm_targets = np.empty((env.num_envs, 7))
+        waypoints = np.empty((env.num_envs, 3))
         gripper = np.empty(env.num_envs)
         for i in range(env.num_envs):
             if env.elapsed_steps[i] == 0:
                 self._start(i)
-            arm_targets[i], gripper[i] = self._act_one(i)
+            waypoints[i], gripper[i] = self._act_one(i)
+        if env.config.control_mode == task.EE_CONTROL_MODE:
+            # The env's own IK turns the gripper down at TURN_SPEED, as the script does.
+            return task.action_from_ee_targets(waypoints, gripper, env.ee_target)
+        arm_targets = np.stack(
+            [
+                self._ik.solve(env.data[i].qpos, env.joint_targets[i, :7], waypoints[i], self._orientation[i])
+                for i in range(env.num_envs)
+            ]
+        )
         return task.action_from_joint_targets(
             arm_targets, gripper, env.joint_targets[:, :7], env.config.control_mode
         )
@@ -166,6 +129,7 @@ class ScriptedExpert:
         self._close_steps[i] = 0
 
     def _act_one(self, i: int) -> tuple[np.ndarray, float]:
+        """Env ``i``'s next gripper-base waypoint (3,) and gripper command; turns ``_orientation``."""
         env, d = self.env, self.env.data[i]
         gripper_pos = d.xpos[env.gripper_body]
         gripper_rot = d.xmat[env.gripper_body].reshape(3, 3)
@@ -235,30 +199,4 @@ class ScriptedExpert:
             speed, command = RETREAT_SPEED, -1.0
         self._waypoint[i] = move_toward(self._waypoint[i], goal, speed)
         self._orientation[i] = limit_rotation(goal_rot, self._orientation[i], TURN_SPEED)
-        return self._solve_ik(i, self._waypoint[i], self._orientation[i]), command
-
-    # ------------------------------------------------------------------ IK
-    def _solve_ik(self, i: int, position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-        """Arm joint targets near the current targets that put the gripper base at the pose."""
-        env, m, scratch = self.env, self.env.model, self._scratch
-        scratch.qpos[:] = env.data[i].qpos
-        q = env.joint_targets[i, :7].copy()
-        jacp, jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
-        for _ in range(IK_ITERATIONS):
-            scratch.qpos[self._arm_qpos] = q
-            mujoco.mj_kinematics(m, scratch)
-            mujoco.mj_comPos(m, scratch)
-            body = env.gripper_body
-            error = np.concatenate(
-                [
-                    position - scratch.xpos[body],
-                    rotation_error(rotation, scratch.xmat[body].reshape(3, 3)),
-                ]
-            )
-            mujoco.mj_jacBody(m, scratch, jacp, jacr, body)
-            jac = np.vstack([jacp[:, self._arm_dofs], jacr[:, self._arm_dofs]])
-            jjt = jac @ jac.T + IK_DAMPING**2 * np.eye(6)
-            pinv = jac.T @ np.linalg.solve(jjt, np.eye(6))
-            nullspace = (np.eye(7) - pinv @ jac) @ (NULLSPACE_GAIN * (task.REST_ARM_QPOS - q))
-            q = np.clip(q + pinv @ error + nullspace, task.ARM_LOWER, task.ARM_UPPER)
-        return q
+        return self._waypoint[i], command

@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lift.registry import make_env
-from lift.task import ACTION_DIM, ENV_ID, STATE_DIM
+from lift.task import ENV_ID, STATE_DIM
 from lift.types import Observation
 
 
@@ -58,7 +58,7 @@ class PickPlaceGymEnv(gymnasium.Env):
             height, width = self.sim.config.image_size
             observation["image"] = spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8)
         self.observation_space = spaces.Dict(observation)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(self.sim.action_dim,), dtype=np.float32)
 
     @staticmethod
     def _single(observation: Observation) -> dict[str, np.ndarray]:
@@ -84,8 +84,11 @@ class PickPlaceGymEnv(gymnasium.Env):
         self, action: np.ndarray
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = np.asarray(action, dtype=np.float64)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(f"action must have shape ({ACTION_DIM},); got {action.shape}")
+        if action.shape != (self.sim.action_dim,):
+            raise ValueError(
+                f"action must have shape ({self.sim.action_dim},) for control_mode="
+                f"{self.sim.config.control_mode!r}; got {action.shape}"
+            )
         result = self.sim.step(action[None])
         info = {key: value[0] for key, value in result.info.items()}
         info["instruction"] = self._instruction(result.observation)

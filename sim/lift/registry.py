@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
-from lift.simulator import Simulator
+from lift.simulator import JOINT_CONTROL_MODES, Simulator, check_control_mode
 from lift.types import SimulatorConfig
 
 Factory = Callable[[SimulatorConfig], Simulator]
@@ -23,6 +23,7 @@ class SimulatorEntry:
     env_ids: tuple[str, ...]
     extra: str | None = None  # the pip extra that installs the backend's packages
     requires: tuple[str, ...] = ()  # importable module names the backend needs
+    control_modes: tuple[str, ...] = JOINT_CONTROL_MODES  # the SimulatorConfig.control_mode it runs
 
 
 _REGISTRY: dict[str, SimulatorEntry] = {}
@@ -34,13 +35,17 @@ def register_simulator(
     extra: str | None = None,
     env_ids: tuple[str, ...] = ("Lift-CRANE-X7", "PickPlace-CRANE-X7"),
     requires: tuple[str, ...] = (),
+    control_modes: tuple[str, ...] = JOINT_CONTROL_MODES,
 ) -> None:
     """Register ``factory`` (a callable or ``"module:attr"``) under ``name``.
 
     ``requires`` are checked before the factory is imported; a missing one raises
-    ImportError telling the user to ``pip install -e .[extra]``.
+    ImportError telling the user to ``pip install -e .[extra]``. A config whose
+    control mode is not in ``control_modes`` is refused before that.
     """
-    _REGISTRY[name] = SimulatorEntry(name, factory, tuple(env_ids), extra, tuple(requires))
+    _REGISTRY[name] = SimulatorEntry(
+        name, factory, tuple(env_ids), extra, tuple(requires), tuple(control_modes)
+    )
 
 
 def list_simulators() -> list[str]:
@@ -88,6 +93,7 @@ def create_simulator(name: str, config: SimulatorConfig) -> Simulator:
             f"simulator {name!r} has no env {config.env_id!r} (not supported there yet); "
             f"available: {list(entry.env_ids)}"
         )
+    check_control_mode(config, f"simulator {name!r}", entry.control_modes)
     return _resolve(entry)(config)
 
 

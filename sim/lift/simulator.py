@@ -10,7 +10,7 @@ import numpy as np
 from lift import pickplace, task
 from lift.splits import SPLITS, get_split
 from lift.task import ACTION_DIM
-from lift.types import CAMERAS, Observation, SimulatorConfig, StepResult
+from lift.types import CAMERAS, CONTROL_MODES, Observation, SimulatorConfig, StepResult
 
 
 class Simulator(ABC):
@@ -30,7 +30,7 @@ class Simulator(ABC):
     (:meth:`outcome`) are the same for every engine.
     """
 
-    action_dim: int = ACTION_DIM
+    action_dim: int = ACTION_DIM  # set from config.control_mode (lift.task.action_dim)
     state_dim: int | None = None  # length of Observation.state where the task defines one
 
     def __init__(self, config: SimulatorConfig, instruction: str | None) -> None:
@@ -39,6 +39,7 @@ class Simulator(ABC):
         distribution of episode starts (:func:`lift.list_splits`)."""
         self.config = config
         self.instruction = instruction
+        self.action_dim = task.action_dim(config.control_mode)
         # A task without named splits (a simulator registered for its own env id) has one stream.
         self.split = get_split(config.env_id, config.split) if config.env_id in SPLITS else None
         self._base_seed = config.seed
@@ -126,12 +127,19 @@ class Simulator(ABC):
         engines whose own controller maps actions to targets (ManiSkill).
         """
 
+    def _joint_targets_from_action(self, action: np.ndarray) -> np.ndarray:
+        """The PD targets (N, 8) the validated ``action`` asks for (joint modes; a backend
+        that supports ``pd_ee_delta_pos`` overrides this with its IK)."""
+        return task.joint_targets_from_action(
+            action, self.joint_targets[:, :7], self.config.control_mode
+        )
+
     @abstractmethod
     def _task_state(self) -> dict[str, np.ndarray]:
         """The task state after a step (:meth:`task_state` plus engine diagnostics)."""
 
     def step(self, actions: np.ndarray) -> StepResult:
-        """Apply ``actions`` (num_envs, 8) in [-1, 1] for one control period.
+        """Apply ``actions`` (num_envs, action_dim) in [-1, 1] for one control period.
 
         The same for every backend: validate the actions, move the PD targets, let the
         engine step (:meth:`_apply_targets`), read the task state (:meth:`_task_state`),
@@ -139,9 +147,7 @@ class Simulator(ABC):
         keeping the observation they ended in as ``final_observation``.
         """
         action = validate_actions(actions, self.num_envs, self.action_dim)
-        self.joint_targets = task.joint_targets_from_action(
-            action, self.joint_targets[:, :7], self.config.control_mode
-        )
+        self.joint_targets = self._joint_targets_from_action(action)
         self._apply_targets(action)
         self.elapsed_steps += 1
 
@@ -247,6 +253,21 @@ class Simulator(ABC):
         self.close()
 
 
+# The modes every backend runs; pd_ee_delta_pos needs IK on the engine's model (MuJoCo only).
+JOINT_CONTROL_MODES = tuple(mode for mode in CONTROL_MODES if mode != task.EE_CONTROL_MODE)
+
+
+def check_control_mode(
+    config: SimulatorConfig, engine: str, control_modes: tuple[str, ...] = JOINT_CONTROL_MODES
+) -> None:
+    """Raise ValueError naming the fix when ``engine`` does not run ``config.control_mode``."""
+    if config.control_mode not in control_modes:
+        raise ValueError(
+            f"control_mode={config.control_mode!r} is not supported by {engine}: use simulator "
+            f"'mujoco' for it, or a mode {engine} runs ({' or '.join(map(repr, control_modes))})"
+        )
+
+
 def validate_env_ids(env_ids: np.ndarray | list[int] | None, num_envs: int) -> np.ndarray:
     """Sorted unique env indices; all envs when ``env_ids`` is None."""
     if env_ids is None:
@@ -277,9 +298,15 @@ def validate_actions(
 
 
 def check_supported(
-    config: SimulatorConfig, engine: str, env_ids: tuple[str, ...], backends: tuple[str, ...]
+    config: SimulatorConfig,
+    engine: str,
+    env_ids: tuple[str, ...],
+    backends: tuple[str, ...],
+    control_modes: tuple[str, ...] = JOINT_CONTROL_MODES,
 ) -> None:
-    """Raise ValueError naming the fix when ``engine`` cannot run ``config``'s task or backend."""
+    """Raise ValueError naming the fix when ``engine`` cannot run ``config``'s task, backend
+    or control mode."""
+    check_control_mode(config, engine, control_modes)
     if config.env_id not in env_ids:
         raise ValueError(
             f"env_id={config.env_id!r} is not a {engine} task; available: {sorted(env_ids)}"

@@ -39,6 +39,19 @@ JOINT_NOISE_STD = 0.02
 
 # pd_joint_delta_pos moves each arm target by at most this many radians per step.
 MAX_JOINT_DELTA = 0.1
+# pd_ee_delta_pos: the action is (dx, dy, dz, gripper); the gripper-base target moves by
+# EE_MAX_DELTA * action[:3] metres per control step in the world (robot base) frame.
+# The scripted expert's fastest waypoint speed is 0.015 m/step (approach, carry, retreat):
+# 0.02 m lets a policy match it at |a| = 0.75, short of saturation, while keeping one
+# quantization bin of the action tokens (2 / 256 of the range) at about 0.16 mm.
+EE_CONTROL_MODE = "pd_ee_delta_pos"
+EE_ACTION_DIM = 4  # dx, dy, dz, then one gripper command
+EE_MAX_DELTA = 0.02
+# The box the gripper-base target is kept in (world frame, metres): the table area the
+# tasks use with margin, from just above the table (the grasp pose is about 6 cm up) to
+# well above the carry height; IK far outside it would fold the arm into itself.
+EE_WORKSPACE_LOW = np.array([0.0, -0.3, 0.03])
+EE_WORKSPACE_HIGH = np.array([0.45, 0.3, 0.40])
 # Gripper command -1 -> open, +1 -> closed (finger angle targets, radians).
 # Open 1.0 rad leaves >= 48 mm between the pads for the 40 mm cube; closed 0.0 rad
 # (the rest pose) is where the fingertips meet, so a held cube is squeezed at the force limit.
@@ -130,6 +143,28 @@ def action_from_joint_targets(
             f"control_mode={control_mode!r} is unknown: use 'pd_joint_delta_pos' or 'pd_joint_pos'"
         )
     action = np.concatenate([arm, np.asarray(gripper).reshape(-1, 1)], axis=1)
+    return np.clip(action, -1.0, 1.0)
+
+
+def action_dim(control_mode: str) -> int:
+    """The action width of ``control_mode``: 4 in ``pd_ee_delta_pos``, 8 in the joint modes."""
+    return EE_ACTION_DIM if control_mode == EE_CONTROL_MODE else ACTION_DIM
+
+
+def ee_targets_from_action(action: np.ndarray, previous_targets: np.ndarray) -> np.ndarray:
+    """``pd_ee_delta_pos``: the gripper-base targets (N, 3) after clipped actions (N, 4),
+    moved by ``EE_MAX_DELTA * action[:, :3]`` and kept in the workspace box."""
+    moved = previous_targets + EE_MAX_DELTA * action[:, :3]
+    return np.clip(moved, EE_WORKSPACE_LOW, EE_WORKSPACE_HIGH)
+
+
+def action_from_ee_targets(
+    positions: np.ndarray, gripper: np.ndarray, previous_targets: np.ndarray
+) -> np.ndarray:
+    """The ``pd_ee_delta_pos`` action (N, 4) that asks for gripper-base ``positions`` (N, 3),
+    clipped to [-1, 1] (a request further than EE_MAX_DELTA per axis is cut to it)."""
+    delta = (positions - previous_targets) / EE_MAX_DELTA
+    action = np.concatenate([delta, np.asarray(gripper).reshape(-1, 1)], axis=1)
     return np.clip(action, -1.0, 1.0)
 
 

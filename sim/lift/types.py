@@ -12,7 +12,7 @@ import numpy as np
 
 from lift.splits import SPLITS, get_split
 
-CONTROL_MODES = ("pd_joint_delta_pos", "pd_joint_pos")
+CONTROL_MODES = ("pd_joint_delta_pos", "pd_joint_pos", "pd_ee_delta_pos")  # the last: MuJoCo only
 CAMERAS = ("third_person", "hand_camera")
 REWARD_MODES = ("binary", "dense")
 OBS_MODES = ("rgb", "state")

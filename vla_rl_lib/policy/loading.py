@@ -34,6 +34,7 @@ class PolicySettings:
     seed: int  # draws fresh weights (tiny VLA, adapter, value head)
     trust_remote_code: tuple[str, ...]  # OpenVLA checkpoints whose shipped code may run
     tiny_sizes: TinyVLAConfig  # the tiny VLA's sizes (unused by OpenVLA)
+    action_dim: int = 8  # the env's action width (lift.task.action_dim of the control mode)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -43,7 +44,10 @@ class PolicySettings:
 def fresh_tiny_policy(settings: PolicySettings, *, train_all: bool = False) -> HFVLAPolicy:
     """A tiny VLA with random weights from ``settings.seed``; ``train_all`` ignores the LoRA setting."""
     lora = None if train_all else settings.lora
-    return build_policy(settings.tiny_sizes, lora=lora, seed=settings.seed, decoding=settings.decoding)
+    return build_policy(
+        settings.tiny_sizes, lora=lora, seed=settings.seed, decoding=settings.decoding,
+        action_dim=settings.action_dim,
+    )  # fmt: skip
 
 
 def fresh_openvla_policy(
@@ -65,7 +69,7 @@ def fresh_openvla_policy(
         path, decoding=settings.decoding, statistics=statistics,
         unnorm_key=unnorm_key if statistics is not None else settings.unnorm_key,
         dtype=settings.torch_dtype, device=device, trust_remote_code_allowlist=settings.trust_remote_code,
-        lora=settings.lora, seed=settings.seed,
+        lora=settings.lora, seed=settings.seed, action_dim=settings.action_dim,
     )  # fmt: skip
 
 

@@ -155,6 +155,12 @@ class RolloutCollector:
         instruction: str | None = None,
         overlap: bool = False,
     ) -> None:
+        if policy.action_dim != env.action_dim:
+            raise ValueError(
+                f"the policy emits {policy.action_dim}-D actions but the simulator's control_mode "
+                f"{env.config.control_mode!r} takes {env.action_dim}-D ones; use a policy trained in "
+                "that control mode, or set rollout.control_mode to the one the policy was trained in"
+            )
         self.env = env
         self.policy = policy
         self.instruction = instruction

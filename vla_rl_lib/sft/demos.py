@@ -132,7 +132,7 @@ class DemoDataset:
 
     path: Path
     images: np.ndarray  # (M, H, W, 3) uint8
-    actions: np.ndarray  # (M, 8) float32
+    actions: np.ndarray  # (M, action_dim) float32: 8 in the joint modes, 4 in pd_ee_delta_pos
     states: np.ndarray  # (M, 9) float32
     instructions: list[str]  # (M,)
     episode_index: np.ndarray  # (M,) int64
@@ -489,6 +489,32 @@ def _share_like_umask(root: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+def _action_meta(control_mode: str) -> dict[str, Any]:
+    """meta.json's description of the action columns in ``control_mode``."""
+    from lift import task
+
+    if control_mode == task.EE_CONTROL_MODE:
+        names = ["dx", "dy", "dz", "gripper"]
+        semantics = (
+            f"dims 0-2: the gripper-base target moves by {task.EE_MAX_DELTA} * a m along world "
+            "x, y, z (pointing down; IK gives the joints). dim 3: gripper, -1 open, +1 closed. "
+            "All dims in [-1, 1]."
+        )
+    else:
+        names = [*task.ARM_JOINT_NAMES, "gripper"]
+        semantics = (
+            f"dims 0-6: arm joints; pd_joint_delta_pos moves each joint target by "
+            f"{task.MAX_JOINT_DELTA} * a rad, pd_joint_pos maps [-1, 1] onto the joint range. "
+            "dim 7: gripper, -1 open, +1 closed. All dims in [-1, 1]."
+        )
+    return {
+        "dim": task.action_dim(control_mode),
+        "names": names,
+        "control_mode": control_mode,
+        "semantics": semantics,
+    }
+
+
 def _meta(
     env: Any,
     simulator: str,
@@ -521,16 +547,7 @@ def _meta(
         },
         "fps": config.control_freq,
         "instruction": instruction,  # None: one per episode, in the instruction column
-        "action": {
-            "dim": task.ACTION_DIM,
-            "names": [*task.ARM_JOINT_NAMES, "gripper"],
-            "control_mode": config.control_mode,
-            "semantics": (
-                f"dims 0-6: arm joints; pd_joint_delta_pos moves each joint target by "
-                f"{task.MAX_JOINT_DELTA} * a rad, pd_joint_pos maps [-1, 1] onto the joint range. "
-                "dim 7: gripper, -1 open, +1 closed. All dims in [-1, 1]."
-            ),
-        },
+        "action": _action_meta(config.control_mode),
         "state": {
             "dim": task.STATE_DIM,
             "names": [*task.ARM_JOINT_NAMES, *task.FINGER_JOINT_NAMES],

@@ -56,7 +56,15 @@ def policy_settings(cfg: VLARLConfig) -> PolicySettings:
         seed=cfg.seed,
         trust_remote_code=tuple(cfg.trust_remote_code),
         tiny_sizes=tiny_vla_config(cfg),
+        action_dim=action_dim(cfg),
     )
+
+
+def action_dim(cfg: VLARLConfig) -> int:
+    """The width of the run's actions: 4 in ``pd_ee_delta_pos``, 8 in the joint modes."""
+    from lift import task
+
+    return task.action_dim(cfg.rollout.control_mode)
 
 
 def tiny_vla_config(cfg: VLARLConfig) -> TinyVLAConfig:
@@ -150,28 +158,23 @@ def pretrained_needs_sft(cfg: VLARLConfig) -> bool:
     """True for an OpenVLA checkpoint without statistics for the robot's actions (e.g. base OpenVLA).
 
     Its ``norm_stats`` must hold ``model.unnorm_key`` (or, with no key, a
-    single entry) of CRANE-X7's 8 dimensions; otherwise its action tokens
+    single entry) of the run's action width (``action_dim(cfg)``); otherwise its action tokens
     cannot be un-normalized for this robot until SFT computes them.
     """
     if cfg.model.name != "openvla" or not cfg.pretrained_checkpoint:
         return False
-    from vla_rl_lib.policy.openvla import (
-        CRANE_X7_ACTION_DIM,
-        check_openvla_checkpoint,
-        checkpoint_action_statistics,
-    )
+    from vla_rl_lib.policy.openvla import check_openvla_checkpoint, checkpoint_action_statistics
 
     directory = check_openvla_checkpoint(cfg.pretrained_checkpoint, cfg.trust_remote_code)
-    _, statistics = checkpoint_action_statistics(
-        directory, cfg.model.unnorm_key, CRANE_X7_ACTION_DIM
-    )
+    _, statistics = checkpoint_action_statistics(directory, cfg.model.unnorm_key, action_dim(cfg))
     return statistics is None
 
 
 def _sft_first_message(cfg: VLARLConfig) -> str:
     sft_dir = shared_sft_dir(cfg)
     return (
-        f"pretrained_checkpoint {cfg.pretrained_checkpoint!r} has no 8-D CRANE-X7 action statistics "
+        f"pretrained_checkpoint {cfg.pretrained_checkpoint!r} has no {action_dim(cfg)}-D CRANE-X7 action "
+        f"statistics for rollout.control_mode {cfg.rollout.control_mode!r} "
         f"(unnorm_key {sft_unnorm_key(cfg)!r}; base OpenVLA has only 7-D end-effector ones), so it must be "
         "fine-tuned on CRANE-X7 demonstrations before RL, and sft.num_demos is 0. Either set "
         "sft.num_demos > 0 (`--num-demos 200`: train runs SFT first), or run "

@@ -11,7 +11,7 @@ import numpy as np
 
 from lift import pickplace, task
 from lift.simulator import Simulator, check_supported
-from lift.types import CAMERAS, Observation, SimulatorConfig
+from lift.types import CAMERAS, CONTROL_MODES, Observation, SimulatorConfig
 
 GL_HELP = (
     "MuJoCo could not load or open an offscreen OpenGL context (MUJOCO_GL={gl!r}). "
@@ -32,6 +32,8 @@ except ModuleNotFoundError as error:
     raise
 except (ImportError, AttributeError, OSError) as error:  # mujoco loads the GL library on import
     raise ImportError(GL_HELP.format(gl=os.environ.get("MUJOCO_GL"))) from error
+
+from lift.ik import TURN_SPEED, ArmIK, limit_rotation, top_down_orientation  # noqa: E402
 
 # MuJoCo resets an MjData on its own (mj_resetData, then counts the warning) when
 # its acceleration, position or velocity turns NaN or huge; the episode then jumps
@@ -85,10 +87,18 @@ class MujocoPickPlace(Simulator):
     targets in force), ``elapsed_steps`` (N,), ``named_cube_body`` and
     ``named_plate_body`` (N,: the body ids the current instruction names; Lift: its
     one cube) and, for PickPlace, ``episodes`` (each env's :class:`PickPlaceEpisode`).
+
+    In ``pd_ee_delta_pos`` the action (N, 4) moves ``ee_target`` (N, 3: the gripper-base
+    target, world frame; the gripper's position at reset) by ``task.EE_MAX_DELTA *
+    action[:, :3]`` inside the workspace box, the orientation target turns toward
+    pointing straight down (``lift.ik.TURN_SPEED`` rad a step), and damped least-squares
+    IK from the joint targets in force gives the arm's new joint targets.
     """
 
     def __init__(self, config: SimulatorConfig, scene_path: str | Path | None = None) -> None:
-        check_supported(config, "MuJoCo", env_ids=tuple(SCENES), backends=("cpu",))
+        check_supported(
+            config, "MuJoCo", env_ids=tuple(SCENES), backends=("cpu",), control_modes=CONTROL_MODES
+        )
         self.pickplace = config.env_id == task.PICKPLACE_ENV_ID
         # PickPlace has no one instruction: each episode's is in Observation.instructions.
         super().__init__(config, None if self.pickplace else task.INSTRUCTION)
@@ -107,6 +117,10 @@ class MujocoPickPlace(Simulator):
         self.named_plate_body = np.full(n, self._plate_bodies[0] if self.pickplace else -1)
         self.episodes: list[pickplace.PickPlaceEpisode | None] = [None] * n
         self._geom_rgba = np.tile(self.model.geom_rgba, (n, 1, 1))  # per env: colours differ
+        self.ee_target = np.zeros((n, 3))
+        self._ee_rotation = np.zeros((n, 3, 3))  # the orientation target in force
+        self._ee_goal_rotation = np.zeros((n, 3, 3))  # pointing down
+        self._ik = ArmIK(self.model) if config.control_mode == task.EE_CONTROL_MODE else None
         if self.pickplace:
             self._apply_split_visuals()
 
@@ -154,7 +168,15 @@ class MujocoPickPlace(Simulator):
     def _start_episodes(self, ids: np.ndarray) -> None:
         if self.pickplace:
             self._start_pickplace_episodes(ids)
-            return
+        else:
+            self._start_lift_episodes(ids)
+        for i in ids:  # the end-effector target starts where the gripper is
+            d = self.data[i]
+            self.ee_target[i] = d.xpos[self.gripper_body]
+            self._ee_rotation[i] = d.xmat[self.gripper_body].reshape(3, 3)
+            self._ee_goal_rotation[i] = top_down_orientation(self._ee_rotation[i][:, 0])
+
+    def _start_lift_episodes(self, ids: np.ndarray) -> None:
         arms, cubes = self._draw_starts(ids)
         for i, arm, cube_xy in zip(ids, arms, cubes, strict=True):
             d = self.data[i]
@@ -191,6 +213,21 @@ class MujocoPickPlace(Simulator):
             self.episodes[i] = episode
             d.ctrl[:] = self.joint_targets[i]
             mujoco.mj_forward(self.model, d)
+
+    def _joint_targets_from_action(self, action: np.ndarray) -> np.ndarray:
+        if self._ik is None:
+            return super()._joint_targets_from_action(action)
+        self.ee_target = task.ee_targets_from_action(action, self.ee_target)
+        targets = np.empty_like(self.joint_targets)
+        for i, d in enumerate(self.data):
+            self._ee_rotation[i] = limit_rotation(
+                self._ee_goal_rotation[i], self._ee_rotation[i], TURN_SPEED
+            )
+            targets[i, :7] = self._ik.solve(
+                d.qpos, self.joint_targets[i, :7], self.ee_target[i], self._ee_rotation[i]
+            )
+        targets[:, 7] = task.gripper_target(action[:, 3])
+        return targets
 
     def _apply_targets(self, action: np.ndarray) -> None:
         unstable = np.zeros(self.num_envs, dtype=bool)
