@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lift.expert import ScriptedExpert
+from lift.expert import APPROACH_SPEED, ScriptedExpert
+from lift.task import EE_MAX_DELTA
 from tests.conftest import TINY_OVERRIDES
 from vla_rl_lib.config import apply_overrides, load_template
 from vla_rl_lib.policy.base import ActOutput
@@ -56,21 +57,25 @@ def config(tmp_path_factory):
     )  # fmt: skip
 
 
-def collect(config, out_dir: Path, policy, num_episodes: int, beta: float) -> DemoDataset:
+def collect(
+    config, out_dir: Path, policy, num_episodes: int, beta: float, follow_target: bool = True
+) -> DemoDataset:
     collector = make_collector(config, make_rollout_env(config, "train"), policy)
     try:
-        collect_dagger(collector, num_episodes, SEED, out_dir, beta=beta,
+        collect_dagger(collector, num_episodes, SEED, out_dir, beta=beta, follow_target=follow_target,
                        policy_checkpoint="ckpt/x", progress=False)  # fmt: skip
     finally:
         collector.env.close()
     return load_demonstrations(out_dir)
 
 
-def reference_episode(config, seed: int, expert_drives: bool) -> tuple[np.ndarray, np.ndarray]:
+def reference_episode(
+    config, seed: int, expert_drives: bool, follow_target: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(images, expert actions) of one episode played alone, step by step: the slow reference."""
     env = make_rollout_env(apply_overrides(config, {"rollout.num_parallel_envs": 1}), "train")
     try:
-        expert = ScriptedExpert(env)
+        expert = ScriptedExpert(env, follow_target=follow_target)
         observation = env.reset(seed=seed, env_ids=[0])
         images, labels = [], []
         for _ in range(STEPS):
@@ -105,6 +110,26 @@ def test_labels_are_the_expert_action_in_the_states_the_policy_visits(
     assert not np.allclose(policy_driven.actions, POLICY_ACTION)
     expert_images, _ = reference_episode(config, SEED, expert_drives=True)
     assert not np.array_equal(policy_driven.images[policy_driven.episode_index == 0], expert_images)
+
+
+def test_labels_from_the_arm_stay_at_the_expert_speed(config, policy_driven, tmp_path) -> None:
+    """Stepping from the arm's target, a label is the script's step (<= 0.75 of the largest
+    move); stepping from the script's own waypoint, the policy's drift saturates it."""
+    fastest = APPROACH_SPEED / EE_MAX_DELTA
+    assert np.abs(policy_driven.actions[:, :3]).max() <= fastest + 1e-6
+    from_script = collect(
+        config, tmp_path / "script", ConstantPolicy(), 1, 0.0, follow_target=False
+    )
+    images, labels = reference_episode(config, SEED, expert_drives=False, follow_target=False)
+    np.testing.assert_allclose(from_script.actions, labels, atol=1e-7)
+    assert (np.abs(from_script.actions[:, :3]) == 1.0).any()
+
+
+def test_following_the_target_does_not_change_the_expert(config) -> None:
+    images, labels = reference_episode(config, SEED, expert_drives=True, follow_target=True)
+    script_images, script_labels = reference_episode(config, SEED, True, follow_target=False)
+    np.testing.assert_allclose(labels, script_labels, atol=1e-5)
+    assert np.abs(images.astype(int) - script_images).max() <= 1
 
 
 def test_beta_one_plays_the_expert(config, tmp_path) -> None:

@@ -81,6 +81,7 @@ def collect_dagger(
     beta: float = 0.0,
     greedy: bool = True,
     temperature: float = 1.0,
+    follow_target: bool = True,
     policy_checkpoint: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -92,7 +93,9 @@ def collect_dagger(
     Each episode is driven by the expert instead of the policy with probability ``beta``
     (``expert_driven_episodes``; 0 = pure policy). The policy acts through
     ``collector.act``, the call evaluation makes, greedily or sampled at ``temperature``
-    (sampling draws from ``seed``; the global torch RNG is left as it was). The env must
+    (sampling draws from ``seed``; the global torch RNG is left as it was).
+    ``follow_target``: the expert steps from where the arm's target is
+    (``ScriptedExpert(follow_target=True)``), else from its own script's waypoint. The env must
     be one MuJoCo simulator (``make_rollout_env`` with ``rollout.env_groups: 1``), playing
     the split the data should come from (``train``). ``policy_checkpoint`` is recorded in
     ``meta.json``.
@@ -128,7 +131,8 @@ def collect_dagger(
             (tmp / DATA_FILE).parent.mkdir(parents=True)
             with pq.ParquetWriter(tmp / DATA_FILE, SCHEMA, compression="zstd") as writer:
                 attempts = play_attempts(
-                    env, ScriptedExpert(env), num_episodes, seed, num_episodes, bar,
+                    env, ScriptedExpert(env, follow_target=follow_target), num_episodes, seed,
+                    num_episodes, bar,
                     collector.instruction, drive,
                 )  # fmt: skip
                 for attempt in attempts:
@@ -142,6 +146,7 @@ def collect_dagger(
                 "beta": beta,
                 "greedy": greedy,
                 "temperature": temperature,
+                "follow_target": follow_target,
                 "policy_checkpoint": policy_checkpoint,
                 "expert_driven": driven_by_expert.tolist(),
                 "episode_success": [bool(a.successes[-1]) for a in episodes],
