@@ -5,9 +5,12 @@ no demonstration shows and has no label there. DAgger plays the *policy*, record
 at every step the image, instruction and joint state it saw with the *expert's*
 action for that state as the label, adds those frames to the demonstrations and
 trains again. The expert (``lift.expert.ScriptedExpert``) reads the simulator's
-state, so it labels any state the policy reaches: in ``pd_ee_delta_pos`` its action
-is the step from the env's end-effector target toward its waypoint, wherever the
-policy took the arm.
+state, so it labels any state the policy reaches. In ``pd_ee_delta_pos`` the label
+is, by default, the expert's step toward its phase's goal from the end-effector
+target the policy left (``ScriptedExpert(follow_target=True)``): from its own
+script's waypoint instead, a drifted arm gets a jump back cut to [-1, 1] axis by
+axis, saturated and bent in direction (nearly every policy-driven label of a
+barely trained policy: benchmarks/dagger.py prints the share as label_saturated).
 
 ``collect_dagger`` writes a folder in the demonstration format (``demos.py``:
 ``load_demonstrations`` reads it) whose ``meta.json["dagger"]`` says what played it;
@@ -130,11 +133,10 @@ def collect_dagger(
             torch.manual_seed(seed)
             (tmp / DATA_FILE).parent.mkdir(parents=True)
             with pq.ParquetWriter(tmp / DATA_FILE, SCHEMA, compression="zstd") as writer:
+                expert = ScriptedExpert(env, follow_target=follow_target)
                 attempts = play_attempts(
-                    env, ScriptedExpert(env, follow_target=follow_target), num_episodes, seed,
-                    num_episodes, bar,
-                    collector.instruction, drive,
-                )  # fmt: skip
+                    env, expert, num_episodes, seed, num_episodes, bar, collector.instruction, drive
+                )
                 for attempt in attempts:
                     writer.write_table(episode_table(len(episodes), attempt))
                     actions.extend(attempt.actions)
