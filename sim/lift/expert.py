@@ -75,15 +75,31 @@ class ScriptedExpert:
 
     ``place=False`` stops PickPlace episodes after the lift (grasp and raise, never
     place): what a lift-only policy does, which must score 0 there.
+
+    ``follow_target`` (``pd_ee_delta_pos`` only): each step's waypoint moves from the
+    env's end-effector target, wherever whoever drove left it, instead of from the
+    script's own previous waypoint. While the expert drives the two are the same
+    point (up to float rounding); when a policy drives (DAgger), the action is then
+    the expert's step from the current state, at most the phase's speed, instead of
+    a jump back to the script's waypoint cut to [-1, 1] axis by axis (which bends
+    its direction).
     """
 
-    def __init__(self, env: MujocoPickPlace, place: bool = True) -> None:
+    def __init__(
+        self, env: MujocoPickPlace, place: bool = True, follow_target: bool = False
+    ) -> None:
         if not isinstance(env, MujocoPickPlace):
             raise TypeError(
                 f"ScriptedExpert needs the MuJoCo simulator (lift.make_env('mujoco', ...)); got {type(env).__name__}"
             )
+        if follow_target and env.config.control_mode != task.EE_CONTROL_MODE:
+            raise ValueError(
+                f"follow_target needs control_mode {task.EE_CONTROL_MODE!r} (the env's end-effector "
+                f"target), not {env.config.control_mode!r}; leave follow_target off"
+            )
         self.env = env
         self.place = place and env.pickplace
+        self.follow_target = follow_target
         self._ik = ArmIK(env.model)
         n = env.num_envs
         self.phase = np.full(n, APPROACH)
@@ -104,6 +120,8 @@ class ScriptedExpert:
         for i in range(env.num_envs):
             if env.elapsed_steps[i] == 0:
                 self._start(i)
+            elif self.follow_target:
+                self._waypoint[i] = env.ee_target[i]
             waypoints[i], gripper[i] = self._act_one(i)
         if env.config.control_mode == task.EE_CONTROL_MODE:
             # The env's own IK turns the gripper down at TURN_SPEED, as the script does.

@@ -60,7 +60,7 @@ import inspect
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,7 @@ class DemoDataset:
 
 
 @dataclass
-class _Attempt:
+class Attempt:
     """One episode in progress on one environment."""
 
     index: int
@@ -169,6 +169,10 @@ class _Attempt:
     rewards: list[float] = field(default_factory=list)
     successes: list[bool] = field(default_factory=list)
     instructions: list[str] = field(default_factory=list)  # the prompt at each step
+
+
+# (observation, the expert's actions (N, D), running attempts by env id) -> the executed actions (N, D)
+Drive = Callable[[Any, np.ndarray, dict[int, Attempt]], np.ndarray]
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -184,7 +188,7 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _episode_table(episode_index: int, attempt: _Attempt) -> pa.Table:
+def episode_table(episode_index: int, attempt: Attempt) -> pa.Table:
     length = len(attempt.actions)
     return pa.Table.from_pydict(
         {
@@ -201,7 +205,7 @@ def _episode_table(episode_index: int, attempt: _Attempt) -> pa.Table:
     )
 
 
-def _play_attempts(
+def play_attempts(
     env: Any,
     expert: Any,
     num_demos: int,
@@ -209,23 +213,30 @@ def _play_attempts(
     max_attempts: int,
     bar: Any,
     instruction: str | None = None,
-) -> Iterator[_Attempt]:
+    drive: Drive | None = None,
+) -> Iterator[Attempt]:
     """Yield finished attempts (successful or not) in attempt order.
 
     New attempts start only while the successes so far plus the attempts still
     running could fall short of ``num_demos``; so the attempts played are
     exactly 0..K-1, where K is the first index at which ``num_demos`` of them
-    have succeeded, however many environments run at once.
+    have succeeded, however many environments run at once (with ``num_demos ==
+    max_attempts``: every attempt).
+
+    Every step records the expert's action as the attempt's action. ``drive``
+    (default: the expert itself) chooses the actions the envs execute, from the
+    observation, the expert's actions and the running attempts by env id: DAgger
+    lets the policy drive and keeps the expert's actions as labels.
     """
     queue = EpisodeQueue(range(seed, seed + max_attempts), env.num_envs)
-    running: dict[int, _Attempt] = {}  # env id -> attempt
-    finished: dict[int, _Attempt] = {}  # attempt index -> attempt, until yielded
+    running: dict[int, Attempt] = {}  # env id -> attempt
+    finished: dict[int, Attempt] = {}  # attempt index -> attempt, until yielded
     next_to_yield = successes = 0
 
     def launch(env_ids: list[int]) -> Any:
         started = queue.assign(env_ids, limit=num_demos - successes - len(running))
         for env_id, index, start_seed in started:
-            running[env_id] = _Attempt(index=index, seed=start_seed)
+            running[env_id] = Attempt(index=index, seed=start_seed)
         # The same start-state rule as evaluation, so demo and evaluation seeds compare.
         chosen, seeds = [env_id for env_id, _, _ in started], [s for _, _, s in started]
         return reset_episodes(env, chosen, seeds) if started else None
@@ -239,7 +250,7 @@ def _play_attempts(
             attempt.images.append(observation.image[env_id].copy())
             attempt.states.append(observation.qpos[env_id].copy())
             attempt.actions.append(actions[env_id].copy())
-        result = env.step(actions)
+        result = env.step(actions if drive is None else drive(observation, actions, running))
         observation = result.observation
         success = np.asarray(result.info["success"], dtype=bool)
         done = np.asarray(result.done, dtype=bool)
@@ -304,7 +315,7 @@ def _shortfall(
     )
 
 
-def _write_statistics(directory: Path, actions: np.ndarray, num_trajectories: int) -> None:
+def write_statistics(directory: Path, actions: np.ndarray, num_trajectories: int) -> None:
     """The action statistics of the kept demonstrations (gripper left unnormalized)."""
     statistics = ActionStatistics.from_actions(
         actions, mask=np.arange(actions.shape[1]) < actions.shape[1] - 1
@@ -367,13 +378,13 @@ def collect_demonstrations(
             (tmp / DATA_FILE).parent.mkdir(parents=True)
             with pq.ParquetWriter(tmp / DATA_FILE, SCHEMA, compression="zstd") as writer:
                 expert = ScriptedExpert(env)
-                attempts = _play_attempts(env, expert, num_demos, seed, max_attempts, bar, instruction)
+                attempts = play_attempts(env, expert, num_demos, seed, max_attempts, bar, instruction)
                 for attempt in attempts:
                     attempted += 1
                     if not attempt.successes[-1]:
                         out_of_steps += len(attempt.actions) >= max_episode_steps
                         continue
-                    writer.write_table(_episode_table(len(kept_seeds), attempt))
+                    writer.write_table(episode_table(len(kept_seeds), attempt))
                     actions.extend(attempt.actions)
                     kept_seeds.append(attempt.seed)
                     kept_lengths.append(len(attempt.actions))
@@ -382,13 +393,13 @@ def collect_demonstrations(
                 raise _shortfall(
                     len(kept_seeds), attempted, out_of_steps, seed, num_demos, max_episode_steps
                 )
-            _write_statistics(tmp, np.stack(actions), num_trajectories=len(kept_seeds))
-            meta = _meta(
+            write_statistics(tmp, np.stack(actions), num_trajectories=len(kept_seeds))
+            meta = dataset_meta(
                 env, simulator, instruction or env.instruction, seed, kept_seeds, kept_lengths, attempted
             )
             meta["recipe"] = _recipe(arguments)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-            _share_like_umask(tmp)
+            share_like_umask(tmp)
     finally:
         bar.close()
         env.close()
@@ -480,7 +491,7 @@ def ensure_demonstrations(
     return out_dir
 
 
-def _share_like_umask(root: Path) -> None:
+def share_like_umask(root: Path) -> None:
     """Give a finished dataset the permissions a plain mkdir/open would (temp files are private)."""
     umask = os.umask(0)
     os.umask(umask)
@@ -515,7 +526,7 @@ def _action_meta(control_mode: str) -> dict[str, Any]:
     }
 
 
-def _meta(
+def dataset_meta(
     env: Any,
     simulator: str,
     instruction: str | None,
