@@ -8,12 +8,18 @@ behaviour-clones a fresh tiny VLA on them, and evaluates the greedy policy on th
 ``--epochs`` (each saved under ``--out-dir``). Training continues from one count to the next; the optimizer's moments
 restart at each count (a pilot, close to but not exactly one SFT run of that length).
 Tunes on ``val`` only. Last line: ``num_demos=... epochs=... val_success=...`` per count.
+
+``--heldout-demos N`` also collects N demonstrations from other seeds (``sft.demo_seed +
+HELDOUT_SEED_OFFSET``) and reports the mean SFT loss on them (no gradient, no augmentation)
+after each count, beside the training loss: a falling training loss over a rising held-out
+loss is memorization. Every count's figures are also written to ``<out-dir>/sft_budget.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +33,7 @@ from vla_rl_lib.config import apply_overrides, load_config  # noqa: E402
 from vla_rl_lib.policy.loading import load_base_policy  # noqa: E402
 from vla_rl_lib.rollout.collector import evaluation_seeds  # noqa: E402
 from vla_rl_lib.sft.demos import load_demonstrations  # noqa: E402
-from vla_rl_lib.sft.trainer import run_sft  # noqa: E402
+from vla_rl_lib.sft.trainer import heldout_loss, run_sft  # noqa: E402
 from vla_rl_lib.training.evaluate import SplitCollectors, evaluate_splits  # noqa: E402
 from vla_rl_lib.training.policy_factory import (  # noqa: E402
     build_sft_policy,
@@ -36,6 +42,9 @@ from vla_rl_lib.training.policy_factory import (  # noqa: E402
     sft_unnorm_key,
 )
 from vla_rl_lib.training.trainer import configure_cpu_threads  # noqa: E402
+from vla_rl_lib.utils import write_json_atomic  # noqa: E402
+
+HELDOUT_SEED_OFFSET = 10_000_000  # held-out demos' first seed above sft.demo_seed
 
 
 def main() -> None:
@@ -48,6 +57,8 @@ def main() -> None:
                         help="SFT checkpoints go to <out-dir>/demos<N>_epochs<E> (train --sft-checkpoint)")
     parser.add_argument("--init", type=Path, help="continue from this SFT checkpoint (same demos)")
     parser.add_argument("--init-epochs", type=int, default=0, help="epochs --init was trained for")
+    parser.add_argument("--heldout-demos", type=int, default=0,
+                        help="demos from other seeds to report the SFT loss on after each count; 0 = none")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="config override, dotted key and YAML value (repeatable)",
@@ -69,6 +80,12 @@ def main() -> None:
     unnorm_key = sft_unnorm_key(cfg)
     policy = (load_base_policy(policy_settings(cfg), "sft", str(args.init)) if args.init
               else build_sft_policy(cfg, dataset.statistics, unnorm_key))
+    heldout = None
+    if args.heldout_demos > 0:
+        heldout_cfg = apply_overrides(cfg, {"sft.num_demos": args.heldout_demos,
+                                            "sft.demo_seed": s.demo_seed + HELDOUT_SEED_OFFSET})
+        heldout = load_demonstrations(demonstrations_for(heldout_cfg, progress=False))
+        print(f"held-out demos: {args.heldout_demos} episodes, {len(heldout)} steps", flush=True)
     collectors = SplitCollectors(cfg, policy, num_envs=r.num_parallel_envs)
     seeds = evaluation_seeds(cfg.eval_seed, args.episodes)
     done, results = args.init_epochs, []
@@ -76,18 +93,31 @@ def main() -> None:
         t1 = time.perf_counter()
         out = run_sft(policy, dataset, unnorm_key=unnorm_key, epochs=epochs - done,
                       batch_size=s.batch_size, learning_rate=s.learning_rate, seed=cfg.seed + done,
-                      out_dir=args.out_dir / f"demos{s.num_demos}_epochs{epochs}", progress=False)
+                      out_dir=args.out_dir / f"demos{s.num_demos}_epochs{epochs}",
+                      augment_shift=s.augment_shift, progress=False)
         sft_s = time.perf_counter() - t1
         done = epochs
+        row = {"epochs": epochs, "loss": out["history"][-1]["loss"], "sft_s": sft_s,
+               "s_per_epoch": sft_s / len(out["history"])}
+        heldout_text = ""
+        if heldout is not None:
+            row["heldout_loss"] = heldout_loss(policy, heldout, s.batch_size)
+            heldout_text = f" heldout_loss={row['heldout_loss']:.3f}"
+        t2 = time.perf_counter()
         val = evaluate_splits(collectors, ["val"], seeds, temperature=r.temperature,
                               record_frames=0)["val"]
-        results.append((epochs, val.success_rate))
-        print(f"epochs={epochs} loss={out['history'][-1]['loss']:.3f} sft_s={sft_s:.0f} "
+        row.update(val_success=val.success_rate, val_successes=val.successes,
+                   val_episodes=val.episodes, eval_s=time.perf_counter() - t2)
+        results.append(row)
+        write_json_atomic(args.out_dir / "sft_budget.json",
+                          {"argv": sys.argv, "overrides": overrides, "results": results})
+        print(f"epochs={epochs} loss={row['loss']:.3f}{heldout_text} sft_s={sft_s:.0f} "
               f"val_success={val.success_rate:.3f} [{val.interval[0]:.2f}, {val.interval[1]:.2f}] "
-              f"({val.episodes} episodes) eval_s={time.perf_counter() - t1 - sft_s:.0f}",
+              f"({val.episodes} episodes) eval_s={row['eval_s']:.0f}",
               flush=True)
     collectors.close()
-    print(" ".join(f"num_demos={s.num_demos} epochs={e} val_success={v:.3f}" for e, v in results))
+    print(" ".join(f"num_demos={s.num_demos} epochs={row['epochs']} val_success={row['val_success']:.3f}"
+                   for row in results))
 
 
 if __name__ == "__main__":

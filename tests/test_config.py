@@ -170,6 +170,8 @@ def test_int_accepted_for_float():
         ({"max_consecutive_skips": 0}, "max_consecutive_skips"),
         ({"experiment_name": "a/b"}, "experiment_name"),
         ({"sft": {"num_demos": -1}}, "sft.num_demos"),
+        ({"sft": {"augment_shift": -1}}, "sft.augment_shift"),
+        ({"sft": {"augment_shift": 32}}, "sft.augment_shift"),  # half of the 64-pixel images
     ],
 )
 def test_impossible_values_rejected(d, key):

@@ -21,7 +21,13 @@ from vla_rl_lib.sft import (
     set_action_statistics,
 )
 from vla_rl_lib.sft.demos import STATISTICS_KEY
-from vla_rl_lib.sft.trainer import SFT_METRICS_FILE, sft_batches
+from vla_rl_lib.sft.trainer import (
+    SFT_METRICS_FILE,
+    augment_rng,
+    heldout_loss,
+    random_shift,
+    sft_batches,
+)
 
 INSTRUCTION = "pick up the blue cube"
 SMALL = TinyVLAConfig(image_size=32, patch_size=16)
@@ -160,6 +166,88 @@ def test_bad_settings_are_named(tmp_path) -> None:
     wrong = ActionStatistics.from_actions(dataset.actions[:, :7])
     with pytest.raises(ValueError, match="7 action dims"):
         run_sft(policy, dataset, epochs=1, statistics=wrong, **common)
+
+
+def coordinate_images(count: int, size: int) -> np.ndarray:
+    """Images whose channel 0 holds the pixel's row and channel 1 its column."""
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    image = np.stack([rows, cols, np.full_like(rows, 7)], axis=-1).astype(np.uint8)
+    return np.repeat(image[None], count, axis=0)
+
+
+def test_random_shift_moves_each_image_by_at_most_k_pixels() -> None:
+    size, shift = 16, 3
+    images = coordinate_images(200, size)
+    shifted = random_shift(images, shift, np.random.default_rng(0))
+    assert shifted.shape == images.shape and shifted.dtype == np.uint8
+    offsets = []
+    for image in shifted:
+        dy, dx = int(image[shift, 0, 0]) - shift, int(image[0, shift, 1]) - shift
+        assert max(abs(dy), abs(dx)) <= shift
+        # the whole image is the original moved by (dy, dx), edges replicated
+        expected_rows = np.clip(np.arange(size) + dy, 0, size - 1)
+        expected_cols = np.clip(np.arange(size) + dx, 0, size - 1)
+        np.testing.assert_array_equal(image[:, :, 0], np.repeat(expected_rows[:, None], size, 1))
+        np.testing.assert_array_equal(image[:, :, 1], np.repeat(expected_cols[None, :], size, 0))
+        assert (image[:, :, 2] == 7).all()
+        offsets.append((dy, dx))
+    # drawn per sample, over the whole range
+    assert {dy for dy, _ in offsets} == set(range(-shift, shift + 1))
+    assert {dx for _, dx in offsets} == set(range(-shift, shift + 1))
+
+
+def test_random_shift_of_zero_is_the_identity_and_draws_nothing() -> None:
+    images = synthetic_dataset().images
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert random_shift(images, 0, rng) is images
+    assert rng.bit_generator.state == state
+
+
+def test_random_shift_is_reproducible_from_the_seed() -> None:
+    images = synthetic_dataset().images
+    first = random_shift(images, 4, augment_rng(3))
+    np.testing.assert_array_equal(first, random_shift(images, 4, augment_rng(3)))
+    assert not np.array_equal(first, random_shift(images, 4, augment_rng(4)))
+
+
+def sft_losses(tmp_path: Path, name: str, **extra) -> list[float]:
+    dataset = synthetic_dataset(num_steps=6)
+    summary = run_sft(
+        build_policy(SMALL, LORA, seed=1), dataset, epochs=2, batch_size=4, learning_rate=1e-3,
+        seed=7, out_dir=tmp_path / name, statistics=statistics_of(dataset), progress=False, **extra,
+    )  # fmt: skip
+    return summary["epoch_losses"]
+
+
+def test_augmented_sft_is_seeded_and_zero_shift_is_todays_sft(tmp_path) -> None:
+    plain = sft_losses(tmp_path, "plain")
+    assert sft_losses(tmp_path, "zero", augment_shift=0) == plain
+    shifted = sft_losses(tmp_path, "shifted", augment_shift=4)
+    assert shifted != plain
+    assert sft_losses(tmp_path, "again", augment_shift=4) == shifted
+
+
+def test_too_large_a_shift_is_refused(tmp_path) -> None:
+    dataset = synthetic_dataset()  # 32-pixel images
+    with pytest.raises(ValueError, match="augment_shift=16 is invalid: use 0 .* up to 15"):
+        run_sft(build_policy(SMALL, LORA, seed=0), dataset, epochs=1, batch_size=4,
+                learning_rate=1e-3, seed=0, out_dir=tmp_path, augment_shift=16, progress=False)  # fmt: skip
+
+
+def test_heldout_loss_is_the_mean_loss_per_sample_without_gradient() -> None:
+    dataset = synthetic_dataset(num_steps=7)
+    policy = build_policy(SMALL, LORA, seed=0)
+    set_action_statistics(policy, statistics_of(dataset))
+    policy.train()
+    with torch.no_grad():
+        policy.eval()
+        whole = policy.sft_loss(
+            dataset.images, dataset.instructions, policy.actions_to_tokens(dataset.actions)
+        ).item()
+        policy.train()
+    assert heldout_loss(policy, dataset, batch_size=3) == pytest.approx(whole, rel=1e-5)
+    assert not policy.training
 
 
 def test_warm_start_on_collected_demonstrations(tmp_path) -> None:

@@ -38,14 +38,16 @@ def test_the_sft_command_refuses_an_existing_result_before_any_work(tiny_config,
 
 
 def test_sft_is_renamed_into_place_whole_and_train_finds_it(tiny_config):
-    cfg = _sft_config(tiny_config)
+    cfg = apply_overrides(_sft_config(tiny_config), {"sft.augment_shift": 2})
     shared_sft_dir(cfg).mkdir(parents=True)  # an empty folder takes the result
     result = save_shared_sft(cfg, progress=False)
 
     out = shared_sft_dir(cfg)
     assert result["sft_checkpoint"] == result["checkpoint"] == str(out)
     assert runs.shared_sft_dir(out.parent) == out  # where train looks for it
-    assert json.loads((out / sft_trainer.SFT_METRICS_FILE).read_text())["checkpoint"] == str(out)
+    metrics = json.loads((out / sft_trainer.SFT_METRICS_FILE).read_text())
+    assert metrics["checkpoint"] == str(out)
+    assert metrics["augment_shift"] == 2  # the config key reaches run_sft
     assert sorted(p.name for p in out.parent.iterdir()) == ["sft"]  # no partial folder left
     written = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 

@@ -338,6 +338,9 @@ class SFTConfig(_Section):
     learning_rate: float = setting(1e-3, "behaviour-cloning learning rate", gt=0)
     demo_seed: int = setting(12345, "first demo episode seed (apart from training and eval seeds)", ge=0)
     dataset_dir: NonBlank = setting("outputs/demos", "where the demos are cached")
+    augment_shift: int = setting(
+        0, "random-shift augmentation of the SFT images: pad by this many pixels (edge replicated) "
+        "and crop back at a random offset per sample; 0 = off", ge=0)  # fmt: skip
 
 
 class VLARLConfig(_Section):
@@ -405,6 +408,7 @@ class VLARLConfig(_Section):
         _check_logging(self)
         _check_eval_splits(self)
         _check_collect_ahead(self)
+        _check_sft(self)
         try:
             check_disjoint(seed_streams(self))
         except SeedRangeError as error:
@@ -496,6 +500,12 @@ def _check_start(cfg: VLARLConfig) -> None:
            cfg.language_instruction,
            f"{PICKPLACE_ENV_ID} names a different cube and plate each episode, so one instruction "
            "for all would hide the task; set language_instruction: null")  # fmt: skip
+
+
+def _check_sft(cfg: VLARLConfig) -> None:
+    shift, size = cfg.sft.augment_shift, cfg.rollout.image_size
+    _check(2 * shift < size, "sft.augment_shift", shift,
+           f"must be below half of rollout.image_size ({size}): use at most {(size - 1) // 2}")  # fmt: skip
 
 
 def _check_batch(cfg: VLARLConfig) -> None:

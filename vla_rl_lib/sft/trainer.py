@@ -54,6 +54,42 @@ def sft_batches(num_samples: int, batch_size: int, generator: torch.Generator) -
     return [order[start : start + batch_size] for start in range(0, num_samples, batch_size)]
 
 
+def random_shift(images: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
+    """DrQ's random shift of a batch of (N, H, W, C) images: each is padded by ``shift`` pixels
+    (edges replicated) and cropped back to (H, W) at an offset drawn from ``rng``, so its content
+    moves by at most ``shift`` pixels on each axis. ``shift=0`` returns ``images`` and draws nothing."""
+    if shift == 0:
+        return images
+    count, height, width = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+    top, left = rng.integers(0, 2 * shift + 1, size=(2, count, 1))
+    rows = (top + np.arange(height))[:, :, None]
+    cols = (left + np.arange(width))[:, None, :]
+    return padded[np.arange(count)[:, None, None], rows, cols]
+
+
+def augment_rng(seed: int) -> np.random.Generator:
+    """The random-shift stream of an SFT run, apart from its shuffling and dropout."""
+    return np.random.default_rng([seed, 0xA06])
+
+
+def heldout_loss(policy: VLAPolicy, dataset: DemoDataset, batch_size: int) -> float:
+    """Mean SFT loss per sample on ``dataset`` (no gradient, eval mode, no augmentation), its
+    actions tokenized with the statistics the policy already holds (those it was trained with).
+    Beside the training loss it tells over- from under-fitting. The policy is left in eval mode."""
+    token_ids = policy.actions_to_tokens(dataset.actions)
+    policy.eval()
+    loss_sum = 0.0
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            rows = slice(start, start + batch_size)
+            loss = policy.sft_loss(
+                dataset.images[rows], dataset.instructions[rows], token_ids[rows]
+            )
+            loss_sum += loss.item() * len(dataset.instructions[rows])
+    return loss_sum / len(dataset)
+
+
 def run_sft(
     policy: VLAPolicy,
     dataset: DemoDataset,
@@ -66,6 +102,7 @@ def run_sft(
     statistics: ActionStatistics | None = None,
     unnorm_key: str = STATISTICS_KEY,
     max_grad_norm: float = 1.0,
+    augment_shift: int = 0,
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -75,7 +112,9 @@ def run_sft(
     normalization before the actions are tokenized, and are saved with the
     checkpoint as ``dataset_statistics.json`` under ``unnorm_key``. Shuffling and any dropout draw
     from ``seed`` (the global torch RNG is left as it was). AdamW, gradients
-    clipped to ``max_grad_norm``. ``on_epoch`` receives each epoch's record
+    clipped to ``max_grad_norm``. ``augment_shift`` > 0 shifts each
+    training image at random by up to that many pixels (``random_shift``, drawn from ``seed``).
+    ``on_epoch`` receives each epoch's record
     (``epoch``, ``loss``, ``grad_norm``, ``seconds``, ``samples_per_s``).
 
     ``out_dir`` is written by ``policy.save_pretrained`` (so ``train
@@ -83,12 +122,14 @@ def run_sft(
     ``sft_metrics.json`` with the per-epoch records. Returns that summary.
     The policy is left in eval mode.
     """
-    check_sft_inputs(policy, dataset, epochs, batch_size, learning_rate)
+    check_sft_inputs(policy, dataset, epochs, batch_size, learning_rate, augment_shift)
     out_dir = Path(out_dir)
     statistics = dataset.statistics if statistics is None else statistics
     set_action_statistics(policy, statistics, unnorm_key)
     token_ids = policy.actions_to_tokens(dataset.actions)
-    loop = _SFTEpochs(policy, dataset, token_ids, batch_size, learning_rate, max_grad_norm, seed)
+    loop = _SFTEpochs(
+        policy, dataset, token_ids, batch_size, learning_rate, max_grad_norm, augment_shift, seed
+    )
     bar = tqdm(total=epochs * loop.batches, desc="SFT", unit="batch", disable=not progress)
     started = time.perf_counter()
     history = loop.train_epochs(epochs, seed, bar, on_epoch)
@@ -105,6 +146,7 @@ def run_sft(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "max_grad_norm": max_grad_norm,
+        "augment_shift": augment_shift,
         "seed": seed,
         "unnorm_key": unnorm_key,
     }
@@ -113,7 +155,12 @@ def run_sft(
 
 
 def check_sft_inputs(
-    policy: VLAPolicy, dataset: DemoDataset, epochs: int, batch_size: int, learning_rate: float
+    policy: VLAPolicy,
+    dataset: DemoDataset,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    augment_shift: int = 0,
 ) -> None:
     """Refuse settings or data that ``run_sft`` cannot train on, naming the fix."""
     if epochs < 1:
@@ -122,6 +169,12 @@ def check_sft_inputs(
         raise ValueError(f"batch_size={batch_size} is invalid: use at least 1")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate={learning_rate} is invalid: it must be > 0")
+    side = min(dataset.images.shape[1:3])
+    if not 0 <= 2 * augment_shift < side:
+        raise ValueError(
+            f"augment_shift={augment_shift} is invalid: use 0 (off) up to {(side - 1) // 2}, "
+            f"below half of the {side}-pixel images"
+        )
     if len(dataset) == 0:
         raise ValueError(
             f"the dataset at {dataset.path} holds no steps; collect demonstrations first"
@@ -134,8 +187,8 @@ def check_sft_inputs(
 
 
 class _SFTEpochs:
-    """Passes over the demonstrations: shuffled batches (drawn from ``seed``), AdamW steps,
-    gradients clipped to ``max_grad_norm``."""
+    """Passes over the demonstrations: shuffled batches (drawn from ``seed``), images shifted by
+    up to ``augment_shift`` pixels, AdamW steps, gradients clipped to ``max_grad_norm``."""
 
     def __init__(
         self,
@@ -145,6 +198,7 @@ class _SFTEpochs:
         batch_size: int,
         learning_rate: float,
         max_grad_norm: float,
+        augment_shift: int,
         seed: int,
     ) -> None:
         self.policy = policy
@@ -153,11 +207,13 @@ class _SFTEpochs:
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.max_grad_norm = max_grad_norm
+        self.augment_shift = augment_shift
         self.optimizer = torch.optim.AdamW(
             policy.optimizer_param_groups(learning_rate, learning_rate)
         )
         self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.generator = torch.Generator().manual_seed(seed)
+        self.augment_rng = augment_rng(seed)
         self.batches = math.ceil(len(dataset) / batch_size)
 
     def train_epochs(
@@ -209,7 +265,7 @@ class _SFTEpochs:
         """One optimizer step on ``batch``; returns its loss and its (pre-clip) gradient norm."""
         dataset = self.dataset
         loss = self.policy.sft_loss(
-            dataset.images[batch],
+            random_shift(dataset.images[batch], self.augment_shift, self.augment_rng),
             [dataset.instructions[i] for i in batch],
             self.token_ids[torch.from_numpy(batch).to(self.token_ids.device)],
         )
