@@ -338,6 +338,12 @@ class SFTConfig(_Section):
     learning_rate: float = setting(1e-3, "behaviour-cloning learning rate", gt=0)
     demo_seed: int = setting(12345, "first demo episode seed (apart from training and eval seeds)", ge=0)
     dataset_dir: NonBlank = setting("outputs/demos", "where the demos are cached")
+    demo_action_noise: float = setting(
+        0.0, "DART: std of noise added to the expert's executed arm action (normalized units; "
+        "the clean action is recorded); 0 = none", ge=0)  # fmt: skip
+    demo_noise_correlation: float = setting(
+        0.9, "step-to-step correlation of that noise (AR(1)): near 1 lets the arm drift for "
+        "several steps before the expert pulls it back", ge=0, lt=1)  # fmt: skip
 
 
 class VLARLConfig(_Section):
