@@ -170,6 +170,9 @@ def test_int_accepted_for_float():
         ({"max_consecutive_skips": 0}, "max_consecutive_skips"),
         ({"experiment_name": "a/b"}, "experiment_name"),
         ({"sft": {"num_demos": -1}}, "sft.num_demos"),
+        ({"sft": {"demo_action_noise": -0.1}}, "sft.demo_action_noise"),
+        ({"sft": {"demo_noise_correlation": 1.0}}, "sft.demo_noise_correlation"),
+        ({"sft": {"demo_noise_correlation": -0.5}}, "sft.demo_noise_correlation"),
     ],
 )
 def test_impossible_values_rejected(d, key):
