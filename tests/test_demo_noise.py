@@ -12,7 +12,8 @@ from vla_rl_lib.sft import collect_demonstrations
 from vla_rl_lib.sft.demos import (
     NOISE_STREAM,
     ExecutionNoise,
-    _play_attempts,
+    Attempt,
+    play_attempts,
     demo_dataset_dir,
     demo_recipe,
     read_meta,
@@ -36,27 +37,37 @@ def _reference_noise(seed: int, dims: int, steps: int, sigma: float, rho: float)
     return np.array(noise)
 
 
+def _drive(noise: ExecutionNoise, actions: np.ndarray, attempts: dict[int, Attempt], steps: int):
+    """The executed actions of ``steps`` steps, each attempt recording its step first
+    (as play_attempts does)."""
+    executed = []
+    for _ in range(steps):
+        for env_id, attempt in attempts.items():
+            attempt.actions.append(actions[env_id])
+        executed.append(noise(None, actions, attempts))
+    return np.array(executed)
+
+
 def test_noise_is_the_ar1_sequence_of_the_episode_seed_on_arm_dims_only():
-    noise = ExecutionNoise(num_envs=3, action_dim=4, sigma=0.1, rho=0.9)
-    noise.start(2, episode_seed=77)
     actions = np.zeros((3, 4), dtype=np.float32)
     actions[:, 3] = 1.0
-    executed = np.array([noise.executed(actions, [2])[2] for _ in range(50)])
+    executed = _drive(ExecutionNoise(0.1, 0.9), actions, {2: Attempt(index=0, seed=77)}, 50)
     expected = np.clip(_reference_noise(77, 3, 50, 0.1, 0.9), -1, 1)
-    np.testing.assert_allclose(executed[:, :3], expected, atol=1e-6)
-    assert (executed[:, 3] == 1.0).all()  # the gripper is never perturbed
-    # Envs not listed are left alone, and the stream does not depend on the env slot.
-    assert (noise.executed(actions, [2])[:2] == actions[:2]).all()
-    other = ExecutionNoise(num_envs=1, action_dim=4, sigma=0.1, rho=0.9)
-    other.start(0, episode_seed=77)
-    np.testing.assert_array_equal(other.executed(actions[:1], [0])[0], executed[0])
+    np.testing.assert_allclose(executed[:, 2, :3], expected, atol=1e-6)
+    assert (executed[:, 2, 3] == 1.0).all()  # the gripper is never perturbed
+    assert (executed[:, :2] == actions[:2]).all()  # envs without an attempt are left alone
+    # The stream belongs to the attempt, not the env slot; a new attempt restarts it.
+    other = _drive(ExecutionNoise(0.1, 0.9), actions[:1], {0: Attempt(index=5, seed=77)}, 3)
+    np.testing.assert_array_equal(other[:, 0], executed[:3, 2])
+    noise = ExecutionNoise(0.1, 0.9)
+    _drive(noise, actions, {2: Attempt(index=0, seed=1)}, 4)
+    again = _drive(noise, actions, {2: Attempt(index=1, seed=77)}, 3)
+    np.testing.assert_array_equal(again[:, 2], executed[:3, 2])
 
 
 def test_noise_has_std_sigma_and_step_correlation_rho():
-    noise = ExecutionNoise(num_envs=1, action_dim=8, sigma=0.2, rho=0.9)
-    noise.start(0, episode_seed=5)
     zeros = np.zeros((1, 8), dtype=np.float32)
-    n = np.array([noise.executed(zeros, [0])[0, :7] for _ in range(5000)])
+    n = _drive(ExecutionNoise(0.2, 0.9), zeros, {0: Attempt(index=0, seed=5)}, 5000)[:, 0, :7]
     assert n.std() == pytest.approx(0.2, rel=0.1)
     lag1 = np.mean([np.corrcoef(n[:-1, j], n[1:, j])[0, 1] for j in range(7)])
     assert lag1 == pytest.approx(0.9, abs=0.03)
@@ -99,8 +110,8 @@ def test_labels_are_the_experts_clean_action_at_the_visited_state(control_mode):
         act, step = expert.act, env.step
         expert.act = lambda: asked.append(np.asarray(act(), np.float32)) or asked[-1]
         env.step = lambda actions: executed.append(np.array(actions)) or step(actions)
-        noise = ExecutionNoise(1, env.action_dim, sigma, 0.9) if sigma else None
-        (attempt,) = _play_attempts(env, expert, 1, SEED, 1, _NoBar(), noise=noise)
+        noise = ExecutionNoise(sigma, 0.9) if sigma else None
+        (attempt,) = play_attempts(env, expert, 1, SEED, 1, _NoBar(), drive=noise)
         env.close()
         return attempt, np.concatenate(asked), np.concatenate(executed)
 
