@@ -11,11 +11,11 @@ from lift.expert import ScriptedExpert
 from vla_rl_lib.sft import collect_demonstrations
 from vla_rl_lib.sft.demos import (
     NOISE_STREAM,
-    ExecutionNoise,
     Attempt,
-    play_attempts,
+    ExecutionNoise,
     demo_dataset_dir,
     demo_recipe,
+    play_attempts,
     read_meta,
 )
 
@@ -142,7 +142,10 @@ def test_noisy_collection_is_reproducible_and_records_its_recipe(tmp_path):
 
 @pytest.mark.parametrize(
     ("noise", "message"),
-    [({"action_noise": -0.1}, "action_noise=-0.1"), ({"noise_correlation": 1.0}, "noise_correlation=1.0")],
+    [
+        ({"action_noise": -0.1}, "action_noise=-0.1"),
+        ({"noise_correlation": 1.0}, "noise_correlation=1.0"),
+    ],
 )
 def test_bad_noise_values_are_named(tmp_path, noise, message):
     with pytest.raises(ValueError, match=message) as info:

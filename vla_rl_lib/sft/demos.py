@@ -195,9 +195,12 @@ class ExecutionNoise:
 
     def __init__(self, sigma: float, rho: float) -> None:
         self.sigma, self.rho = sigma, rho
-        self._streams: dict[int, tuple[np.random.Generator, np.ndarray]] = {}  # env id -> (rng, n_t)
+        # env id -> (the running attempt's generator, its noise n_t for the next step)
+        self._streams: dict[int, tuple[np.random.Generator, np.ndarray]] = {}
 
-    def __call__(self, observation: Any, actions: np.ndarray, running: dict[int, Attempt]) -> np.ndarray:
+    def __call__(
+        self, observation: Any, actions: np.ndarray, running: dict[int, Attempt]
+    ) -> np.ndarray:
         executed = actions.copy()
         innovation = self.sigma * np.sqrt(1.0 - self.rho**2)
         arm_dims = actions.shape[1] - 1
@@ -208,7 +211,8 @@ class ExecutionNoise:
                 self._streams[env_id] = rng, self.sigma * rng.standard_normal(arm_dims)
             rng, noise = self._streams[env_id]
             executed[env_id, :-1] = np.clip(actions[env_id, :-1] + noise, -1.0, 1.0)
-            self._streams[env_id] = rng, self.rho * noise + innovation * rng.standard_normal(arm_dims)
+            noise = self.rho * noise + innovation * rng.standard_normal(arm_dims)
+            self._streams[env_id] = rng, noise
         return executed
 
 
@@ -397,8 +401,8 @@ def collect_demonstrations(
     ``instruction`` overrides it for every episode. ``action_noise`` > 0 executes the
     expert's arm action plus AR(1) noise of that std (normalized units) and step
     correlation ``noise_correlation`` (:class:`ExecutionNoise`), recording the clean
-    action. Gives up with RuntimeError after
-    ``max_attempts`` attempts (default ``demo_attempts(num_demos)``). The dataset is
+    action. Gives up with RuntimeError after ``max_attempts`` attempts (default
+    ``demo_attempts(num_demos)``). The dataset is
     written to a temporary sibling directory and renamed to ``out_dir`` only
     when complete; an existing ``out_dir`` is replaced only with ``overwrite``.
     Returns ``out_dir``.
@@ -427,9 +431,9 @@ def collect_demonstrations(
             (tmp / DATA_FILE).parent.mkdir(parents=True)
             with pq.ParquetWriter(tmp / DATA_FILE, SCHEMA, compression="zstd") as writer:
                 expert = ScriptedExpert(env)
-                drive = ExecutionNoise(action_noise, noise_correlation) if action_noise > 0 else None
+                noise = ExecutionNoise(action_noise, noise_correlation) if action_noise else None
                 attempts = play_attempts(
-                    env, expert, num_demos, seed, max_attempts, bar, instruction, drive
+                    env, expert, num_demos, seed, max_attempts, bar, instruction, noise
                 )
                 for attempt in attempts:
                     attempted += 1
