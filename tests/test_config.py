@@ -172,6 +172,9 @@ def test_int_accepted_for_float():
         ({"sft": {"num_demos": -1}}, "sft.num_demos"),
         ({"sft": {"augment_shift": -1}}, "sft.augment_shift"),
         ({"sft": {"augment_shift": 32}}, "sft.augment_shift"),  # half of the 64-pixel images
+        ({"sft": {"demo_action_noise": -0.1}}, "sft.demo_action_noise"),
+        ({"sft": {"demo_noise_correlation": 1.0}}, "sft.demo_noise_correlation"),
+        ({"sft": {"demo_noise_correlation": -0.5}}, "sft.demo_noise_correlation"),
     ],
 )
 def test_impossible_values_rejected(d, key):

@@ -341,6 +341,12 @@ class SFTConfig(_Section):
     augment_shift: int = setting(
         0, "random-shift augmentation of the SFT images: pad by this many pixels (edge replicated) "
         "and crop back at a random offset per sample; 0 = off", ge=0)  # fmt: skip
+    demo_action_noise: float = setting(
+        0.0, "DART: std of noise added to the expert's executed arm action (normalized units; "
+        "the clean action is recorded); 0 = none", ge=0)  # fmt: skip
+    demo_noise_correlation: float = setting(
+        0.9, "step-to-step correlation of that noise (AR(1)): near 1 lets the arm drift for "
+        "several steps before the expert pulls it back", ge=0, lt=1)  # fmt: skip
 
 
 class VLARLConfig(_Section):

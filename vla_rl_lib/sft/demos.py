@@ -45,6 +45,11 @@ Reproducibility: attempt k plays the episode start that ``env.reset(seed=seed
 attempts in attempt order, whatever ``num_envs`` is. The same seed gives the
 same Parquet bytes and the same ``meta.json`` except for ``created_at``.
 
+Noise-injected demonstrations (DART, Laskey et al. 2017): with ``action_noise``
+above 0 the env executes the expert's arm action plus AR(1) noise, while the
+``action`` column keeps the expert's clean action for the state actually visited,
+so the data show how the expert pulls a deviating arm back to its path.
+
 Reuse: ``meta.json["recipe"]`` records every setting that shapes the data (each
 content parameter of ``collect_demonstrations`` and the simulator defaults).
 ``ensure_demonstrations`` keeps one folder per recipe and reuses a dataset only
@@ -95,6 +100,8 @@ REQUIRED_META_KEYS = (
     ("num_episodes",),
     ("num_transitions",),
 )
+# Mixed into each episode seed for the execution-noise generator, apart from the env's own streams.
+NOISE_STREAM = 0xDA27
 # PNG compression level is fixed so that the same frames always give the same bytes.
 PNG_COMPRESS_LEVEL = 6
 
@@ -173,6 +180,40 @@ class Attempt:
 
 # (observation, the expert's actions (N, D), running attempts by env id) -> the executed actions (N, D)
 Drive = Callable[[Any, np.ndarray, dict[int, Attempt]], np.ndarray]
+
+
+class ExecutionNoise:
+    """A ``Drive`` for DART: the expert's action plus AR(1) noise on the arm dims (never
+    the gripper), clipped to [-1, 1].
+
+    ``n_t = rho * n_{t-1} + sqrt(1 - rho^2) * sigma * eps_t`` with ``n_0 = sigma * eps_0``,
+    so every step's noise has standard deviation ``sigma`` (normalized action units)
+    and stays correlated for about ``1 / (1 - rho)`` steps. Each attempt draws from its
+    own generator, seeded by its start seed, so the data do not depend on which env
+    played it.
+    """
+
+    def __init__(self, sigma: float, rho: float) -> None:
+        self.sigma, self.rho = sigma, rho
+        # env id -> (the running attempt's generator, its noise n_t for the next step)
+        self._streams: dict[int, tuple[np.random.Generator, np.ndarray]] = {}
+
+    def __call__(
+        self, observation: Any, actions: np.ndarray, running: dict[int, Attempt]
+    ) -> np.ndarray:
+        executed = actions.copy()
+        innovation = self.sigma * np.sqrt(1.0 - self.rho**2)
+        arm_dims = actions.shape[1] - 1
+        for env_id, attempt in running.items():
+            # play_attempts records the step's action before driving: one action = a new attempt.
+            if len(attempt.actions) == 1:
+                rng = np.random.default_rng([attempt.seed, NOISE_STREAM])
+                self._streams[env_id] = rng, self.sigma * rng.standard_normal(arm_dims)
+            rng, noise = self._streams[env_id]
+            executed[env_id, :-1] = np.clip(actions[env_id, :-1] + noise, -1.0, 1.0)
+            noise = self.rho * noise + innovation * rng.standard_normal(arm_dims)
+            self._streams[env_id] = rng, noise
+        return executed
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -275,9 +316,14 @@ def play_attempts(
 
 
 def _checked_attempts(
-    num_demos: int, seed: int, max_attempts: int | None, out_dir: Path, overwrite: bool
-) -> int:
+    num_demos: int, seed: int, max_attempts: int | None, out_dir: Path, overwrite: bool,
+    action_noise: float, noise_correlation: float,
+) -> int:  # fmt: skip
     """``max_attempts`` (its default filled in) once the request is known to be valid."""
+    if not action_noise >= 0:
+        raise ValueError(f"action_noise={action_noise} is invalid: use 0 (none) or a positive std")
+    if not 0 <= noise_correlation < 1:
+        raise ValueError(f"noise_correlation={noise_correlation} is invalid: use a value in [0, 1)")
     if num_demos < 1:
         raise ValueError(f"num_demos={num_demos} is invalid: ask for at least 1 demonstration")
     if max_attempts is None:
@@ -342,6 +388,8 @@ def collect_demonstrations(
     control_mode: str = "pd_joint_delta_pos",
     max_episode_steps: int = 200,
     instruction: str | None = None,
+    action_noise: float = 0.0,
+    noise_correlation: float = 0.9,
     max_attempts: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
@@ -350,8 +398,11 @@ def collect_demonstrations(
 
     Failed attempts are dropped (``meta.json`` counts them). Each row records the
     instruction of its episode (PickPlace: a different one per episode);
-    ``instruction`` overrides it for every episode. Gives up with RuntimeError after
-    ``max_attempts`` attempts (default ``demo_attempts(num_demos)``). The dataset is
+    ``instruction`` overrides it for every episode. ``action_noise`` > 0 executes the
+    expert's arm action plus AR(1) noise of that std (normalized units) and step
+    correlation ``noise_correlation`` (:class:`ExecutionNoise`), recording the clean
+    action. Gives up with RuntimeError after ``max_attempts`` attempts (default
+    ``demo_attempts(num_demos)``). The dataset is
     written to a temporary sibling directory and renamed to ``out_dir`` only
     when complete; an existing ``out_dir`` is replaced only with ``overwrite``.
     Returns ``out_dir``.
@@ -361,7 +412,9 @@ def collect_demonstrations(
     from lift.expert import ScriptedExpert
 
     out_dir = Path(out_dir)
-    max_attempts = _checked_attempts(num_demos, seed, max_attempts, out_dir, overwrite)
+    max_attempts = _checked_attempts(
+        num_demos, seed, max_attempts, out_dir, overwrite, action_noise, noise_correlation
+    )
 
     env = lift.make_env(
         simulator, env_id, num_envs=num_envs, image_size=image_size, camera=camera,
@@ -378,7 +431,10 @@ def collect_demonstrations(
             (tmp / DATA_FILE).parent.mkdir(parents=True)
             with pq.ParquetWriter(tmp / DATA_FILE, SCHEMA, compression="zstd") as writer:
                 expert = ScriptedExpert(env)
-                attempts = play_attempts(env, expert, num_demos, seed, max_attempts, bar, instruction)
+                noise = ExecutionNoise(action_noise, noise_correlation) if action_noise else None
+                attempts = play_attempts(
+                    env, expert, num_demos, seed, max_attempts, bar, instruction, noise
+                )
                 for attempt in attempts:
                     attempted += 1
                     if not attempt.successes[-1]:
@@ -410,6 +466,9 @@ def collect_demonstrations(
 # same seed gives the same bytes whatever num_envs is. Every other parameter, present
 # or added later, is part of the recipe a cached dataset must match.
 RECIPE_EXCLUDED = ("out_dir", "num_envs", "overwrite", "progress")
+# Execution-noise parameters, left out of a noise-free recipe so that noise-free datasets
+# keep the recipe (and cache folder) they had before noise existed.
+NOISE_PARAMETERS = ("action_noise", "noise_correlation")
 
 
 def _recipe(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -422,9 +481,10 @@ def _recipe(arguments: dict[str, Any]) -> dict[str, Any]:
     from lift.types import SimulatorConfig
 
     defaults = dataclasses.asdict(SimulatorConfig(env_id=arguments["env_id"]))
+    excluded = RECIPE_EXCLUDED + (NOISE_PARAMETERS if arguments["action_noise"] == 0 else ())
     recipe = {
         "format_version": FORMAT_VERSION,
-        "arguments": {k: v for k, v in arguments.items() if k not in RECIPE_EXCLUDED},
+        "arguments": {k: v for k, v in arguments.items() if k not in excluded},
         "simulator_defaults": {k: v for k, v in defaults.items() if k not in arguments},
     }
     return json.loads(json.dumps(recipe))  # tuples -> lists, as meta.json reads back

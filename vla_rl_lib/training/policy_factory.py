@@ -226,7 +226,8 @@ def demonstrations_for(cfg: VLARLConfig, progress: bool = True) -> Path:
         s.dataset_dir, s.num_demos, s.demo_seed, simulator=r.simulator, env_id=r.env_id,
         num_envs=r.num_parallel_envs, image_size=r.image_size, camera=r.camera,
         control_mode=r.control_mode, max_episode_steps=r.max_steps,
-        instruction=cfg.language_instruction, progress=progress,
+        instruction=cfg.language_instruction, action_noise=s.demo_action_noise,
+        noise_correlation=s.demo_noise_correlation, progress=progress,
     )  # fmt: skip
 
 
