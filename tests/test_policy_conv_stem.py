@@ -69,7 +69,11 @@ def test_conv_stem_model_keeps_the_image_tokens() -> None:
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         features = conv.model.vision_tower(pixels).last_hidden_state
-        assert features.shape == patch.model.vision_tower(pixels).last_hidden_state.shape == (2, 16, 64)
+        assert (
+            features.shape
+            == patch.model.vision_tower(pixels).last_hidden_state.shape
+            == (2, 16, 64)
+        )
     with pytest.raises(ValueError, match="vision_stem"):
         TinyVLAConfig(vision_stem="cnn")
 

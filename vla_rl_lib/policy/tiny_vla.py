@@ -140,7 +140,7 @@ class ConvPatchStem(nn.Sequential):
         for index in range(patch_size.bit_length() - 1):
             width = 32 * 2 ** (index // 2)
             conv = nn.Conv2d(channels, width, kernel_size=3, stride=2, padding=1)
-            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # keeps the scale through GELU
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # scale kept through GELU
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.GELU()]
             channels = width
@@ -305,7 +305,9 @@ def vision_stem_of(config: Any) -> str:
     """The vision stem a (saved) model config records; "patch" when it names none."""
     stem = getattr(getattr(config, "vision_config", None), "vision_stem", "patch")
     if stem not in VISION_STEMS:
-        raise ValueError(f"vision_config.vision_stem={stem!r} is unknown; expected one of {VISION_STEMS}")
+        raise ValueError(
+            f"vision_config.vision_stem={stem!r} is unknown; expected one of {VISION_STEMS}"
+        )
     return stem
 
 
@@ -330,4 +332,8 @@ class ConvStemLlava(LlavaForConditionalGeneration):
 
 def tiny_llava(config: LlavaConfig) -> LlavaForConditionalGeneration:
     """The model ``config`` describes, its vision stem included, with random weights."""
-    return ConvStemLlava(config) if vision_stem_of(config) == "conv" else LlavaForConditionalGeneration(config)
+    return (
+        ConvStemLlava(config)
+        if vision_stem_of(config) == "conv"
+        else LlavaForConditionalGeneration(config)
+    )

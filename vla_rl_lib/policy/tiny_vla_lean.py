@@ -218,7 +218,13 @@ class LeanTinyVLA:
             patches = conv(pixels)
         else:
             patches = F.conv2d(
-                pixels, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+                pixels,
+                conv.weight,
+                conv.bias,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.groups,
             )
         hidden = patches.flatten(2).transpose(1, 2)
         table = embeddings.position_embedding
