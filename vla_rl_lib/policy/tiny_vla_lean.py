@@ -6,9 +6,8 @@ peft (output-capturing hooks, mask preparation, kwargs plumbing, the LoRA
 wrapper around each of ~45 small matmuls) rather than arithmetic. ``LeanTinyVLA``
 computes the decoder's final hidden states of a ``LlavaForConditionalGeneration``
 (SigLIP vision tower with its patch conv or ``ConvPatchStem``, Llama decoder, SDPA
-attention) with the same functional
-calls, in the same order, on the same tensors, so its output equals
-transformers' to the bit (``tests/test_policy_lean_forward.py``).
+attention) with the same functional calls, in the same order, on the same tensors,
+so its output equals transformers' to the bit (``tests/test_policy_lean_forward.py``).
 
 - Weights are read from the transformers modules at every call (never copied),
   so an optimizer step or ``load_state_dict`` is seen at once; autograd runs
