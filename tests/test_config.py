@@ -163,6 +163,8 @@ def test_int_accepted_for_float():
         ({"pretrained_checkpoint": "a", "sft_checkpoint": "b"}, "sft_checkpoint"),
         ({"model": {"name": "openvla"}}, "pretrained_checkpoint"),
         ({"model": {"patch_size": 12}}, "model.patch_size"),
+        ({"model": {"vision_stem": "cnn"}}, "model.vision_stem"),
+        ({"model": {"vision_stem": "conv", "patch_size": 1}}, "model.patch_size"),  # not 2^k
         ({"lora": {"dropout": 1.0}}, "lora.dropout"),
         ({"lora": {"target_modules": "q_proj"}}, "lora.target_modules"),
         ({"eval_seed": 12300}, "sft.demo_seed"),  # demos [12345, 12395) inside evaluation

@@ -41,11 +41,12 @@ def test_openvla_counts_match_published_figures():
     assert 0.012 < model.lora_params(32, "all-linear") / model.total < 0.017
 
 
-def test_tiny_counts_equal_the_built_model():
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_tiny_counts_equal_the_built_model(stem):
     from vla_rl_lib.policy.hf_policy import build_policy
     from vla_rl_lib.training.policy_factory import lora_settings, tiny_vla_config
 
-    cfg = load_template("default")
+    cfg = apply_overrides(load_template("default"), {"model.vision_stem": stem})
     policy = build_policy(tiny_vla_config(cfg), lora=None, seed=0)
     built = sum(p.numel() for p in policy.model.parameters())
     assert count_parameters(cfg).total == built

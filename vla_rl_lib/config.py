@@ -290,6 +290,10 @@ class ModelConfig(_Section):
     vision_num_attention_heads: int = setting(2, "tiny model: vision heads (divide vision_hidden_size)", ge=1)
     vision_intermediate_size: int = setting(128, "tiny model: vision MLP width", ge=1)
     patch_size: int = setting(16, "tiny model: image patch side in pixels (divides image_size)", ge=1)
+    vision_stem: Literal["patch", "conv"] = setting(
+        "patch", "tiny model: pixels to image tokens by one linear patch projection (patch) or a "
+        "small CNN of stride-2 3x3 convolutions (conv; patch_size a power of two)"
+    )
     unnorm_key: str | None = setting(
         None, "dataset key of the action un-normalization statistics; null when there is one set"
     )
@@ -304,6 +308,9 @@ class ModelConfig(_Section):
     def _divisible(self) -> ModelConfig:
         _check(self.image_size % self.patch_size == 0, "model.patch_size", self.patch_size,
                f"must divide model.image_size ({self.image_size})")  # fmt: skip
+        power_of_two = self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0
+        _check(self.vision_stem != "conv" or power_of_two, "model.patch_size", self.patch_size,
+               "must be a power of two (>= 2) with model.vision_stem: conv (each convolution halves the image)")  # fmt: skip
         _check(self.hidden_size % self.num_attention_heads == 0, "model.num_attention_heads",
                self.num_attention_heads, f"must divide model.hidden_size ({self.hidden_size})")  # fmt: skip
         _check(self.vision_hidden_size % self.vision_num_attention_heads == 0,
@@ -311,8 +318,8 @@ class ModelConfig(_Section):
                f"must divide model.vision_hidden_size ({self.vision_hidden_size})")  # fmt: skip
         return self
 
-    def tiny_vla_sizes(self) -> dict[str, int]:
-        """These sizes under the names of ``vla_rl_lib.policy.tiny_vla.TinyVLAConfig``."""
+    def tiny_vla_sizes(self) -> dict[str, int | str]:
+        """These sizes (and the vision stem) under the names of ``vla_rl_lib.policy.tiny_vla.TinyVLAConfig``."""
         return {
             "image_size": self.image_size,
             "patch_size": self.patch_size,
@@ -324,6 +331,7 @@ class ModelConfig(_Section):
             "text_intermediate_size": self.intermediate_size,
             "text_layers": self.num_layers,
             "text_heads": self.num_attention_heads,
+            "vision_stem": self.vision_stem,
         }
 
 

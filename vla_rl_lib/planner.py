@@ -134,16 +134,15 @@ def _prompt_tokens(instruction: str) -> int:
 
 
 @cache
-def _tiny_count(sizes: tuple[tuple[str, int], ...], instruction: str, action_dim: int) -> ModelCount:
+def _tiny_count(sizes: tuple[tuple[str, int | str], ...], instruction: str, action_dim: int) -> ModelCount:
     import torch
-    from transformers import LlavaForConditionalGeneration
 
-    from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, build_tokenizer, llava_config
+    from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, build_tokenizer, llava_config, tiny_llava
 
     config = TinyVLAConfig(**dict(sizes))
     tokenizer = build_tokenizer(config.text_vocab_size, config.action_slots)
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(llava_config(config, tokenizer))
+        model = tiny_llava(llava_config(config, tokenizer))
     vision = sum(p.numel() for p in model.model.vision_tower.parameters())
     projector = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
     total = sum(p.numel() for p in model.parameters())

@@ -48,7 +48,12 @@ from peft import (
 )
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    DynamicCache,
+)
 
 from vla_rl_lib.policy.action_tokenizer import (
     DATASET_STATISTICS_FILE,
@@ -65,7 +70,13 @@ from vla_rl_lib.policy.configuration import (
     PolicyConfig,
 )
 from vla_rl_lib.policy.lora import LoRAConfig
-from vla_rl_lib.policy.tiny_vla import TinyVLAConfig, action_slot_token, build_tiny_vla
+from vla_rl_lib.policy.tiny_vla import (
+    ConvStemLlava,
+    TinyVLAConfig,
+    action_slot_token,
+    build_tiny_vla,
+    vision_stem_of,
+)
 from vla_rl_lib.policy.tiny_vla_lean import LeanTinyVLA
 from vla_rl_lib.utils import atomic_directory, write_json_atomic
 
@@ -801,9 +812,30 @@ def _auto_load(directory: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
         raise FileNotFoundError(
             f"{root} has no processor/tokenizer files (processor_config.json, tokenizer_config.json)"
         )
-    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype)
+    config = AutoConfig.from_pretrained(directory)
+    # transformers alone would build a patch conv and drop a conv stem's weights.
+    model_class = ConvStemLlava if vision_stem_of(config) == "conv" else AutoModelForImageTextToText
+    model, info = model_class.from_pretrained(
+        directory, config=config, dtype=dtype, output_loading_info=True
+    )
+    _check_loading_info(root, info)
     model.eval()
     return model, AutoProcessor.from_pretrained(directory)
+
+
+def _check_loading_info(root: Path, info: dict[str, Any]) -> None:
+    """Refuse weights transformers would drop or re-draw (it only warns): the model is not the one saved."""
+    mismatched = {
+        kind: sorted(info.get(kind) or [])
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+        if info.get(kind)
+    }
+    if mismatched:
+        raise ValueError(
+            f"{root / 'config.json'} does not describe the weights saved beside it: {mismatched}; "
+            "save the model with save_pretrained from this version (a conv-stem tiny VLA records "
+            "vision_config.vision_stem in its config.json)"
+        )
 
 
 def _resolve_base(root: Path, saved: PolicyConfig | None) -> Path:

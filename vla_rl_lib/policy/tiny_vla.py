@@ -25,6 +25,15 @@ Design notes:
   usual 0.02: with 0.02 a frozen random head (LoRA does not adapt it) spans
   logits of only about +-1.3, so a LoRA policy could never become confident
   (SFT loss stalled at 4.3 instead of falling to 0.2).
+- ``vision_stem="conv"`` swaps SigLIP's one-layer patch projection for a small
+  CNN (``ConvPatchStem``) with the same output grid, as robot-learning vision
+  encoders do (robomimic, DrQ; Xiao et al. 2021, "Early convolutions help
+  transformers see better"). transformers cannot build that module from a
+  ``config.json`` (it would drop the CNN's weights with a warning and keep a
+  fresh patch conv), so the saved config records the stem
+  (``vision_config.vision_stem``) and such a model is a ``ConvStemLlava``, whose
+  ``from_pretrained`` builds the stem before loading. A patch-stem model is the
+  stock Llava, saved and loaded as before.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -50,6 +60,7 @@ from vla_rl_lib.policy.action_tokenizer import N_ACTION_BINS
 
 PAD, BOS, EOS, IMAGE = "<pad>", "<s>", "</s>", "<image>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, IMAGE]  # ids 0..3
+VISION_STEMS = ("patch", "conv")
 
 
 @dataclass(frozen=True)
@@ -69,12 +80,22 @@ class TinyVLAConfig:
     text_vocab_size: int = 1024  # at most this many BPE entries before slots and action ids
     action_slots: int = 16  # distinct placeholder tokens for parallel decoding; >= action_dim
     max_position_embeddings: int = 512
+    vision_stem: str = "patch"  # "patch": SigLIP's linear patch projection; "conv": ConvPatchStem
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"TinyVLAConfig.image_size={self.image_size} is not a multiple of "
                 f"patch_size={self.patch_size}; choose sizes that tile the image."
+            )
+        if self.vision_stem not in VISION_STEMS:
+            raise ValueError(
+                f"TinyVLAConfig.vision_stem={self.vision_stem!r} is unknown; use one of {VISION_STEMS}."
+            )
+        if self.vision_stem == "conv" and not _is_power_of_two(self.patch_size):
+            raise ValueError(
+                f"TinyVLAConfig.patch_size={self.patch_size} must be a power of two (>= 2) with "
+                "vision_stem='conv': each stride-2 convolution halves the image."
             )
         for hidden, heads, name in (
             (self.vision_hidden_size, self.vision_heads, "vision"),
@@ -95,8 +116,43 @@ class TinyVLAConfig:
     def image_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 2 and n & (n - 1) == 0
+
+
+class ConvPatchStem(nn.Sequential):
+    """3x3 stride-2 convolutions with GELU, then a 1x1 projection: pixels to the patch grid.
+
+    (B, 3, S, S) -> (B, hidden, S / patch, S / patch), the shape of SigLIP's patch
+    conv, so the tokens and everything after them are unchanged. log2(patch)
+    convolutions with 32, 32, 64, 64, 128, ... channels; a 16-pixel patch takes four.
+    """
+
+    def __init__(self, in_channels: int, hidden: int, patch_size: int) -> None:
+        if not _is_power_of_two(patch_size):
+            raise ValueError(f"ConvPatchStem needs a power-of-two patch_size, got {patch_size}")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for index in range(patch_size.bit_length() - 1):
+            width = 32 * 2 ** (index // 2)
+            conv = nn.Conv2d(channels, width, kernel_size=3, stride=2, padding=1)
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # scale kept through GELU
+            nn.init.zeros_(conv.bias)
+            layers += [conv, nn.GELU()]
+            channels = width
+        projection = nn.Conv2d(channels, hidden, kernel_size=1)
+        nn.init.normal_(projection.weight, std=channels**-0.5)  # SigLIP's LeCun-normal patch init
+        nn.init.zeros_(projection.bias)
+        super().__init__(*layers, projection)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The first convolution's weight: SigLIP casts the pixels to ``patch_embedding.weight.dtype``."""
+        return self[0].weight
 
 
 def instruction_corpus() -> list[str]:
@@ -207,6 +263,8 @@ def llava_config(config: TinyVLAConfig, tokenizer: PreTrainedTokenizerFast) -> L
         patch_size=config.patch_size,
         vision_use_head=False,
     )  # fmt: skip
+    if config.vision_stem != "patch":  # a patch-stem config.json stays as it always was
+        vision.vision_stem = config.vision_stem
     text = LlamaConfig(
         **_tower(config.text_hidden_size, config.text_intermediate_size, config.text_layers,
                  config.text_heads),
@@ -237,7 +295,45 @@ def build_tiny_vla(
     processor = build_processor(config, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(llava_config(config, tokenizer))
+        model = tiny_llava(llava_config(config, tokenizer))
         nn.init.normal_(model.lm_head.weight, std=config.text_hidden_size**-0.5)
     model.eval()
     return model, processor
+
+
+def vision_stem_of(config: Any) -> str:
+    """The vision stem a (saved) model config records; "patch" when it names none."""
+    stem = getattr(getattr(config, "vision_config", None), "vision_stem", "patch")
+    if stem not in VISION_STEMS:
+        raise ValueError(
+            f"vision_config.vision_stem={stem!r} is unknown; expected one of {VISION_STEMS}"
+        )
+    return stem
+
+
+class ConvStemLlava(LlavaForConditionalGeneration):
+    """The tiny VLA with a ``ConvPatchStem`` in place of SigLIP's patch conv.
+
+    The stem is built in ``__init__``, so ``ConvStemLlava.from_pretrained`` loads its
+    saved weights through transformers' own loader (key renames, dtype, loading info).
+    It replaces the patch conv after transformers' initialization: a patch-stem model
+    draws exactly the random numbers it always did.
+    """
+
+    def __init__(self, config: LlavaConfig) -> None:
+        if vision_stem_of(config) != "conv":
+            raise ValueError("ConvStemLlava needs a config with vision_config.vision_stem='conv'")
+        super().__init__(config)
+        vision = config.vision_config
+        self.model.vision_tower.embeddings.patch_embedding = ConvPatchStem(
+            vision.num_channels, vision.hidden_size, vision.patch_size
+        )
+
+
+def tiny_llava(config: LlavaConfig) -> LlavaForConditionalGeneration:
+    """The model ``config`` describes, its vision stem included, with random weights."""
+    return (
+        ConvStemLlava(config)
+        if vision_stem_of(config) == "conv"
+        else LlavaForConditionalGeneration(config)
+    )

@@ -5,9 +5,9 @@ good part of a policy step is per-module Python overhead in transformers and
 peft (output-capturing hooks, mask preparation, kwargs plumbing, the LoRA
 wrapper around each of ~45 small matmuls) rather than arithmetic. ``LeanTinyVLA``
 computes the decoder's final hidden states of a ``LlavaForConditionalGeneration``
-(SigLIP vision tower, Llama decoder, SDPA attention) with the same functional
-calls, in the same order, on the same tensors, so its output equals
-transformers' to the bit (``tests/test_policy_lean_forward.py``).
+(SigLIP vision tower with its patch conv or ``ConvPatchStem``, Llama decoder, SDPA
+attention) with the same functional calls, in the same order, on the same tensors,
+so its output equals transformers' to the bit (``tests/test_policy_lean_forward.py``).
 
 - Weights are read from the transformers modules at every call (never copied),
   so an optimizer step or ``load_state_dict`` is seen at once; autograd runs
@@ -32,6 +32,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vla_rl_lib.policy.tiny_vla import ConvPatchStem, ConvStemLlava
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -114,7 +116,7 @@ class LeanTinyVLA:
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer
         from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 
-        if type(model) is not LlavaForConditionalGeneration:
+        if type(model) not in (LlavaForConditionalGeneration, ConvStemLlava):
             return f"the model is a {type(model).__name__}, not LlavaForConditionalGeneration"
         llava, config = model.model, model.config
         if type(llava.vision_tower) is not SiglipVisionModel:
@@ -149,9 +151,11 @@ class LeanTinyVLA:
         ):
             if act not in _ACTIVATIONS:
                 return f"{name}={act!r} has no lean equivalent"
-        embeddings = llava.vision_tower.embeddings
-        if embeddings.patch_embedding.padding_mode != "zeros":
+        stem = llava.vision_tower.embeddings.patch_embedding
+        if type(stem) is nn.Conv2d and stem.padding_mode != "zeros":
             return "the patch embedding pads with something other than zeros"
+        if type(stem) not in (nn.Conv2d, ConvPatchStem):
+            return f"the patch embedding is a {type(stem).__name__}, not a Conv2d or ConvPatchStem"
         if getattr(llava.vision_tower, "use_head", False):
             return "the vision tower has a pooling head"
         linears = _linear_modules(model)
@@ -208,15 +212,19 @@ class LeanTinyVLA:
     def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         embeddings = self._vision.embeddings
         conv = embeddings.patch_embedding
-        patches = F.conv2d(
-            pixel_values.to(dtype=conv.weight.dtype),
-            conv.weight,
-            conv.bias,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-        )
+        pixels = pixel_values.to(dtype=conv.weight.dtype)
+        if type(conv) is ConvPatchStem:  # plain convolutions and GELUs, as transformers calls them
+            patches = conv(pixels)
+        else:
+            patches = F.conv2d(
+                pixels,
+                conv.weight,
+                conv.bias,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.groups,
+            )
         hidden = patches.flatten(2).transpose(1, 2)
         table = embeddings.position_embedding
         hidden = hidden + F.embedding(embeddings.position_ids, table.weight, table.padding_idx)
