@@ -34,13 +34,13 @@ import torch
 from tqdm import tqdm
 
 from vla_rl_lib.rollout.collector import RolloutCollector
-from vla_rl_lib.seed_ranges import TRAIN_SEED_FLOOR
 from vla_rl_lib.sft.demos import (
     DATA_FILE,
     META_FILE,
     SCHEMA,
     Attempt,
     DemoDataset,
+    check_start_range,
     dataset_meta,
     episode_table,
     play_attempts,
@@ -165,16 +165,7 @@ def collect_dagger(
 def _check_request(num_episodes: int, seed: int, out_dir: Path, overwrite: bool) -> None:
     if num_episodes < 1:
         raise ValueError(f"num_episodes={num_episodes} is invalid: play at least 1 episode")
-    if seed < 0 or seed + num_episodes > TRAIN_SEED_FLOOR:
-        raise ValueError(
-            f"seed={seed} with {num_episodes} episodes leaves the start range [0, "
-            f"{TRAIN_SEED_FLOOR}) that RL training never draws from; pick a smaller seed"
-        )
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already exists; load it with load_demonstrations({str(out_dir)!r}), "
-            "pass overwrite=True, or choose another out_dir"
-        )
+    check_start_range(seed, num_episodes, f"{num_episodes} episodes", out_dir, overwrite)
 
 
 def _cuda_devices(collector: RolloutCollector) -> list[int]:

@@ -315,6 +315,21 @@ def play_attempts(
             next_to_yield += 1
 
 
+def check_start_range(seed: int, count: int, what: str, out_dir: Path, overwrite: bool) -> None:
+    """Refuse start seeds ``[seed, seed + count)`` outside the held-out range, or an ``out_dir``
+    that exists (unless ``overwrite``); ``what`` names the count in the message."""
+    if seed < 0 or seed + count > TRAIN_SEED_FLOOR:
+        raise ValueError(
+            f"seed={seed} with {what} leaves the held-out start range "
+            f"[0, {TRAIN_SEED_FLOOR}) that RL training never draws from; pick a smaller seed"
+        )
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already exists; load it with load_demonstrations({str(out_dir)!r}), "
+            "pass overwrite=True, or choose another out_dir"
+        )
+
+
 def _checked_attempts(
     num_demos: int, seed: int, max_attempts: int | None, out_dir: Path, overwrite: bool,
     action_noise: float, noise_correlation: float,
@@ -330,16 +345,7 @@ def _checked_attempts(
         max_attempts = demo_attempts(num_demos)
     if max_attempts < num_demos:
         raise ValueError(f"max_attempts={max_attempts} is smaller than num_demos={num_demos}")
-    if seed < 0 or seed + max_attempts > TRAIN_SEED_FLOOR:
-        raise ValueError(
-            f"seed={seed} with up to {max_attempts} attempts leaves the held-out start range "
-            f"[0, {TRAIN_SEED_FLOOR}) that RL training never draws from; pick a smaller seed"
-        )
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already exists; load it with load_demonstrations({str(out_dir)!r}), "
-            "pass overwrite=True, or choose another out_dir"
-        )
+    check_start_range(seed, max_attempts, f"up to {max_attempts} attempts", out_dir, overwrite)
     return max_attempts
 
 
