@@ -181,3 +181,14 @@ def test_lift_train_split_keeps_its_starts_and_other_splits_draw_new_ones() -> N
     assert not np.allclose(test.qpos, train.qpos)
     with pytest.raises(ValueError, match=r"available splits: \['train', 'val', 'test'\]"):
         lift.make_env("mujoco", "Lift-CRANE-X7", split="ood_visual")
+
+
+def test_swap_named_colours_asks_for_the_other_objects() -> None:
+    assert pp.swap_named_colours("put the red cube on the green plate") == (
+        "put the green cube on the red plate"
+    )
+    for template in pp.TRAIN_TEMPLATES + pp.PARAPHRASED_TEMPLATES:
+        text = template.format(cube="blue", plate="yellow")
+        assert pp.swap_named_colours(text) == template.format(cube="yellow", plate="blue")
+    with pytest.raises(ValueError, match="names 1 palette colour"):
+        pp.swap_named_colours("pick up the red cube")

@@ -250,6 +250,23 @@ def test_heldout_loss_is_the_mean_loss_per_sample_without_gradient() -> None:
     assert not policy.training
 
 
+def test_heldout_loss_with_other_instructions_scores_those_instructions() -> None:
+    dataset = synthetic_dataset(num_steps=7)
+    policy = build_policy(SMALL, LORA, seed=0)
+    set_action_statistics(policy, statistics_of(dataset))
+    other = ["put the green cube on the red plate"] * len(dataset)
+    with torch.no_grad():
+        wanted = policy.sft_loss(
+            dataset.images, other, policy.actions_to_tokens(dataset.actions)
+        ).item()
+    assert heldout_loss(policy, dataset, 3, other) == pytest.approx(wanted, rel=1e-5)
+    assert heldout_loss(policy, dataset, 3, other) != pytest.approx(
+        heldout_loss(policy, dataset, 3), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="got 2 instructions for 7 steps"):
+        heldout_loss(policy, dataset, 3, other[:2])
+
+
 def test_warm_start_on_collected_demonstrations(tmp_path) -> None:
     """Collect -> load -> SFT -> reload: the checkpoint carries the dataset's statistics."""
     demos = load_demonstrations(

@@ -250,6 +250,22 @@ def sample_episode(rng: np.random.Generator, split: PickPlaceSplit) -> PickPlace
     )
 
 
+def swap_named_colours(instruction: str) -> str:
+    """``instruction`` with its cube's and plate's colours exchanged ("put the red cube on the
+    green plate" -> "put the green cube on the red plate"): the counterfactual that asks a policy
+    for the other objects. Raises ValueError unless exactly two distinct palette colours appear."""
+    words = instruction.split(" ")
+    found = [i for i, word in enumerate(words) if word in PALETTE]
+    if len(found) != 2 or words[found[0]] == words[found[1]]:
+        raise ValueError(
+            f"instruction {instruction!r} names {len(found)} palette colour(s); swapping needs "
+            f"exactly two different ones from {sorted(PALETTE)}"
+        )
+    first, second = found
+    words[first], words[second] = words[second], words[first]
+    return " ".join(words)
+
+
 def is_success(
     cube_to_target_xy: np.ndarray,
     cube_height: np.ndarray,

@@ -73,10 +73,21 @@ def augment_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, 0xA06])
 
 
-def heldout_loss(policy: VLAPolicy, dataset: DemoDataset, batch_size: int) -> float:
+def heldout_loss(
+    policy: VLAPolicy,
+    dataset: DemoDataset,
+    batch_size: int,
+    instructions: list[str] | None = None,
+) -> float:
     """Mean SFT loss per sample on ``dataset`` (no gradient, eval mode, no augmentation), its
     actions tokenized with the statistics the policy already holds (those it was trained with).
-    Beside the training loss it tells over- from under-fitting. The policy is left in eval mode."""
+    Beside the training loss it tells over- from under-fitting. ``instructions`` replaces the
+    dataset's (one per step; e.g. counterfactual ones, to measure how much the policy listens).
+    The policy is left in eval mode."""
+    if instructions is None:
+        instructions = dataset.instructions
+    elif len(instructions) != len(dataset):
+        raise ValueError(f"got {len(instructions)} instructions for {len(dataset)} steps")
     token_ids = policy.actions_to_tokens(dataset.actions)
     policy.eval()
     loss_sum = 0.0
@@ -84,9 +95,9 @@ def heldout_loss(policy: VLAPolicy, dataset: DemoDataset, batch_size: int) -> fl
         for start in range(0, len(dataset), batch_size):
             rows = slice(start, start + batch_size)
             loss = policy.sft_loss(
-                dataset.images[rows], dataset.instructions[rows], token_ids[rows]
+                dataset.images[rows], instructions[rows], token_ids[rows]
             )
-            loss_sum += loss.item() * len(dataset.instructions[rows])
+            loss_sum += loss.item() * len(instructions[rows])
     return loss_sum / len(dataset)
 
 
