@@ -294,6 +294,10 @@ class ModelConfig(_Section):
         "patch", "tiny model: pixels to image tokens by one linear patch projection (patch) or a "
         "small CNN of stride-2 3x3 convolutions (conv; patch_size a power of two)"
     )
+    vision_film: bool = setting(
+        False, "tiny model, conv stem only: FiLM-condition each stem convolution on the instruction "
+        "(mean of its token embeddings; RT-1, BC-Z), so the image tokens can depend on the named cube"
+    )
     unnorm_key: str | None = setting(
         None, "dataset key of the action un-normalization statistics; null when there is one set"
     )
@@ -311,6 +315,8 @@ class ModelConfig(_Section):
         power_of_two = self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0
         _check(self.vision_stem != "conv" or power_of_two, "model.patch_size", self.patch_size,
                "must be a power of two (>= 2) with model.vision_stem: conv (each convolution halves the image)")  # fmt: skip
+        _check(not self.vision_film or self.vision_stem == "conv", "model.vision_film", self.vision_film,
+               f"needs model.vision_stem: conv (it is {self.vision_stem}); FiLM modulates the conv stem")  # fmt: skip
         _check(self.hidden_size % self.num_attention_heads == 0, "model.num_attention_heads",
                self.num_attention_heads, f"must divide model.hidden_size ({self.hidden_size})")  # fmt: skip
         _check(self.vision_hidden_size % self.vision_num_attention_heads == 0,
@@ -318,8 +324,8 @@ class ModelConfig(_Section):
                f"must divide model.vision_hidden_size ({self.vision_hidden_size})")  # fmt: skip
         return self
 
-    def tiny_vla_sizes(self) -> dict[str, int | str]:
-        """These sizes (and the vision stem) under the names of ``vla_rl_lib.policy.tiny_vla.TinyVLAConfig``."""
+    def tiny_vla_sizes(self) -> dict[str, int | str | bool]:
+        """These sizes (and the vision stem and FiLM) under the names of ``vla_rl_lib.policy.tiny_vla.TinyVLAConfig``."""
         return {
             "image_size": self.image_size,
             "patch_size": self.patch_size,
@@ -332,6 +338,7 @@ class ModelConfig(_Section):
             "text_layers": self.num_layers,
             "text_heads": self.num_attention_heads,
             "vision_stem": self.vision_stem,
+            "vision_film": self.vision_film,
         }
 
 

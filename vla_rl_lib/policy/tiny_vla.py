@@ -34,12 +34,25 @@ Design notes:
   (``vision_config.vision_stem``) and such a model is a ``ConvStemLlava``, whose
   ``from_pretrained`` builds the stem before loading. A patch-stem model is the
   stock Llava, saved and loaded as before.
+- ``vision_film=True`` (conv stem only) conditions that CNN on the instruction, as
+  RT-1's FiLM-EfficientNet and BC-Z do: each conv's output is scaled and shifted,
+  ``h * (1 + gamma(e)) + beta(e)`` before its GELU, by linear maps of ``e``, the
+  layer-normed mean of the decoder's input embeddings over the prompt's text tokens
+  (``FiLMConvPatchStem``). Without it the SFT policy ignored the instruction (loss
+  with the cube's colour swapped equal to 3 decimals); with it the image tokens
+  themselves can depend on which cube is named. gamma and beta start at zero, so the
+  model starts as the plain conv stem, and its draws of random numbers are the same.
+  The saved config records it (``vision_config.vision_film`` and
+  ``film_text_id_end``, the first non-text id) and a ``FiLMLlavaModel`` forward
+  hands the prompt's embeddings to the stem.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,6 +63,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaModel,
     LlavaProcessor,
     PreTrainedTokenizerFast,
     SiglipVisionConfig,
@@ -81,6 +95,7 @@ class TinyVLAConfig:
     action_slots: int = 16  # distinct placeholder tokens for parallel decoding; >= action_dim
     max_position_embeddings: int = 512
     vision_stem: str = "patch"  # "patch": SigLIP's linear patch projection; "conv": ConvPatchStem
+    vision_film: bool = False  # conv stem only: FiLM-condition its convolutions on the instruction
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -96,6 +111,11 @@ class TinyVLAConfig:
             raise ValueError(
                 f"TinyVLAConfig.patch_size={self.patch_size} must be a power of two (>= 2) with "
                 "vision_stem='conv': each stride-2 convolution halves the image."
+            )
+        if self.vision_film and self.vision_stem != "conv":
+            raise ValueError(
+                f"TinyVLAConfig.vision_film=True needs vision_stem='conv' (got {self.vision_stem!r}): "
+                "FiLM modulates the conv stem's convolutions."
             )
         for hidden, heads, name in (
             (self.vision_hidden_size, self.vision_heads, "vision"),
@@ -116,7 +136,7 @@ class TinyVLAConfig:
     def image_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
-    def to_dict(self) -> dict[str, int | str]:
+    def to_dict(self) -> dict[str, int | str | bool]:
         return asdict(self)
 
 
@@ -153,6 +173,77 @@ class ConvPatchStem(nn.Sequential):
     def weight(self) -> torch.Tensor:
         """The first convolution's weight: SigLIP casts the pixels to ``patch_embedding.weight.dtype``."""
         return self[0].weight
+
+
+class FiLMConvPatchStem(nn.Module):
+    """A ``ConvPatchStem`` whose convolutions are FiLM-modulated by an instruction embedding.
+
+    After each stride-2 convolution, before its GELU: ``h * (1 + gamma(e)) + beta(e)``,
+    one ``nn.Linear(text_hidden, 2 * channels)`` per convolution giving gamma and beta,
+    initialized to zero (the stem starts as the unconditioned one; nothing here draws
+    random numbers). ``e = LayerNorm(mean of the prompt's text-token embeddings)``
+    (``instruction_embedding``); the layer norm keeps e at unit scale, where the
+    decoder's embeddings start at std 0.02.
+
+    SigLIP calls the stem with the pixels alone, so the embedding is handed over by
+    ``conditioned_on(e)`` around the vision forward; called outside it, the stem refuses.
+    """
+
+    def __init__(self, in_channels: int, hidden: int, patch_size: int, text_hidden: int) -> None:
+        super().__init__()
+        self.convs = ConvPatchStem(in_channels, hidden, patch_size)
+        widths = [m.out_channels for m in list(self.convs)[:-1] if isinstance(m, nn.Conv2d)]
+        self.instruction_norm = nn.LayerNorm(text_hidden)
+        # skip_init: nn.Linear's own init would draw random numbers only to be zeroed
+        self.film = nn.ModuleList(
+            nn.utils.skip_init(nn.Linear, text_hidden, 2 * width) for width in widths
+        )
+        for layer in self.film:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self._instruction: torch.Tensor | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The first convolution's weight: SigLIP casts the pixels to ``patch_embedding.weight.dtype``."""
+        return self.convs.weight
+
+    def instruction_embedding(
+        self, token_embeddings: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, L, H) decoder input embeddings, (B, L) bool text positions -> e, (B, H)."""
+        weights = text_mask.to(token_embeddings.dtype).unsqueeze(-1)
+        mean = (token_embeddings * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.instruction_norm(mean)
+
+    @contextmanager
+    def conditioned_on(self, instruction: torch.Tensor) -> Iterator[None]:
+        """Run the stem on ``instruction`` (B, H), one row per image, inside this block."""
+        self._instruction = instruction
+        try:
+            yield
+        finally:
+            self._instruction = None
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        instruction = self._instruction
+        if instruction is None:
+            raise RuntimeError(
+                "FiLMConvPatchStem was called without an instruction; run the vision tower "
+                "inside patch_embedding.conditioned_on(e) (FiLMLlavaModel.forward does)"
+            )
+        if instruction.shape[0] != pixels.shape[0]:
+            raise ValueError(
+                f"{pixels.shape[0]} images but {instruction.shape[0]} instructions; give one per image"
+            )
+        hidden = pixels
+        film = iter(self.film)
+        for module in self.convs:
+            if isinstance(module, nn.GELU):
+                gamma, beta = next(film)(instruction).to(hidden.dtype)[:, :, None, None].chunk(2, 1)
+                hidden = hidden * (1 + gamma) + beta
+            hidden = module(hidden)
+        return hidden
 
 
 def instruction_corpus() -> list[str]:
@@ -265,6 +356,9 @@ def llava_config(config: TinyVLAConfig, tokenizer: PreTrainedTokenizerFast) -> L
     )  # fmt: skip
     if config.vision_stem != "patch":  # a patch-stem config.json stays as it always was
         vision.vision_stem = config.vision_stem
+    if config.vision_film:  # so does a conv-stem one without FiLM
+        vision.vision_film = True
+        vision.film_text_id_end = tokenizer.convert_tokens_to_ids(action_slot_token(0))
     text = LlamaConfig(
         **_tower(config.text_hidden_size, config.text_intermediate_size, config.text_layers,
                  config.text_heads),
@@ -311,23 +405,91 @@ def vision_stem_of(config: Any) -> str:
     return stem
 
 
+def vision_film_of(config: Any) -> bool:
+    """Whether a (saved) model config records a FiLM-conditioned conv stem; False when it names none."""
+    vision = getattr(config, "vision_config", None)
+    film = getattr(vision, "vision_film", False)
+    if film not in (True, False):
+        raise ValueError(f"vision_config.vision_film={film!r} must be true or false")
+    if film and vision_stem_of(config) != "conv":
+        raise ValueError(
+            f"vision_config.vision_film=true needs vision_config.vision_stem='conv', "
+            f"not {vision_stem_of(config)!r}"
+        )
+    if film and not isinstance(getattr(vision, "film_text_id_end", None), int):
+        raise ValueError("vision_config.vision_film=true needs vision_config.film_text_id_end (an int)")
+    return bool(film)
+
+
+def film_text_mask(config: LlavaConfig, input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) ids -> bool, True on the prompt's text tokens: not padding, image, slot or action ids."""
+    return (
+        (input_ids < config.vision_config.film_text_id_end)
+        & (input_ids != config.text_config.pad_token_id)
+        & (input_ids != config.image_token_id)
+    )
+
+
+class FiLMLlavaModel(LlavaModel):
+    """Llava's forward, with the image features of a ``FiLMConvPatchStem`` conditioned on ``input_ids``.
+
+    ``LlavaModel.forward`` computes the image features from the pixels alone; here they
+    are computed first, inside the stem's ``conditioned_on``, and handed to it as
+    ``mm_encoder_outputs``. Calls without pixels (a cached decoding step) are Llava's.
+    The instruction embedding is taken from the embedding table here, so gradients
+    reach the text embeddings through the stem as well as through the decoder.
+    """
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        if pixel_values is None:
+            return super().forward(input_ids=input_ids, **kwargs)
+        if input_ids is None:
+            raise ValueError("a FiLM vision stem needs input_ids with the pixels (not inputs_embeds)")
+        stem = self.vision_tower.embeddings.patch_embedding
+        text_mask = film_text_mask(self.config, input_ids)
+        instruction = stem.instruction_embedding(self.get_input_embeddings()(input_ids), text_mask)
+        with stem.conditioned_on(instruction):
+            image_outputs = self.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=kwargs.pop("vision_feature_layer", None),
+                vision_feature_select_strategy=kwargs.pop("vision_feature_select_strategy", None),
+                image_sizes=kwargs.pop("image_sizes", None),
+                return_dict=True,
+            )
+        return super().forward(
+            input_ids=input_ids, mm_encoder_outputs={"image": image_outputs}, **kwargs
+        )
+
+
 class ConvStemLlava(LlavaForConditionalGeneration):
-    """The tiny VLA with a ``ConvPatchStem`` in place of SigLIP's patch conv.
+    """The tiny VLA with a ``ConvPatchStem`` (or ``FiLMConvPatchStem``) in place of SigLIP's patch conv.
 
     The stem is built in ``__init__``, so ``ConvStemLlava.from_pretrained`` loads its
     saved weights through transformers' own loader (key renames, dtype, loading info).
     It replaces the patch conv after transformers' initialization: a patch-stem model
-    draws exactly the random numbers it always did.
+    draws exactly the random numbers it always did, and a FiLM one those of the conv stem.
     """
 
     def __init__(self, config: LlavaConfig) -> None:
         if vision_stem_of(config) != "conv":
             raise ValueError("ConvStemLlava needs a config with vision_config.vision_stem='conv'")
+        film = vision_film_of(config)
         super().__init__(config)
         vision = config.vision_config
-        self.model.vision_tower.embeddings.patch_embedding = ConvPatchStem(
-            vision.num_channels, vision.hidden_size, vision.patch_size
-        )
+        sizes = (vision.num_channels, vision.hidden_size, vision.patch_size)
+        embeddings = self.model.vision_tower.embeddings
+        if film:
+            embeddings.patch_embedding = FiLMConvPatchStem(*sizes, config.text_config.hidden_size)
+            # LlavaForConditionalGeneration builds a plain LlavaModel; FiLMLlavaModel adds no
+            # state, only the forward that passes the prompt to the stem.
+            self.model.__class__ = FiLMLlavaModel
+        else:
+            embeddings.patch_embedding = ConvPatchStem(*sizes)
 
 
 def tiny_llava(config: LlavaConfig) -> LlavaForConditionalGeneration:

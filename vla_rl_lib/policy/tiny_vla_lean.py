@@ -5,7 +5,7 @@ good part of a policy step is per-module Python overhead in transformers and
 peft (output-capturing hooks, mask preparation, kwargs plumbing, the LoRA
 wrapper around each of ~45 small matmuls) rather than arithmetic. ``LeanTinyVLA``
 computes the decoder's final hidden states of a ``LlavaForConditionalGeneration``
-(SigLIP vision tower with its patch conv or ``ConvPatchStem``, Llama decoder, SDPA
+(SigLIP vision tower with its patch conv, ``ConvPatchStem`` or ``FiLMConvPatchStem``, Llama decoder, SDPA
 attention) with the same functional calls, in the same order, on the same tensors,
 so its output equals transformers' to the bit (``tests/test_policy_lean_forward.py``).
 
@@ -33,7 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla_rl_lib.policy.tiny_vla import ConvPatchStem, ConvStemLlava
+from vla_rl_lib.policy.tiny_vla import (
+    ConvPatchStem,
+    ConvStemLlava,
+    FiLMConvPatchStem,
+    film_text_mask,
+)
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -154,8 +159,8 @@ class LeanTinyVLA:
         stem = llava.vision_tower.embeddings.patch_embedding
         if type(stem) is nn.Conv2d and stem.padding_mode != "zeros":
             return "the patch embedding pads with something other than zeros"
-        if type(stem) not in (nn.Conv2d, ConvPatchStem):
-            return f"the patch embedding is a {type(stem).__name__}, not a Conv2d or ConvPatchStem"
+        if type(stem) not in (nn.Conv2d, ConvPatchStem, FiLMConvPatchStem):
+            return f"the patch embedding is a {type(stem).__name__}, not a Conv2d or (FiLM)ConvPatchStem"
         if getattr(llava.vision_tower, "use_head", False):
             return "the vision tower has a pooling head"
         linears = _linear_modules(model)
@@ -196,7 +201,7 @@ class LeanTinyVLA:
         embed = self._text.embed_tokens
         inputs_embeds = F.embedding(input_ids, embed.weight, embed.padding_idx)
         if pixel_values is not None:
-            features = self._image_features(pixel_values)
+            features = self._image_features(pixel_values, input_ids, inputs_embeds)
             features = features.reshape(-1, features.shape[-1]).to(
                 inputs_embeds.device, inputs_embeds.dtype
             )
@@ -209,11 +214,17 @@ class LeanTinyVLA:
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, features)
         return self._decoder(inputs_embeds, attention_mask, position_ids)
 
-    def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _image_features(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, inputs_embeds: torch.Tensor
+    ) -> torch.Tensor:
         embeddings = self._vision.embeddings
         conv = embeddings.patch_embedding
         pixels = pixel_values.to(dtype=conv.weight.dtype)
-        if type(conv) is ConvPatchStem:  # plain convolutions and GELUs, as transformers calls them
+        if type(conv) is FiLMConvPatchStem:  # as FiLMLlavaModel.forward calls it
+            text_mask = film_text_mask(self.model.config, input_ids)
+            with conv.conditioned_on(conv.instruction_embedding(inputs_embeds, text_mask)):
+                patches = conv(pixels)
+        elif type(conv) is ConvPatchStem:  # plain convolutions and GELUs, as transformers calls them
             patches = conv(pixels)
         else:
             patches = F.conv2d(
@@ -306,6 +317,10 @@ def _linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every linear layer the lean forward calls, by its name in ``model``."""
     llava = model.model
     names = []
+    stem = llava.vision_tower.embeddings.patch_embedding
+    if type(stem) is FiLMConvPatchStem:  # called as modules by the stem itself, LoRA or not
+        prefix = "model.vision_tower.embeddings.patch_embedding.film"
+        names += [(f"{prefix}.{index}", layer) for index, layer in enumerate(stem.film)]
     for index, block in enumerate(llava.vision_tower.encoder.layers):
         prefix = f"model.vision_tower.encoder.layers.{index}"
         names += [(f"{prefix}.self_attn.{p}", getattr(block.self_attn, p)) for p in ("q_proj", "k_proj", "v_proj", "out_proj")]  # fmt: skip
