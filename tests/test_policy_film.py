@@ -66,8 +66,12 @@ def test_film_at_init_is_the_conv_stem(tmp_path) -> None:
     assert type(stem_of(film)) is FiLMConvPatchStem
     film_state = film._hf_model().state_dict()
     for name, value in conv._hf_model().state_dict().items():  # same draws, FiLM's own are zeros
-        assert torch.equal(value, film_state.pop(name.replace("patch_embedding.", "patch_embedding.convs."))), name
-    assert all(("film" in n and not v.any()) or "instruction_norm" in n for n, v in film_state.items())
+        assert torch.equal(
+            value, film_state.pop(name.replace("patch_embedding.", "patch_embedding.convs."))
+        ), name
+    assert all(
+        ("film" in n and not v.any()) or "instruction_norm" in n for n, v in film_state.items()
+    )
     instructions = [RED, BLUE]
     for lean in (True, False):
         conv.lean_forward = film.lean_forward = lean
@@ -98,7 +102,9 @@ def test_after_sft_steps_the_image_tokens_depend_on_the_instruction() -> None:
     embeddings = policy._hf_model().get_input_embeddings().weight
     policy.model.zero_grad()
     image_tokens(policy, [RED, BLUE]).square().sum().backward()  # the stem alone sends gradients
-    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0  # into the text embeddings
+    assert (
+        embeddings.grad is not None and embeddings.grad.abs().sum() > 0
+    )  # into the text embeddings
     with torch.no_grad():
         tokens = image_tokens(policy, [RED, BLUE])
     assert (tokens[0] - tokens[1]).abs().max() > 1e-3  # same pixels, different cube named
@@ -131,7 +137,9 @@ def test_film_checkpoint_reloads_identically(tmp_path, lora: LoRAConfig | None) 
     loaded = HFVLAPolicy.from_checkpoint(tmp_path / "ckpt")
     assert type(stem_of(loaded)) is FiLMConvPatchStem
     for (name, x), y in zip(
-        policy._hf_model().state_dict().items(), loaded._hf_model().state_dict().values(), strict=True
+        policy._hf_model().state_dict().items(),
+        loaded._hf_model().state_dict().values(),
+        strict=True,
     ):
         assert torch.equal(x, y), name
     first = policy.act(images(), [RED, BLUE], greedy=True)
@@ -159,7 +167,9 @@ def test_film_without_the_conv_stem_is_a_config_error() -> None:
         apply_overrides(load_template("default"), {"model.vision_film": True})
     with pytest.raises(ValueError, match="vision_film=True needs vision_stem='conv'"):
         TinyVLAConfig(vision_film=True)
-    cfg = apply_overrides(load_template("default"), {"model.vision_stem": "conv", "model.vision_film": True})
+    cfg = apply_overrides(
+        load_template("default"), {"model.vision_stem": "conv", "model.vision_film": True}
+    )
     assert tiny_vla_config(cfg).vision_film is True
 
 

@@ -417,7 +417,9 @@ def vision_film_of(config: Any) -> bool:
             f"not {vision_stem_of(config)!r}"
         )
     if film and not isinstance(getattr(vision, "film_text_id_end", None), int):
-        raise ValueError("vision_config.vision_film=true needs vision_config.film_text_id_end (an int)")
+        raise ValueError(
+            "vision_config.vision_film=true needs an int vision_config.film_text_id_end"
+        )
     return bool(film)
 
 
@@ -449,7 +451,9 @@ class FiLMLlavaModel(LlavaModel):
         if pixel_values is None:
             return super().forward(input_ids=input_ids, **kwargs)
         if input_ids is None:
-            raise ValueError("a FiLM vision stem needs input_ids with the pixels (not inputs_embeds)")
+            raise ValueError(
+                "a FiLM vision stem needs input_ids (not inputs_embeds) with the pixels"
+            )
         stem = self.vision_tower.embeddings.patch_embedding
         text_mask = film_text_mask(self.config, input_ids)
         instruction = stem.instruction_embedding(self.get_input_embeddings()(input_ids), text_mask)

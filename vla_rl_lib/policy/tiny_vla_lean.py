@@ -5,8 +5,8 @@ good part of a policy step is per-module Python overhead in transformers and
 peft (output-capturing hooks, mask preparation, kwargs plumbing, the LoRA
 wrapper around each of ~45 small matmuls) rather than arithmetic. ``LeanTinyVLA``
 computes the decoder's final hidden states of a ``LlavaForConditionalGeneration``
-(SigLIP vision tower with its patch conv, ``ConvPatchStem`` or ``FiLMConvPatchStem``, Llama decoder, SDPA
-attention) with the same functional calls, in the same order, on the same tensors,
+(SigLIP vision tower with its patch conv, ``ConvPatchStem`` or ``FiLMConvPatchStem``,
+Llama decoder, SDPA attention) with the same functional calls, in the same order, on the same tensors,
 so its output equals transformers' to the bit (``tests/test_policy_lean_forward.py``).
 
 - Weights are read from the transformers modules at every call (never copied),
@@ -224,7 +224,7 @@ class LeanTinyVLA:
             text_mask = film_text_mask(self.model.config, input_ids)
             with conv.conditioned_on(conv.instruction_embedding(inputs_embeds, text_mask)):
                 patches = conv(pixels)
-        elif type(conv) is ConvPatchStem:  # plain convolutions and GELUs, as transformers calls them
+        elif type(conv) is ConvPatchStem:  # convolutions and GELUs, as transformers calls them
             patches = conv(pixels)
         else:
             patches = F.conv2d(
