@@ -183,7 +183,10 @@ class FiLMConvPatchStem(nn.Module):
     initialized to zero (the stem starts as the unconditioned one; nothing here draws
     random numbers). ``e = LayerNorm(mean of the prompt's text-token embeddings)``
     (``instruction_embedding``); the layer norm keeps e at unit scale, where the
-    decoder's embeddings start at std 0.02.
+    decoder's embeddings start at std 0.02. The mean ignores word order: "the red cube
+    on the green plate" and "the green cube on the red plate" give the same e (the scene
+    tells them apart, one of the two colours being a cube's), so a held-out loss with the
+    two colours exchanged cannot show what FiLM does; replace a colour to see it.
 
     SigLIP calls the stem with the pixels alone, so the embedding is handed over by
     ``conditioned_on(e)`` around the vision forward; called outside it, the stem refuses.
