@@ -12,9 +12,9 @@ Tunes on ``val`` only. Last line: ``num_demos=... epochs=... val_success=...`` p
 ``--heldout-demos N`` also collects N demonstrations from other seeds (``sft.demo_seed +
 HELDOUT_SEED_OFFSET``) and reports the mean SFT loss on them (no gradient, no augmentation)
 after each count, beside the training loss: a falling training loss over a rising held-out
-loss is memorization. On PickPlace it also reports the held-out loss with each instruction's two
-colours swapped (``heldout_loss_swapped``, the policy asked for the other cube and plate) and
-``language_gap`` = swapped - true: near 0 means the policy ignores the instruction. Every count's figures are also written to ``<out-dir>/sft_budget.json``.
+loss is memorization. On PickPlace it also reports the held-out loss with each instruction's cube colour
+replaced by one the instruction does not name (``heldout_loss_recoloured``) and
+``language_gap`` = recoloured - true: near 0 means the policy ignores the instruction. Every count's figures are also written to ``<out-dir>/sft_budget.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from lift.pickplace import swap_named_colours  # noqa: E402
+from lift.pickplace import recolour_named_cube  # noqa: E402
 from lift.task import PICKPLACE_ENV_ID  # noqa: E402
 from vla_rl_lib.config import apply_overrides, load_config  # noqa: E402
 from vla_rl_lib.policy.loading import load_base_policy  # noqa: E402
@@ -84,14 +84,14 @@ def main() -> None:
     unnorm_key = sft_unnorm_key(cfg)
     policy = (load_base_policy(policy_settings(cfg), "sft", str(args.init)) if args.init
               else build_sft_policy(cfg, dataset.statistics, unnorm_key))
-    heldout = swapped = None
+    heldout = recoloured = None
     if args.heldout_demos > 0:
         heldout_cfg = apply_overrides(cfg, {"sft.num_demos": args.heldout_demos,
                                             "sft.demo_seed": s.demo_seed + HELDOUT_SEED_OFFSET})
         heldout = load_demonstrations(demonstrations_for(heldout_cfg, progress=False))
         print(f"held-out demos: {args.heldout_demos} episodes, {len(heldout)} steps", flush=True)
         if cfg.rollout.env_id == PICKPLACE_ENV_ID:
-            swapped = [swap_named_colours(text) for text in heldout.instructions]
+            recoloured = [recolour_named_cube(text) for text in heldout.instructions]
     collectors = SplitCollectors(cfg, policy, num_envs=r.num_parallel_envs)
     seeds = evaluation_seeds(cfg.eval_seed, args.episodes)
     done, results = args.init_epochs, []
@@ -109,9 +109,11 @@ def main() -> None:
         if heldout is not None:
             row["heldout_loss"] = heldout_loss(policy, heldout, s.batch_size)
             heldout_text = f" heldout_loss={row['heldout_loss']:.3f}"
-            if swapped is not None:
-                row["heldout_loss_swapped"] = heldout_loss(policy, heldout, s.batch_size, swapped)
-                row["language_gap"] = row["heldout_loss_swapped"] - row["heldout_loss"]
+            if recoloured is not None:
+                row["heldout_loss_recoloured"] = heldout_loss(
+                    policy, heldout, s.batch_size, recoloured
+                )
+                row["language_gap"] = row["heldout_loss_recoloured"] - row["heldout_loss"]
                 heldout_text += f" language_gap={row['language_gap']:.3f}"
         t2 = time.perf_counter()
         val = evaluate_splits(collectors, ["val"], seeds, temperature=r.temperature,

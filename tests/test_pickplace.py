@@ -183,12 +183,16 @@ def test_lift_train_split_keeps_its_starts_and_other_splits_draw_new_ones() -> N
         lift.make_env("mujoco", "Lift-CRANE-X7", split="ood_visual")
 
 
-def test_swap_named_colours_asks_for_the_other_objects() -> None:
-    assert pp.swap_named_colours("put the red cube on the green plate") == (
+def test_recolour_named_cube_asks_for_a_cube_the_instruction_does_not_name() -> None:
+    assert pp.recolour_named_cube("put the red cube on the green plate") == (
+        "put the blue cube on the green plate"
+    )
+    assert pp.recolour_named_cube("put the purple cube on the red plate") == (
         "put the green cube on the red plate"
     )
     for template in pp.TRAIN_TEMPLATES + pp.PARAPHRASED_TEMPLATES:
+        assert template.index("{cube}") < template.index("{plate}")
         text = template.format(cube="blue", plate="yellow")
-        assert pp.swap_named_colours(text) == template.format(cube="yellow", plate="blue")
+        assert pp.recolour_named_cube(text) == template.format(cube="purple", plate="yellow")
     with pytest.raises(ValueError, match="names 1 palette colour"):
-        pp.swap_named_colours("pick up the red cube")
+        pp.recolour_named_cube("pick up the red cube")

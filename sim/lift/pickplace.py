@@ -250,19 +250,28 @@ def sample_episode(rng: np.random.Generator, split: PickPlaceSplit) -> PickPlace
     )
 
 
-def swap_named_colours(instruction: str) -> str:
-    """``instruction`` with its cube's and plate's colours exchanged ("put the red cube on the
-    green plate" -> "put the green cube on the red plate"): the counterfactual that asks a policy
-    for the other objects. Raises ValueError unless exactly two distinct palette colours appear."""
+def recolour_named_cube(instruction: str) -> str:
+    """``instruction`` naming another cube: its first palette colour (the cube's; every template
+    names the cube before the plate) replaced by the next colour of :data:`PALETTE`, cyclically,
+    that the instruction does not name ("put the red cube on the green plate" -> "put the blue
+    cube on the green plate"). The counterfactual that asks a policy whether it listens: a policy
+    that finds the named cube predicts other actions for it. Raises ValueError unless exactly two
+    different palette colours appear."""
     words = instruction.split(" ")
     found = [i for i, word in enumerate(words) if word in PALETTE]
-    if len(found) != 2 or words[found[0]] == words[found[1]]:
+    named = {words[i] for i in found}
+    if len(found) != 2 or len(named) != 2:
         raise ValueError(
-            f"instruction {instruction!r} names {len(found)} palette colour(s); swapping needs "
+            f"instruction {instruction!r} names {len(found)} palette colour(s); recolouring needs "
             f"exactly two different ones from {sorted(PALETTE)}"
         )
-    first, second = found
-    words[first], words[second] = words[second], words[first]
+    colours = list(PALETTE)
+    start = colours.index(words[found[0]])
+    words[found[0]] = next(
+        colours[(start + k) % len(colours)]
+        for k in range(1, len(colours))
+        if colours[(start + k) % len(colours)] not in named
+    )
     return " ".join(words)
 
 
