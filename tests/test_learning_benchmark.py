@@ -94,6 +94,7 @@ def test_run_overrides_give_each_seed_its_own_demos_and_row_b_five_times_more(tm
     assert a1["sft.demo_seed"] - a0["sft.demo_seed"] == learning.DEMO_SEED_STRIDE
     assert a0["sft.num_demos"] * learning.SFT_MORE_FACTOR <= learning.DEMO_SEED_STRIDE
     assert b1["sft.num_demos"] == 35 and b1["sft.demo_seed"] == a1["sft.demo_seed"]
+    assert b1["sft.epochs"] == learning.SFT_MORE_PASSES < a0["sft.epochs"]
     assert a0["rollout.env_id"] == "PickPlace-CRANE-X7" and a0["rollout.max_steps"] >= 100
     cfg, _ = learning.build_config("grpo", 2, {}, tmp_path)
     assert cfg.ppo.algorithm == "grpo" and cfg.seed == 2
