@@ -174,7 +174,8 @@ def main() -> None:
         out = run_sft(policy, union, epochs=args.epochs, batch_size=s.batch_size,
                       learning_rate=s.learning_rate, seed=cfg.seed + round_, out_dir=round_dir / "policy",
                       statistics=demos.statistics, unnorm_key=unnorm_key,
-                      augment_shift=s.augment_shift, progress=False)  # fmt: skip
+                      augment_shift=s.augment_shift, lr_schedule=s.lr_schedule,
+                      progress=False)  # fmt: skip
         checkpoint = round_dir / "policy"
         sft_s = time.perf_counter() - t0 - collect_s
         rate, interval = val_success()

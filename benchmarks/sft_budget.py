@@ -6,7 +6,8 @@ Collects ``--num-demos`` scripted demonstrations on ``train`` (the config's demo
 behaviour-clones a fresh tiny VLA on them, and evaluates the greedy policy on the
 ``val`` split (the same held-out seeds as training runs use) after each epoch count in
 ``--epochs`` (each saved under ``--out-dir``). Training continues from one count to the next; the optimizer's moments
-restart at each count (a pilot, close to but not exactly one SFT run of that length).
+restart at each count (a pilot, close to but not exactly one SFT run of that length); with
+``sft.lr_schedule=cosine`` give one count, since the schedule anneals over one run.
 Tunes on ``val`` only. Last line: ``num_demos=... epochs=... val_success=...`` per count.
 
 ``--heldout-demos N`` also collects N demonstrations from other seeds (``sft.demo_seed +
@@ -74,6 +75,9 @@ def main() -> None:
                  "sft.num_demos": args.num_demos}
     overrides.update({k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)})
     cfg = apply_overrides(load_config(args.config), overrides)
+    if cfg.sft.lr_schedule == "cosine" and len(args.epochs) > 1:
+        parser.error(f"--epochs {args.epochs} with sft.lr_schedule=cosine: a cosine schedule anneals "
+                     "over one run; give a single count (one process per count)")
     configure_cpu_threads(torch.device("cpu"))
     s, r = cfg.sft, cfg.rollout
     t0 = time.perf_counter()
@@ -100,7 +104,7 @@ def main() -> None:
         out = run_sft(policy, dataset, unnorm_key=unnorm_key, epochs=epochs - done,
                       batch_size=s.batch_size, learning_rate=s.learning_rate, seed=cfg.seed + done,
                       out_dir=args.out_dir / f"demos{s.num_demos}_epochs{epochs}",
-                      augment_shift=s.augment_shift, progress=False)
+                      augment_shift=s.augment_shift, lr_schedule=s.lr_schedule, progress=False)
         sft_s = time.perf_counter() - t1
         done = epochs
         row = {"epochs": epochs, "loss": out["history"][-1]["loss"], "sft_s": sft_s,

@@ -23,6 +23,7 @@ from vla_rl_lib.sft import (
 from vla_rl_lib.sft.demos import STATISTICS_KEY
 from vla_rl_lib.sft.trainer import (
     SFT_METRICS_FILE,
+    _SFTEpochs,
     augment_rng,
     heldout_loss,
     random_shift,
@@ -287,3 +288,47 @@ def test_warm_start_on_collected_demonstrations(tmp_path) -> None:
     assert reloaded.unnorm_key == STATISTICS_KEY
     np.testing.assert_array_equal(reloaded.statistics.q99, demos.statistics.q99)
     np.testing.assert_array_equal(reloaded.statistics.mask, demos.statistics.mask)
+
+
+def trained_weights(tmp_path: Path, name: str, epochs: int, lr_schedule: str) -> dict[str, torch.Tensor]:
+    dataset = synthetic_dataset(num_steps=8)
+    policy = build_policy(SMALL, LORA, seed=1)
+    summary = run_sft(policy, dataset, epochs=epochs, batch_size=8, learning_rate=3e-3, seed=0,
+                      out_dir=tmp_path / name, statistics=statistics_of(dataset),
+                      lr_schedule=lr_schedule, progress=False)  # fmt: skip
+    assert summary["lr_schedule"] == lr_schedule
+    return policy.trainable_state_dict()
+
+
+def test_cosine_schedule_starts_at_the_learning_rate_then_anneals(tmp_path) -> None:
+    # one step: the first step takes the full learning rate either way
+    one_constant = trained_weights(tmp_path, "c1", 1, "constant")
+    one_cosine = trained_weights(tmp_path, "k1", 1, "cosine")
+    assert all(torch.equal(one_constant[k], one_cosine[k]) for k in one_constant)
+    # three steps: the cosine run's later steps are smaller, so the weights differ
+    three_constant = trained_weights(tmp_path, "c3", 3, "constant")
+    three_cosine = trained_weights(tmp_path, "k3", 3, "cosine")
+    assert not all(torch.equal(three_constant[k], three_cosine[k]) for k in three_constant)
+
+
+def test_cosine_schedule_reaches_zero_after_the_last_step() -> None:
+    dataset = synthetic_dataset(num_steps=8)
+    policy = build_policy(SMALL, LORA, seed=1)
+    set_action_statistics(policy, statistics_of(dataset))
+    loop = _SFTEpochs(policy, dataset, policy.actions_to_tokens(dataset.actions), 4, 1e-3, 1.0, 0, 0)
+    loop.anneal(4)
+    rates = []
+    for _ in range(2):
+        for batch in sft_batches(len(dataset), 4, loop.generator):
+            rates.append(loop.optimizer.param_groups[0]["lr"])
+            loop._step(batch, 1)
+    assert rates[0] == pytest.approx(1e-3) and rates[2] == pytest.approx(5e-4)
+    assert rates == sorted(rates, reverse=True)
+    assert loop.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_unknown_lr_schedule_is_named(tmp_path) -> None:
+    dataset = synthetic_dataset()
+    with pytest.raises(ValueError, match="lr_schedule='linear' is unknown: use one of constant, cosine"):
+        run_sft(build_policy(SMALL, LORA, seed=0), dataset, epochs=1, batch_size=4,
+                learning_rate=1e-3, seed=0, out_dir=tmp_path, lr_schedule="linear", progress=False)  # fmt: skip

@@ -351,6 +351,9 @@ class SFTConfig(_Section):
     epochs: int = setting(40, "passes over the demos", ge=1, shortcut="sft_epochs")
     batch_size: int = setting(32, "samples per optimizer step", ge=1)
     learning_rate: float = setting(1e-3, "behaviour-cloning learning rate", gt=0)
+    lr_schedule: Literal["constant", "cosine"] = setting(
+        "constant", "constant | cosine (anneal the learning rate to 0 over the epochs, a step "
+        "per batch)")  # fmt: skip
     demo_seed: int = setting(12345, "first demo episode seed (apart from training and eval seeds)", ge=0)
     dataset_dir: NonBlank = setting("outputs/demos", "where the demos are cached")
     augment_shift: int = setting(

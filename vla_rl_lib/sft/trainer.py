@@ -28,6 +28,7 @@ from vla_rl_lib.sft.demos import STATISTICS_KEY, DemoDataset
 from vla_rl_lib.utils import write_json_atomic
 
 SFT_METRICS_FILE = "sft_metrics.json"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def set_action_statistics(
@@ -114,6 +115,7 @@ def run_sft(
     unnorm_key: str = STATISTICS_KEY,
     max_grad_norm: float = 1.0,
     augment_shift: int = 0,
+    lr_schedule: str = "constant",
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -125,6 +127,8 @@ def run_sft(
     from ``seed`` (the global torch RNG is left as it was). AdamW, gradients
     clipped to ``max_grad_norm``. ``augment_shift`` > 0 shifts each
     training image at random by up to that many pixels (``random_shift``, drawn from ``seed``).
+    ``lr_schedule``: ``constant`` keeps ``learning_rate``; ``cosine`` anneals it to 0 over the
+    ``epochs`` of this call (``torch.optim.lr_scheduler.CosineAnnealingLR``, a step per batch).
     ``on_epoch`` receives each epoch's record
     (``epoch``, ``loss``, ``grad_norm``, ``seconds``, ``samples_per_s``).
 
@@ -133,7 +137,7 @@ def run_sft(
     ``sft_metrics.json`` with the per-epoch records. Returns that summary.
     The policy is left in eval mode.
     """
-    check_sft_inputs(policy, dataset, epochs, batch_size, learning_rate, augment_shift)
+    check_sft_inputs(policy, dataset, epochs, batch_size, learning_rate, augment_shift, lr_schedule)
     out_dir = Path(out_dir)
     statistics = dataset.statistics if statistics is None else statistics
     set_action_statistics(policy, statistics, unnorm_key)
@@ -141,6 +145,8 @@ def run_sft(
     loop = _SFTEpochs(
         policy, dataset, token_ids, batch_size, learning_rate, max_grad_norm, augment_shift, seed
     )
+    if lr_schedule == "cosine":
+        loop.anneal(epochs * loop.batches)
     bar = tqdm(total=epochs * loop.batches, desc="SFT", unit="batch", disable=not progress)
     started = time.perf_counter()
     history = loop.train_epochs(epochs, seed, bar, on_epoch)
@@ -158,6 +164,7 @@ def run_sft(
         "learning_rate": learning_rate,
         "max_grad_norm": max_grad_norm,
         "augment_shift": augment_shift,
+        "lr_schedule": lr_schedule,
         "seed": seed,
         "unnorm_key": unnorm_key,
     }
@@ -172,8 +179,13 @@ def check_sft_inputs(
     batch_size: int,
     learning_rate: float,
     augment_shift: int = 0,
+    lr_schedule: str = "constant",
 ) -> None:
     """Refuse settings or data that ``run_sft`` cannot train on, naming the fix."""
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"lr_schedule={lr_schedule!r} is unknown: use one of {', '.join(LR_SCHEDULES)}"
+        )
     if epochs < 1:
         raise ValueError(f"epochs={epochs} is invalid: train for at least 1 epoch")
     if batch_size < 1:
@@ -226,6 +238,11 @@ class _SFTEpochs:
         self.generator = torch.Generator().manual_seed(seed)
         self.augment_rng = augment_rng(seed)
         self.batches = math.ceil(len(dataset) / batch_size)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    def anneal(self, total_steps: int) -> None:
+        """Cosine-anneal the learning rate to 0 over ``total_steps`` optimizer steps."""
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
 
     def train_epochs(
         self,
@@ -289,4 +306,6 @@ class _SFTEpochs:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         return loss.item(), float(grad_norm)

@@ -247,7 +247,7 @@ def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> di
     result = run_sft(
         policy, dataset, unnorm_key=unnorm_key, epochs=s.epochs, batch_size=s.batch_size,
         learning_rate=s.learning_rate, seed=cfg.seed, out_dir=out_dir,
-        augment_shift=s.augment_shift, progress=progress,
+        augment_shift=s.augment_shift, lr_schedule=s.lr_schedule, progress=progress,
     )  # fmt: skip
     save_config(cfg, out_dir / ckpt.CONFIG_FILE)  # lets `evaluate --checkpoint <sft dir>` rebuild the env
     return {"dataset": str(dataset_dir), "sft_checkpoint": str(out_dir), "demo_seconds": demo_s,
