@@ -66,6 +66,11 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys):
     ("flags", "needle"),
     [
         (["--num-episodes", "-3"], "--num-episodes=-3"),
+        (["--num-episodes", "ten"], "--num-episodes=ten is invalid"),
+        (["--num-episodes", "100,test=0"], "--num-episodes=100,test=0 is invalid"),
+        (["--num-episodes", "100,200"], "--num-episodes=100,200 is invalid"),
+        (["--num-episodes", "test=200"], "add --splits"),
+        (["--splits", "val", "--num-episodes", "100,test=200"], "test is not among --splits (val)"),
         (["--seed", "-1"], "--seed=-1"),
         (["--seed", str(2**31 - 2), "--num-episodes", "5"], "--seed=2147483646"),
         (["--simulator", "bullet"], "--simulator='bullet'"),
@@ -124,11 +129,11 @@ def test_evaluate_splits_all_prints_one_row_per_split(tiny_config, capsys):
         trainer.close()
     capsys.readouterr()
     checkpoint = str(trainer.run_dir / "checkpoint_latest")
-    assert main(["evaluate", "--checkpoint", checkpoint, "--num-episodes", "2", "--splits", "all"]) == 0
+    argv = ["evaluate", "--checkpoint", checkpoint, "--num-episodes", "2,test=3", "--splits", "all"]
+    assert main(argv) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["split", "episodes", "successes"] and "wilson95_high" in table[0]
-    assert [line.split()[0] for line in table[2:]] == ["train", "val", "test"]
-    assert all(line.split()[1] == "2" for line in table[2:])
+    assert [line.split()[:2] for line in table[2:]] == [["train", "2"], ["val", "2"], ["test", "3"]]
 
 
 def test_every_config_key_is_a_flag_and_the_old_names_are_aliases():

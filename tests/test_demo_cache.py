@@ -77,6 +77,28 @@ def test_every_recipe_setting_gets_its_own_folder():
     assert set(RECIPE_EXCLUDED) == {"out_dir", "num_envs", "overwrite", "progress"}
 
 
+def test_a_changed_scene_file_is_another_dataset(tmp_path, monkeypatch):
+    """A camera moved in the scene's XML used to keep the cache folder (only the camera's
+    name was in it), so demos rendered from the old pose were trained on."""
+    import shutil
+
+    from lift import task
+
+    base = demo_recipe(3, 0, **SETTINGS)
+    copy = tmp_path / "crane_x7"
+    shutil.copytree(task.ASSETS_DIR, copy)
+    monkeypatch.setattr(task, "ASSETS_DIR", copy)
+    assert demo_recipe(3, 0, **SETTINGS) == base  # the same bytes: the same dataset
+    scene = copy / "scene_pickplace.xml"
+    text = scene.read_text()
+    camera = next(line for line in text.splitlines() if 'camera name="third_person"' in line)
+    x = camera.split(' pos="')[1].split()[0]
+    scene.write_text(text.replace(camera, camera.replace(f' pos="{x} ', f' pos="{float(x) + 0.01:.2f} ')))
+    moved = demo_recipe(3, 0, **SETTINGS)
+    assert moved["scene"] != base["scene"] and moved["arguments"] == base["arguments"]
+    assert demo_dataset_dir("root", moved) != demo_dataset_dir("root", base)
+
+
 def test_reuse_when_the_recipe_matches_and_refuse_when_meta_disagrees(tmp_path):
     first = ensure_demonstrations(tmp_path, 1, 0, **SETTINGS)
     meta = json.loads((first / META_FILE).read_text())

@@ -11,6 +11,8 @@ from vla_rl_lib.metrics import load_metrics
 from vla_rl_lib.training.evaluate import (
     EvalResult,
     SplitResults,
+    evaluate_checkpoint,
+    evaluate_splits,
     reported_only_splits,
     resolve_splits,
 )
@@ -45,6 +47,36 @@ def test_split_results_give_one_key_set_and_one_row_per_split():
     }  # fmt: skip
     assert [(row["split"], row["successes"]) for row in table.rows()] == [("val", 1), ("ood_position", 2)]
     assert table["val"].success_rate == 0.25 and table.frames is None
+
+
+def test_split_episodes_play_the_first_seeds_of_one_stream(monkeypatch):
+    from vla_rl_lib.training import evaluate
+
+    played = {}
+
+    def fake_policy_eval(collector, seeds, update, temperature, filmed, frame_size, split):
+        played[split] = list(seeds)
+        return _result(split, 0, len(seeds))
+
+    monkeypatch.setattr(evaluate, "evaluate_policy", fake_policy_eval)
+    table = evaluate_splits(lambda split: None, ["val", "test"], [5, 6, 7, 8], episodes={"val": 2})
+    assert played == {"val": [5, 6], "test": [5, 6, 7, 8]}
+    assert [row["episodes"] for row in table.rows()] == [2, 4]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"split_episodes": {"test": 0}, "splits": "all"}, "each split needs at least 1 episode"),
+        ({"split_episodes": {"test": 200}}, "needs splits"),
+    ],
+)
+def test_bad_split_episodes_fail_before_the_model_loads(kwargs, needle, tmp_path, monkeypatch):
+    from vla_rl_lib.training import policy_factory
+
+    monkeypatch.setattr(policy_factory, "load_any_checkpoint", lambda *a: pytest.fail("loaded"))
+    with pytest.raises(ValueError, match=needle):
+        evaluate_checkpoint(tmp_path, num_episodes=10, **kwargs)
 
 
 def test_old_metrics_files_read_their_eval_keys_as_val(tmp_path):

@@ -342,6 +342,9 @@ class ModelConfig(_Section):
         }
 
 
+LRSchedule = Literal["constant", "cosine"]  # sft.lr_schedule; sft/trainer.py reads the names here
+
+
 class SFTConfig(_Section):
     """Behaviour cloning on scripted demonstrations before RL."""
 
@@ -351,7 +354,7 @@ class SFTConfig(_Section):
     epochs: int = setting(40, "passes over the demos", ge=1, shortcut="sft_epochs")
     batch_size: int = setting(32, "samples per optimizer step", ge=1)
     learning_rate: float = setting(1e-3, "behaviour-cloning learning rate", gt=0)
-    lr_schedule: Literal["constant", "cosine"] = setting(
+    lr_schedule: LRSchedule = setting(
         "constant", "constant | cosine (anneal the learning rate to 0 over the epochs, a step "
         "per batch)")  # fmt: skip
     demo_seed: int = setting(12345, "first demo episode seed (apart from training and eval seeds)", ge=0)

@@ -7,6 +7,9 @@ actions the same way.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 
 LIFT_ENV_ID = "Lift-CRANE-X7"  # pick up the cube and raise it 12 cm (the quick smoke task)
@@ -14,6 +17,17 @@ PICKPLACE_ENV_ID = "PickPlace-CRANE-X7"  # see lift/pickplace.py
 ENV_ID = LIFT_ENV_ID  # the default task
 ENV_IDS = (LIFT_ENV_ID, PICKPLACE_ENV_ID)
 INSTRUCTION = "pick up the blue cube"
+# The MJCF files every simulator builds the scenes from (robot, table, objects, cameras).
+ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "crane_x7"
+
+
+def scene_digest() -> str:
+    """12 hex digits of sha256 over the scene MJCF files (names and bytes): a moved camera, a
+    resized cube or a new light changes it, so data recorded in another scene is not reused."""
+    digest = hashlib.sha256()
+    for path in sorted(ASSETS_DIR.glob("*.xml")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 ARM_JOINT_NAMES = (
     "crane_x7_shoulder_fixed_part_pan_joint",

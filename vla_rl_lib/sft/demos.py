@@ -482,8 +482,10 @@ def _recipe(arguments: dict[str, Any]) -> dict[str, Any]:
 
     ``arguments``: the call's content parameters; ``simulator_defaults``: the
     simulator settings no parameter sets (reward mode, control rate, ...), so a
-    change of those defaults does not pass for the same data.
+    change of those defaults does not pass for the same data; ``scene``: the digest of
+    the scene's MJCF files (a camera moved in the XML is another dataset).
     """
+    from lift.task import scene_digest
     from lift.types import SimulatorConfig
 
     defaults = dataclasses.asdict(SimulatorConfig(env_id=arguments["env_id"]))
@@ -492,6 +494,7 @@ def _recipe(arguments: dict[str, Any]) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "arguments": {k: v for k, v in arguments.items() if k not in excluded},
         "simulator_defaults": {k: v for k, v in defaults.items() if k not in arguments},
+        "scene": scene_digest(),
     }
     return json.loads(json.dumps(recipe))  # tuples -> lists, as meta.json reads back
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vla_rl_lib.config import LRSchedule
 from vla_rl_lib.policy.action_tokenizer import ActionStatistics
 from vla_rl_lib.policy.base import VLAPolicy
 from vla_rl_lib.sft.demos import STATISTICS_KEY, DemoDataset
 from vla_rl_lib.utils import write_json_atomic
 
 SFT_METRICS_FILE = "sft_metrics.json"
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES: tuple[str, ...] = typing.get_args(LRSchedule)
 
 
 def set_action_statistics(

@@ -111,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on held-out seeds")
     ev.add_argument("--checkpoint", required=True, help="a checkpoint directory")
-    ev.add_argument("--num-episodes", type=int, default=S)
+    ev.add_argument(
+        "--num-episodes", default=S, metavar="N[,SPLIT=N...]",
+        help="episodes per split; SPLIT=N sets one split's count (with --splits), e.g. "
+        "--splits all --num-episodes 100,test=200",
+    )  # fmt: skip
     ev.add_argument("--simulator", default=S)
     ev.add_argument("--env-id", default=S)
     ev.add_argument("--seed", type=int, default=S, help="first held-out seed")
@@ -214,11 +218,13 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
             f"--checkpoint {args.checkpoint} does not exist as a folder; give a checkpoint folder "
             "(e.g. outputs/<experiment>/checkpoint_latest) or a policy folder"
         )
-    episodes = getattr(args, "num_episodes", None)
-    if episodes is not None and episodes < 1:
-        raise UsageError(f"--num-episodes={episodes} is invalid: need at least 1 episode")
+    spec = getattr(args, "num_episodes", None)
+    args.num_episodes, args.split_episodes = (None, {}) if spec is None else parse_episode_counts(spec)
+    if args.split_episodes and getattr(args, "splits", None) is None:
+        raise UsageError(f"--num-episodes {spec} names splits: add --splits (e.g. --splits all)")
+    episodes = max([args.num_episodes or 1, *args.split_episodes.values()])
     seed = getattr(args, "seed", None)
-    if seed is not None and not (seed >= 0 and seed + (episodes or 1) <= TRAIN_SEED_FLOOR):
+    if seed is not None and not (seed >= 0 and seed + episodes <= TRAIN_SEED_FLOOR):
         raise UsageError(
             f"--seed={seed} is invalid: held-out seeds live in [0, {TRAIN_SEED_FLOOR}); "
             "training draws the seeds above"
@@ -241,6 +247,35 @@ def check_evaluate_args(args: argparse.Namespace) -> None:
             args.splits = resolve_splits(evaluated_env_id(args), splits)
         except ValueError as error:
             raise UsageError(f"--splits {splits}: {error}") from None
+        stray = sorted(set(args.split_episodes) - set(args.splits))
+        if stray:
+            raise UsageError(
+                f"--num-episodes {spec}: {', '.join(stray)} is not among --splits "
+                f"({', '.join(args.splits)})"
+            )
+
+
+def parse_episode_counts(spec: str) -> tuple[int | None, dict[str, int]]:
+    """``--num-episodes``: ``N`` for every split, ``SPLIT=N`` for one, comma-separated
+    (``100,test=200``); returns the common count (None: the config's) and the per-split ones."""
+    common: int | None = None
+    per_split: dict[str, int] = {}
+    for part in (p.strip() for p in str(spec).split(",")):
+        name, sep, value = part.rpartition("=")
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1 or (sep and not name.strip()) or (not sep and common is not None):
+            raise UsageError(
+                f"--num-episodes={spec} is invalid: give N >= 1 episodes, then SPLIT=N for a split "
+                "that plays another count (e.g. 100,test=200)"
+            )
+        if sep:
+            per_split[name.strip()] = count
+        else:
+            common = count
+    return common, per_split
 
 
 def evaluated_env_id(args: argparse.Namespace) -> str:
@@ -287,6 +322,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         output_dir=getattr(args, "output_dir", None),
         config=config,
         splits=splits,
+        split_episodes=getattr(args, "split_episodes", None),
     )
     from vla_rl_lib.display import summary_table
 

@@ -178,15 +178,18 @@ def evaluate_splits(
     temperature: float = 1.0,
     record_frames: int | Mapping[str, int] = 1,
     frame_size: int | None = None,
+    episodes: Mapping[str, int] | None = None,
 ) -> SplitResults:
     """``evaluate_policy`` on each split with the same seeds; ``collector_for(split)`` plays it
     (a ``SplitCollectors``). ``record_frames``: episodes filmed per split, or a mapping
-    split -> count (splits left out are not filmed)."""
+    split -> count (splits left out are not filmed). ``episodes``: split -> how many of
+    ``seeds`` (their first ones) that split plays; splits left out play them all."""
     results = {}
     for split in splits:
         filmed = record_frames.get(split, 0) if isinstance(record_frames, Mapping) else record_frames
+        mine = seeds[: episodes[split]] if episodes and split in episodes else seeds
         results[split] = evaluate_policy(
-            collector_for(split), seeds, update, temperature, filmed, frame_size, split=split
+            collector_for(split), mine, update, temperature, filmed, frame_size, split=split
         )
     return SplitResults(update, results)
 
@@ -203,11 +206,16 @@ def evaluate_checkpoint(
     config: VLARLConfig | None = None,
     split: str = "train",
     splits: str | Sequence[str] | None = None,
+    split_episodes: Mapping[str, int] | None = None,
 ) -> EvalResult | SplitResults:
     """Evaluate a checkpoint on ``split`` of its task (the held-out seeds of ``train`` by
     default), or, with ``splits`` (``"all"``, a comma list or a list), on each of those splits
     with the same seeds: a ``SplitResults`` whose ``rows()`` is the per-split table. With
     ``render``, write videos of the first episodes (of each split).
+
+    ``split_episodes`` (with ``splits``): episodes for some splits instead of
+    ``num_episodes``, e.g. ``{"test": 200}`` beside ``num_episodes=100``; every split plays
+    the first seeds of the same held-out stream.
 
     ``checkpoint`` is a training checkpoint (``checkpoint_latest``/``checkpoint_best``)
     or a policy directory such as an SFT result; for the latter the simulator settings
@@ -223,6 +231,12 @@ def evaluate_checkpoint(
     checkpoint = Path(os.path.realpath(checkpoint))  # outputs/<experiment>/checkpoint_best -> its run
     if num_episodes is not None and num_episodes < 1:  # before the (slow) model load
         raise ValueError(f"num_episodes={num_episodes} is invalid: need at least 1 episode")
+    split_episodes = dict(split_episodes or {})
+    bad = {k: v for k, v in split_episodes.items() if not (isinstance(v, int) and v >= 1)}
+    if bad:
+        raise ValueError(f"split_episodes {bad} is invalid: each split needs at least 1 episode")
+    if split_episodes and splits is None:
+        raise ValueError(f"split_episodes {split_episodes} needs splits (e.g. splits='all')")
     if splits is not None and env_id:  # the checkpoint's own env is only known after the load
         splits = resolve_splits(env_id, splits)
     policy, cfg = load_any_checkpoint(checkpoint, config)
@@ -232,7 +246,6 @@ def evaluate_checkpoint(
         raise ValueError(
             f"num_eval_episodes={n} in the checkpoint's config: pass num_episodes >= 1"
         )
-    seeds = evaluation_seeds(cfg.eval_seed if seed is None else seed, n)
     env_settings = {}
     if simulator:
         env_settings["rollout.simulator"] = simulator
@@ -240,11 +253,16 @@ def evaluate_checkpoint(
         env_settings["rollout.env_id"] = env_id
     cfg = apply_overrides(cfg, env_settings) if env_settings else cfg
     names = [split] if splits is None else resolve_splits(cfg.rollout.env_id, splits)
-    collectors = SplitCollectors(cfg, policy, num_envs=min(r.num_parallel_envs, n))
+    stray = sorted(set(split_episodes) - set(names))
+    if stray:
+        raise ValueError(f"split_episodes names {stray}, which is not evaluated here ({', '.join(names)})")
+    counts = {name: split_episodes.get(name, n) for name in names}
+    seeds = evaluation_seeds(cfg.eval_seed if seed is None else seed, max(counts.values()))
+    collectors = SplitCollectors(cfg, policy, num_envs=min(r.num_parallel_envs, max(counts.values())))
     try:
         result = evaluate_splits(
             collectors, names, seeds, temperature=r.temperature,
-            record_frames=num_videos if render else 0, frame_size=r.media_size,
+            record_frames=num_videos if render else 0, frame_size=r.media_size, episodes=counts,
         )  # fmt: skip
     finally:
         collectors.close()

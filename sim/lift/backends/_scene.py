@@ -20,7 +20,7 @@ import numpy as np
 
 from lift import task
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "crane_x7"
+ASSETS = task.ASSETS_DIR
 ROBOT_MJCF = ASSETS / "crane_x7.xml"
 SCENE_MJCF = ASSETS / "scene_lift.xml"
 ROBOT_ROOT_BODY = "base"

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 if mujoco.get_mju_user_warning() is None:
     mujoco.set_mju_user_warning(lambda message: log.warning("MuJoCo: %s", message))
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "crane_x7"
+ASSETS = task.ASSETS_DIR
 SCENE_PATH = ASSETS / "scene_lift.xml"
 PICKPLACE_SCENE_PATH = ASSETS / "scene_pickplace.xml"
 SCENES = {task.LIFT_ENV_ID: SCENE_PATH, task.PICKPLACE_ENV_ID: PICKPLACE_SCENE_PATH}
