@@ -408,6 +408,23 @@ def table_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def per_run_markdown(doc: dict[str, Any]) -> str:
+    """Every run: successes / episodes and the 95% Wilson interval on each split."""
+    head = "| run | " + " | ".join(f"`{s}`" for s in ("val", *SPLITS)) + " | updates | commit |"
+    lines = [head, "|" + "---|" * (len(SPLITS) + 4)]
+    runs = sorted(doc["runs"].values(), key=lambda r: (ROWS.index(r["row"]), r["seed"]))
+    for run in runs:
+        cells = []
+        for split in ("val", *SPLITS):
+            one = run["splits"].get(split)
+            cells.append("–" if one is None else
+                         f"{one['successes']}/{one['episodes']} [{one['wilson95'][0]:.2f}, "
+                         f"{one['wilson95'][1]:.2f}]")
+        lines.append(f"| {ROW_LABELS[run['row']]} seed {run['seed']} | " + " | ".join(cells)
+                     + f" | {run.get('updates', '–')} | {str(run.get('git_commit', '?'))[:7]} |")
+    return "\n".join(lines)
+
+
 def write_table(doc: dict[str, Any], readme: Path) -> None:
     """Replace the README's block between the learning-table markers with the table."""
     text = readme.read_text()
@@ -415,7 +432,9 @@ def write_table(doc: dict[str, Any], readme: Path) -> None:
         raise LearningError(f"{readme} has no '{TABLE_START}' ... '{TABLE_END}' block; add one")
     before, rest = text.split(TABLE_START, 1)
     _, after = rest.split(TABLE_END, 1)
-    body = table_markdown(doc) + f"\n\n{summary_line(doc['summary'])} (commit {doc.get('git_commit')})"
+    body = (table_markdown(doc) + f"\n\n{summary_line(doc['summary'])} (commit {doc.get('git_commit')})"
+            + "\n\nPer run (successes / greedy episodes, 95% Wilson interval; `val` chose the RL "
+            "checkpoint on its first 50 episodes during the run):\n\n" + per_run_markdown(doc))
     readme.write_text(f"{before}{TABLE_START}\n{body}\n{TABLE_END}{after}")
 
 

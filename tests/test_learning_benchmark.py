@@ -117,11 +117,14 @@ def test_table_and_figure_from_the_results(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.endswith("\n\nafter\n")
     table = text.split(learning.TABLE_START)[1].split(learning.TABLE_END)[0]
-    lines = [ln for ln in table.splitlines() if ln.startswith("| (")]
+    lines = [ln for ln in table.splitlines() if ln.startswith("| (") and " seed " not in ln]
     assert [ln.split("|")[1].strip() for ln in lines] == ["(a) SFT", "(c) SFT -> PPO",
                                                         "(d) SFT -> GRPO"]
     assert "0.70 ± 0.10 [0.60, 0.80]" in lines[1] and "0.50 (1 seed)" in lines[2]
     assert "gain_points=50.0" in table
+    runs = [ln for ln in table.splitlines() if " seed " in ln and ln.startswith("| (")]
+    assert [ln.split("|")[1].strip() for ln in runs][:2] == ["(a) SFT seed 0", "(a) SFT seed 1"]
+    assert len(runs) == 7 and "| 120/200 [0.00, 1.00] |" in runs[3]  # ppo seed 0's test
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     band = learning.curve_bands(learning.read_results(results)["runs"], "ppo", "val")
     assert band["mean"] == pytest.approx([0.0, 0.35, 0.7]) and band["n_seeds"] == 3
