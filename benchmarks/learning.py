@@ -16,9 +16,9 @@ the final evaluation plays ``--test-episodes`` greedy ``test`` episodes and
 ``--ood-episodes`` on ``val`` and each OOD split, with a 95% Wilson interval per run.
 
 Every finished (row, seed) is a record in ``--results`` (``benchmarks/results/learning.json``,
-with the git commit, the run's config, minutes and env steps) and is never re-run; an
-interrupted RL run continues from its ``checkpoint_latest`` with ``--resume``
-(the trainer's own resume). Rows and seeds can run as separate processes: each
+with the git commit, the run's config, minutes and env steps) and is never re-run; with
+``--resume`` an interrupted RL run continues from its ``checkpoint_latest`` (the trainer's
+own resume) and an interrupted SFT from its last finished epoch (``run_sft``'s state file). Rows and seeds can run as separate processes: each
 process rewrites the results file under a lock, from what is there plus its own run.
 Last line: ``sft_test=... rl_test=... gain_points=... sft_ood=... rl_ood=... seeds=...
 minutes_per_seed=...`` (means over seeds; rl = the ppo row).
@@ -31,7 +31,6 @@ import fcntl
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -208,10 +207,16 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         rows[row] = {
             "seeds": [r["seed"] for r in mine],
             "splits": {s: spread([r["splits"][s]["success"] for r in mine]) for s in splits},
-            "train_minutes": spread([r["train_minutes"] for r in mine]),
+            "train_minutes": spread([run_minutes(r) for r in mine]),
             "env_steps": spread([r["env_steps"] for r in mine]),
         }
     return {"rows": rows, "summary": summary_fields(rows, runs)}
+
+
+def run_minutes(run: dict[str, Any]) -> float:
+    """A run's wall-clock minutes in the budget: SFT rows' demo collection + SFT (the record's
+    ``train_minutes`` is SFT alone), RL rows' training; final evaluations are not counted."""
+    return run["train_minutes"] + run.get("warm_start", {}).get("demo_seconds", 0.0) / 60
 
 
 def _ood_mean(row: dict[str, Any]) -> float:
@@ -224,7 +229,7 @@ def summary_fields(rows: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dic
     sft, rl = rows.get("sft"), rows.get("ppo")
     sft_test = sft["splits"]["test"]["mean"] if sft else nan
     rl_test = rl["splits"]["test"]["mean"] if rl else nan
-    per_seed = [runs[f"sft/seed{s}"]["train_minutes"] + runs[f"ppo/seed{s}"]["train_minutes"]
+    per_seed = [run_minutes(runs[f"sft/seed{s}"]) + run_minutes(runs[f"ppo/seed{s}"])
                 for s in (rl["seeds"] if rl else []) if f"sft/seed{s}" in runs]
     return {
         "sft_test": sft_test,
@@ -277,33 +282,49 @@ def build_config(row: str, seed: int, extra: dict[str, Any], output_dir: Path):
     return apply_overrides(load_config(ROOT / "params" / "default.yaml"), overrides), overrides
 
 
-def ensure_sft(row: str, seed: int, extra: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+def ensure_sft(row: str, seed: int, extra: dict[str, Any], output_dir: Path,
+               resume: bool = False) -> dict[str, Any]:
     """Row ``row``'s SFT policy for ``seed``, trained once (a finished one is reused); returns
-    its warm-start record (demo env steps, seconds)."""
+    its warm-start record (demo env steps, seconds).
+
+    It trains in ``sft.partial`` beside its final folder, saving its state after every epoch;
+    with ``resume`` a killed SFT continues from its last epoch (without, it is an error, so
+    nothing is lost). A lock makes a second process wait for the first's result rather than
+    train the same policy again."""
+    from vla_rl_lib.sft.trainer import SFT_STATE_FILE
     from vla_rl_lib.training.policy_factory import run_warm_start
 
     target = sft_dir(output_dir, row, seed)
     record_file = target / "warm_start.json"
     if record_file.is_file():
         return json.loads(record_file.read_text())
-    cfg, _ = build_config(row, seed, extra, output_dir)
-    tmp = target.with_name(f"sft.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    print(f"[{run_name(row, seed)}] demos + SFT ({cfg.sft.num_demos} demos, {cfg.sft.epochs} epochs)",
-          flush=True)
-    out = run_warm_start(cfg, tmp, progress=False)
-    from vla_rl_lib.sft.demos import read_meta
+    partial = target.with_name("sft.partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name("sft.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process training it: wait for its result
+        if record_file.is_file():
+            return json.loads(record_file.read_text())
+        if partial.exists() and not resume:
+            raise LearningError(
+                f"the SFT of {row} seed {seed} was interrupted ({partial}); pass --resume to "
+                f"continue it from its last finished epoch, or delete {partial} to start it again"
+            )
+        cfg, _ = build_config(row, seed, extra, output_dir)
+        again = (partial / SFT_STATE_FILE).is_file()
+        print(f"[{run_name(row, seed)}] demos + SFT ({cfg.sft.num_demos} demos, {cfg.sft.epochs} "
+              f"epochs){', resumed' if again else ''}", flush=True)
+        out = run_warm_start(cfg, partial, progress=False, resume=True)
+        from vla_rl_lib.sft.demos import read_meta
 
-    meta = read_meta(out["dataset"])
-    record = {"seconds": out["seconds"], "demo_seconds": out["demo_seconds"],
-              "demo_env_steps": int(out["num_transitions"]), "num_demos": cfg.sft.num_demos,
-              "demo_meta": {k: meta.get(k) for k in ("num_episodes", "failed_attempts") if k in meta},
-              "final_loss": out["epoch_losses"][-1]}
-    (tmp / "warm_start.json").write_text(json.dumps(record, indent=1) + "\n")
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished the same (deterministic) SFT first
-        shutil.rmtree(tmp, ignore_errors=True)
+        meta = read_meta(out["dataset"])
+        record = {"seconds": out["seconds"], "demo_seconds": out["demo_seconds"],
+                  "demo_env_steps": int(out["num_transitions"]), "num_demos": cfg.sft.num_demos,
+                  "demo_meta": {k: meta.get(k) for k in ("num_episodes", "failed_attempts")
+                                if k in meta},
+                  "final_loss": out["epoch_losses"][-1],
+                  "resumed_after_epoch": out["resumed_after_epoch"]}
+        (partial / "warm_start.json").write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(partial, target)
     return json.loads(record_file.read_text())
 
 
@@ -331,10 +352,10 @@ def learning_curve(run_dir: Path) -> list[dict[str, Any]]:
             for r in load_metrics(run_dir) if "val/success" in r]
 
 
-def run_sft_row(row: str, seed: int, extra: dict[str, Any], output_dir: Path,
+def run_sft_row(row: str, seed: int, extra: dict[str, Any], output_dir: Path, resume: bool,
                 test_episodes: int, ood_episodes: int) -> dict[str, Any]:
     cfg, overrides = build_config(row, seed, extra, output_dir)
-    warm = ensure_sft(row, seed, extra, output_dir)
+    warm = ensure_sft(row, seed, extra, output_dir, resume)
     t0 = time.perf_counter()
     splits = final_evaluation(sft_dir(output_dir, row, seed), cfg, test_episodes, ood_episodes)
     return {"checkpoint": str(sft_dir(output_dir, row, seed)), "splits": splits,
@@ -348,7 +369,7 @@ def run_rl_row(row: str, seed: int, extra: dict[str, Any], output_dir: Path, res
     from vla_rl_lib.config import apply_overrides
     from vla_rl_lib.training.trainer import Trainer
 
-    ensure_sft("sft", seed, extra, output_dir)  # row (a)'s policy of this seed is the start
+    ensure_sft("sft", seed, extra, output_dir, resume)  # row (a)'s policy of this seed is the start
     cfg, overrides = build_config(row, seed, extra, output_dir)
     overrides["sft_checkpoint"] = str(sft_dir(output_dir, "sft", seed).absolute())
     cfg = apply_overrides(cfg, {"sft_checkpoint": overrides["sft_checkpoint"]})
@@ -396,7 +417,8 @@ def _cell(stats: dict[str, Any] | None) -> str:
 def table_markdown(doc: dict[str, Any]) -> str:
     """Rows (a)-(d), columns test + each OOD split: mean ± std over seeds [min, max]."""
     rows = doc.get("rows", {})
-    head = "| row | seeds | " + " | ".join(f"`{s}`" for s in SPLITS) + " | minutes (train) | env steps |"
+    head = ("| row | seeds | " + " | ".join(f"`{s}`" for s in SPLITS)
+            + " | minutes (demos + SFT, or RL) | env steps |")
     lines = [head, "|" + "---|" * (len(SPLITS) + 4)]
     for row in ROWS:
         if row not in rows:
@@ -506,7 +528,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
-    parser.add_argument("--resume", action="store_true", help="continue interrupted RL runs")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue interrupted runs (RL from checkpoint_latest, SFT from its "
+                             "last finished epoch)")
     parser.add_argument("--table", action="store_true",
                         help="only write the README table and the figure from --results")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "outputs" / "learning")
@@ -529,9 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     if args.table:
-        doc = read_results(args.results)
-        if not doc["runs"]:
+        if not read_results(args.results)["runs"]:
             raise LearningError(f"{args.results} holds no finished run; run the benchmark first")
+        with locked_results(args.results) as doc:  # aggregates as this version computes them
+            doc.update(summarize(doc["runs"]))
         write_table(doc, args.readme)
         write_figure(doc, args.figure)
         print(f"wrote the table into {args.readme} and the figure {args.figure}")
@@ -553,11 +578,11 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"[{run_name(row, seed)}] finished before: skipped", flush=True)
                 continue
             if row in RL_ROWS:
-                result = run_rl_row(row, seed, extra, output_dir, action == "resume",
+                result = run_rl_row(row, seed, extra, output_dir, args.resume,
                                     args.test_episodes, args.ood_episodes, args.final_checkpoint)
             else:
-                result = run_sft_row(row, seed, extra, output_dir, args.test_episodes,
-                                     args.ood_episodes)
+                result = run_sft_row(row, seed, extra, output_dir, args.resume,
+                                     args.test_episodes, args.ood_episodes)
             result = {"row": row, "seed": seed, "git_commit": git_commit(), **result}
             doc = record_run(args.results, result)
             print(f"[{run_name(row, seed)}] " + " ".join(

@@ -56,6 +56,28 @@ def test_summary_means_spreads_and_last_line():
                                         "sft_ood=0.100 rl_ood=0.350 seeds=3 minutes_per_seed=45.0")
 
 
+def test_budget_minutes_count_the_demo_collection():
+    runs = fake_runs()
+    for seed in range(3):  # SFT rows record demo collection apart from SFT's own minutes
+        runs[f"sft/seed{seed}"]["warm_start"] = {"demo_seconds": 120.0, "seconds": 300.0}
+    doc = learning.summarize(runs)
+    assert doc["summary"]["minutes_per_seed"] == pytest.approx(47.0)  # 2 + 5 + 40
+    assert doc["rows"]["sft"]["train_minutes"]["mean"] == pytest.approx(7.0)
+    assert doc["rows"]["ppo"]["train_minutes"]["mean"] == pytest.approx(40.0)
+
+
+def test_interrupted_sft_needs_resume_and_a_finished_one_is_reused(tmp_path):
+    partial = tmp_path / "sft_seed1" / "sft.partial"
+    partial.mkdir(parents=True)
+    with pytest.raises(learning.LearningError, match=r"interrupted .*pass --resume") as err:
+        learning.ensure_sft("sft", 1, {}, tmp_path, resume=False)
+    assert "\n" not in str(err.value) and partial.is_dir()  # nothing deleted
+    done = tmp_path / "sft_seed2" / "sft"
+    done.mkdir(parents=True)
+    (done / "warm_start.json").write_text('{"seconds": 1.0}')
+    assert learning.ensure_sft("sft", 2, {}, tmp_path, resume=False) == {"seconds": 1.0}
+
+
 def test_summary_line_without_an_rl_row_says_not_available():
     runs = {"sft/seed0": fake_run("sft", 0, 0.2, 0.1)}
     line = learning.summary_line(learning.summarize(runs)["summary"])

@@ -332,3 +332,63 @@ def test_unknown_lr_schedule_is_named(tmp_path) -> None:
     with pytest.raises(ValueError, match="lr_schedule='linear' is unknown: use one of constant, cosine"):
         run_sft(build_policy(SMALL, LORA, seed=0), dataset, epochs=1, batch_size=4,
                 learning_rate=1e-3, seed=0, out_dir=tmp_path, lr_schedule="linear", progress=False)  # fmt: skip
+
+
+class _Killed(Exception):
+    """Stands in for a kill between two epochs."""
+
+
+def _kill_after(epoch: int):
+    def on_epoch(record: dict) -> None:
+        if record["epoch"] == epoch:
+            raise _Killed
+
+    return on_epoch
+
+
+@pytest.mark.parametrize(("lora", "schedule"), [(LORA, "cosine"), (None, "constant")],
+                         ids=["lora-cosine", "full-constant"])
+def test_killed_sft_resumes_to_the_uninterrupted_result(tmp_path, lora, schedule) -> None:
+    """Killed after epoch 2 of 3 and resumed with a fresh policy: the same weights, losses and
+    shuffles as one uninterrupted call (shift augmentation and the schedule included)."""
+    dataset = synthetic_dataset(num_steps=10)
+    common = dict(epochs=3, batch_size=4, learning_rate=2e-3, seed=5, augment_shift=2,
+                  lr_schedule=schedule, statistics=statistics_of(dataset), progress=False)
+    straight = build_policy(SMALL, lora, seed=1)
+    whole = run_sft(straight, dataset, out_dir=tmp_path / "straight", **common)
+
+    state_file = tmp_path / "resumed" / "sft_state.pt"
+    with pytest.raises(_Killed):
+        run_sft(build_policy(SMALL, lora, seed=1), dataset, out_dir=tmp_path / "resumed",
+                state_file=state_file, on_epoch=_kill_after(2), **common)
+    assert state_file.is_file() and not (tmp_path / "resumed" / SFT_METRICS_FILE).exists()
+    resumed_policy = build_policy(SMALL, lora, seed=1)  # a new process: fresh weights
+    seen = []
+    resumed = run_sft(resumed_policy, dataset, out_dir=tmp_path / "resumed",
+                      state_file=state_file, on_epoch=seen.append, **common)
+
+    assert [r["epoch"] for r in seen] == [3]  # only the missing epoch ran
+    assert resumed["resumed_after_epoch"] == 2
+    assert resumed["epoch_losses"] == whole["epoch_losses"]
+    a, b = straight.trainable_state_dict(), resumed_policy.trainable_state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not state_file.exists()  # finished: the state is gone, the checkpoint is there
+    assert json.loads((tmp_path / "resumed" / SFT_METRICS_FILE).read_text())["epochs"] == 3
+
+
+def test_resume_file_from_other_settings_or_corrupt_is_refused(tmp_path) -> None:
+    dataset = synthetic_dataset(num_steps=6)
+    common = dict(batch_size=4, seed=0, statistics=statistics_of(dataset), progress=False,
+                  out_dir=tmp_path / "sft", state_file=tmp_path / "sft" / "sft_state.pt")
+    with pytest.raises(_Killed):
+        run_sft(build_policy(SMALL, LORA, seed=0), dataset, epochs=2, learning_rate=1e-3,
+                on_epoch=_kill_after(1), **common)
+    saved = (tmp_path / "sft" / "sft_state.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"other settings \(learning_rate 0.001 -> 0.002\)") as err:
+        run_sft(build_policy(SMALL, LORA, seed=0), dataset, epochs=2, learning_rate=2e-3, **common)
+    assert "\n" not in str(err.value) and "delete it" in str(err.value)
+    with pytest.raises(ValueError, match="another model"):
+        run_sft(build_policy(SMALL, None, seed=0), dataset, epochs=2, learning_rate=1e-3, **common)
+    (tmp_path / "sft" / "sft_state.pt").write_bytes(saved[: len(saved) // 2])
+    with pytest.raises(ValueError, match="cannot be read .*delete it"):
+        run_sft(build_policy(SMALL, LORA, seed=0), dataset, epochs=2, learning_rate=1e-3, **common)

@@ -60,7 +60,7 @@ def test_a_failed_sft_leaves_no_result_for_train_to_start_from(tiny_config, monk
     cfg = _sft_config(tiny_config)
 
     def half_written(policy, dataset, *, out_dir, **kwargs):
-        Path(out_dir).mkdir(parents=True)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "policy_config.json").write_text("{}")
         raise RuntimeError("killed mid-save")
 
@@ -70,3 +70,37 @@ def test_a_failed_sft_leaves_no_result_for_train_to_start_from(tiny_config, monk
     experiment = shared_sft_dir(cfg).parent
     assert runs.shared_sft_dir(experiment) is None
     assert sorted(p.name for p in experiment.iterdir()) == []
+
+
+def test_a_killed_sft_is_kept_refused_without_resume_and_continued_with_it(tiny_config, capsys):
+    """Killed after epoch 1 of 2: the partial folder and its state survive, ``sft`` without
+    --resume refuses it in one line, ``sft --resume`` finishes only the missing epoch."""
+    cfg = apply_overrides(_sft_config(tiny_config), {"sft.epochs": 2})
+    config_file = Path(cfg.output_dir) / "sft.yaml"
+    save_config(cfg, config_file)
+    original = sft_trainer.run_sft
+
+    def killed_after_epoch_1(*args, **kwargs):
+        def stop(record):
+            if record["epoch"] == 1:
+                raise KeyboardInterrupt
+        return original(*args, **{**kwargs, "on_epoch": stop})
+
+    sft_trainer.run_sft = killed_after_epoch_1
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_shared_sft(cfg, progress=False)
+    finally:
+        sft_trainer.run_sft = original
+    partial = shared_sft_dir(cfg).with_name(".sft.partial")
+    assert (partial / sft_trainer.SFT_STATE_FILE).is_file()
+    assert runs.shared_sft_dir(partial.parent) is None  # train does not start from it
+
+    assert cli.main(["sft", "--config", str(config_file)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "interrupted SFT" in line and "--resume" in line and str(partial) in line
+    assert cli.main(["sft", "--config", str(config_file), "--resume"]) == 0
+    out = shared_sft_dir(cfg)
+    metrics = json.loads((out / sft_trainer.SFT_METRICS_FILE).read_text())
+    assert metrics["resumed_after_epoch"] == 1 and len(metrics["epoch_losses"]) == 2
+    assert not partial.exists() and not (out / sft_trainer.SFT_STATE_FILE).exists()

@@ -15,7 +15,7 @@ import math
 import os
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from vla_rl_lib.sft.demos import STATISTICS_KEY, DemoDataset
 from vla_rl_lib.utils import write_json_atomic
 
 SFT_METRICS_FILE = "sft_metrics.json"
+SFT_STATE_FILE = "sft_state.pt"  # written after every epoch when run_sft is given a state_file
 LR_SCHEDULES: tuple[str, ...] = typing.get_args(LRSchedule)
 
 
@@ -120,6 +121,7 @@ def run_sft(
     lr_schedule: str = "constant",
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    state_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Behaviour-clone ``policy`` on ``dataset`` and save it to ``out_dir``.
 
@@ -133,6 +135,11 @@ def run_sft(
     ``epochs`` of this call (``torch.optim.lr_scheduler.CosineAnnealingLR``, a step per batch).
     ``on_epoch`` receives each epoch's record
     (``epoch``, ``loss``, ``grad_norm``, ``seconds``, ``samples_per_s``).
+
+    ``state_file``: after every epoch the training state (trainable weights and buffers, AdamW,
+    the schedule, every RNG) is written there atomically; a call that finds the file continues
+    after its last epoch and ends where an uninterrupted call would have, bit for bit on the
+    same machine. A file from other settings is refused. It is deleted once the policy is saved.
 
     ``out_dir`` is written by ``policy.save_pretrained`` (so ``train
     --sft-checkpoint out_dir`` loads it through ``from_checkpoint``) plus
@@ -149,15 +156,29 @@ def run_sft(
     )
     if lr_schedule == "cosine":
         loop.anneal(epochs * loop.batches)
-    bar = tqdm(total=epochs * loop.batches, desc="SFT", unit="batch", disable=not progress)
+    settings = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+                "max_grad_norm": max_grad_norm, "augment_shift": augment_shift,
+                "lr_schedule": lr_schedule, "seed": seed, "num_transitions": len(dataset),
+                "num_episodes": dataset.num_episodes}  # fmt: skip
+    state = _TrainingState(Path(state_file), settings) if state_file is not None else None
+    resumed = state.restore(loop) if state is not None else None
+    history: list[dict[str, Any]] = resumed["history"] if resumed else []
+    resumed_after = len(history)
+    bar = tqdm(total=epochs * loop.batches, initial=len(history) * loop.batches, desc="SFT",
+               unit="batch", disable=not progress)  # fmt: skip
     started = time.perf_counter()
-    history = loop.train_epochs(epochs, seed, bar, on_epoch)
+    history += loop.train_epochs(
+        epochs, seed, bar, on_epoch, done=history,
+        on_state=None if state is None else state.save,
+    )  # fmt: skip
     policy.save_pretrained(str(out_dir))
     summary = {
         "checkpoint": str(out_dir),
         "epoch_losses": [r["loss"] for r in history],
         "history": history,
-        "seconds": time.perf_counter() - started,
+        # a resumed run adds the seconds of the calls before it
+        "seconds": time.perf_counter() - started + (resumed["seconds"] if resumed else 0.0),
+        "resumed_after_epoch": resumed_after,
         "dataset": str(dataset.path),
         "num_episodes": dataset.num_episodes,
         "num_transitions": len(dataset),
@@ -171,7 +192,52 @@ def run_sft(
         "unnorm_key": unnorm_key,
     }
     write_json_atomic(out_dir / SFT_METRICS_FILE, summary)
+    if state is not None:
+        state.path.unlink(missing_ok=True)
     return summary
+
+
+class _TrainingState:
+    """``run_sft``'s resume file: written after each epoch (temporary file, then renamed, so a
+    kill leaves the previous epoch's), read back by the next call with the same settings."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        self.settings = settings
+        self.started = time.perf_counter()
+        self.seconds_before = 0.0
+
+    def restore(self, loop: _SFTEpochs) -> dict[str, Any] | None:
+        """Load the file into ``loop`` (None when there is none): the finished epochs' records
+        and the seconds they took."""
+        if not self.path.is_file():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=False)
+            recorded = saved["settings"]
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise ValueError(
+                f"the SFT resume file {self.path} cannot be read ({type(exc).__name__}: {exc}); "
+                "delete it to train from the start"
+            ) from exc
+        changed = sorted(k for k in self.settings if recorded.get(k) != self.settings[k])
+        if changed:
+            diffs = ", ".join(f"{k} {recorded.get(k)!r} -> {self.settings[k]!r}" for k in changed)
+            raise ValueError(
+                f"the SFT resume file {self.path} was written with other settings ({diffs}); "
+                "use the settings it was started with, or delete it to train from the start"
+            )
+        loop.load_state_dict(saved["loop"])
+        self.seconds_before = float(saved["seconds"])
+        return {"history": list(saved["history"]), "seconds": self.seconds_before}
+
+    def save(self, loop: _SFTEpochs, history: list[dict[str, Any]]) -> None:
+        payload = {"settings": self.settings, "history": history, "loop": loop.state_dict(),
+                   "seconds": self.seconds_before + time.perf_counter() - self.started}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
+        torch.save(payload, tmp)
+        os.replace(tmp, self.path)
 
 
 def check_sft_inputs(
@@ -241,6 +307,45 @@ class _SFTEpochs:
         self.augment_rng = augment_rng(seed)
         self.batches = math.ceil(len(dataset) / batch_size)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.torch_rng: tuple[torch.Tensor, torch.Tensor | None] | None = None  # set by a resume
+        self._cuda: list[int] = []
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """What training changes: the trainable parameters and every buffer (LoRA: the adapters
+        only, so a 7B base is not copied each epoch)."""
+        params = {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
+        return {**params, **{f"buffer:{n}": b for n, b in self.policy.named_buffers()}}
+
+    def state_dict(self) -> dict[str, Any]:
+        cuda_rng = torch.cuda.get_rng_state(self._cuda[0]) if self._cuda else None
+        return {
+            "weights": {n: t.detach().cpu().clone() for n, t in self._weights().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "augment_rng": self.augment_rng.bit_generator.state,
+            "torch_rng": (torch.get_rng_state(), cuda_rng),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``'s epoch: weights, AdamW, schedule and RNGs."""
+        weights = self._weights()
+        if set(weights) != set(state["weights"]):
+            raise ValueError(
+                "the SFT resume file holds the weights of another model (the trainable "
+                "parameters differ); delete it to train from the start"
+            )
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                tensor.copy_(state["weights"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if (self.scheduler is None) != (state["scheduler"] is None):
+            raise ValueError("the SFT resume file was written with another lr_schedule")
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.augment_rng.bit_generator.state = state["augment_rng"]
+        self.torch_rng = state["torch_rng"]
 
     def anneal(self, total_steps: int) -> None:
         """Cosine-anneal the learning rate to 0 over ``total_steps`` optimizer steps."""
@@ -252,19 +357,30 @@ class _SFTEpochs:
         seed: int,
         bar: tqdm,
         on_epoch: Callable[[dict[str, Any]], None] | None,
+        done: Sequence[dict[str, Any]] = (),
+        on_state: Callable[[_SFTEpochs, list[dict[str, Any]]], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Every epoch's record; dropout draws from ``seed`` on a forked torch RNG, and the policy
-        ends in eval mode (the progress bar closed) however training ends."""
+        """The records of epochs ``len(done) + 1 .. epochs``; dropout draws from ``seed`` on a
+        forked torch RNG (or from the restored state after ``load_state_dict``), and the policy
+        ends in eval mode (the progress bar closed) however training ends. ``on_state`` gets the
+        loop and every record so far after each epoch, before ``on_epoch``."""
         device = next(self.policy.parameters()).device
         cuda = [device.index or 0] if device.type == "cuda" else []
+        self._cuda = cuda
         history: list[dict[str, Any]] = []
         try:
             with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(seed)
+                if self.torch_rng is not None:
+                    torch.set_rng_state(self.torch_rng[0])
+                    if cuda:
+                        torch.cuda.set_rng_state(self.torch_rng[1], cuda[0])
                 self.policy.train()
-                for epoch in range(1, epochs + 1):
+                for epoch in range(len(done) + 1, epochs + 1):
                     record = self.train_epoch(epoch, bar)
                     history.append(record)
+                    if on_state is not None:
+                        on_state(self, [*done, *history])
                     if on_epoch is not None:
                         on_epoch(record)
         finally:

@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sft = sub.add_parser("sft", help="collect scripted demos and behaviour-clone the VLA")
     _add_sources(sft)
+    sft.add_argument("--resume", action="store_true",
+                     help="continue an interrupted SFT of the experiment from its last finished epoch")
     add_config_flags(sft, retarget={"learning_rate": "sft.learning_rate"})
 
     plan = sub.add_parser("plan", help="memory and time a config needs, before anything loads")
@@ -357,7 +359,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from vla_rl_lib.training.policy_factory import save_shared_sft
 
     cfg = resolve_config(args)
-    out = save_shared_sft(cfg, progress=True)  # refuses an existing sft folder before any work
+    # refuses an existing sft folder (or an interrupted one without --resume) before any work
+    out = save_shared_sft(cfg, progress=True, resume=args.resume)
     print(json.dumps(out, indent=1, default=str))
     return 0
 

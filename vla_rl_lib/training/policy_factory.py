@@ -44,6 +44,9 @@ from vla_rl_lib.training import checkpoint as ckpt
 from vla_rl_lib.training.runs import SHARED_SFT_DIRNAME
 from vla_rl_lib.utils import write_json_atomic
 
+# in a resumable warm start's folder until it finishes: how long the first call's demos took
+WARM_START_DEMO_FILE = "warm_start_demos.json"
+
 
 def policy_settings(cfg: VLARLConfig) -> PolicySettings:
     """The run config's policy settings: the one place it enters the policy package."""
@@ -231,16 +234,31 @@ def demonstrations_for(cfg: VLARLConfig, progress: bool = True) -> Path:
     )  # fmt: skip
 
 
-def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Scripted demonstrations -> behaviour cloning of ``build_sft_policy(cfg)``, saved to ``out_dir``."""
+def run_warm_start(
+    cfg: VLARLConfig, out_dir: Path, progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
+    """Scripted demonstrations -> behaviour cloning of ``build_sft_policy(cfg)``, saved to ``out_dir``.
+
+    ``resume``: SFT writes its state to ``out_dir`` after every epoch, and a call on the same
+    ``out_dir`` after a kill continues from the last finished epoch (``run_sft``'s
+    ``state_file``); the demonstrations come from their cache. ``seconds`` (SFT) and
+    ``demo_seconds`` then count the interrupted calls too.
+    """
     from vla_rl_lib.sft.demos import load_demonstrations
-    from vla_rl_lib.sft.trainer import run_sft
+    from vla_rl_lib.sft.trainer import SFT_STATE_FILE, run_sft
 
     check_sft_start(cfg)
     s = cfg.sft
     t0 = time.perf_counter()
     dataset_dir = demonstrations_for(cfg, progress)
     demo_s = time.perf_counter() - t0
+    demo_record = Path(out_dir) / WARM_START_DEMO_FILE
+    if resume:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if demo_record.is_file():  # the first call's collection time, not this call's cache hit
+            demo_s = float(json.loads(demo_record.read_text())["demo_seconds"])
+        else:
+            write_json_atomic(demo_record, {"demo_seconds": demo_s})
     dataset = load_demonstrations(dataset_dir)
     unnorm_key = sft_unnorm_key(cfg)
     policy = build_sft_policy(cfg, dataset.statistics, unnorm_key)
@@ -248,10 +266,12 @@ def run_warm_start(cfg: VLARLConfig, out_dir: Path, progress: bool = True) -> di
         policy, dataset, unnorm_key=unnorm_key, epochs=s.epochs, batch_size=s.batch_size,
         learning_rate=s.learning_rate, seed=cfg.seed, out_dir=out_dir,
         augment_shift=s.augment_shift, lr_schedule=s.lr_schedule, progress=progress,
+        state_file=Path(out_dir) / SFT_STATE_FILE if resume else None,
     )  # fmt: skip
     save_config(cfg, out_dir / ckpt.CONFIG_FILE)  # lets `evaluate --checkpoint <sft dir>` rebuild the env
+    demo_record.unlink(missing_ok=True)
     return {"dataset": str(dataset_dir), "sft_checkpoint": str(out_dir), "demo_seconds": demo_s,
-            "seconds": time.perf_counter() - t0, **result}
+            **result}  # result's seconds: SFT alone
 
 
 def shared_sft_dir(cfg: VLARLConfig) -> Path:
@@ -273,34 +293,56 @@ def check_sft_destination(out_dir: Path) -> None:
         )
 
 
-def save_shared_sft(cfg: VLARLConfig, progress: bool = True) -> dict[str, Any]:
+def save_shared_sft(cfg: VLARLConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """``run_warm_start`` into the experiment's ``sft`` folder, which must not exist yet.
 
-    It is written into a hidden sibling folder and renamed into place when complete, so a
-    crash never leaves a half-written result that ``train`` would start from.
+    It is written into a hidden sibling folder (``.sft.partial``) and renamed into place when
+    complete, so a crash never leaves a half-written result that ``train`` would start from.
+    SFT saves its state there after every epoch: a killed SFT is kept, and ``resume`` continues
+    it from its last finished epoch (without ``resume`` it is refused, so nothing is lost). A
+    failure before the first epoch leaves nothing behind.
     """
-    from vla_rl_lib.sft.trainer import SFT_METRICS_FILE
+    import fcntl
+
+    from vla_rl_lib.sft.trainer import SFT_METRICS_FILE, SFT_STATE_FILE
 
     out_dir = shared_sft_dir(cfg)
     check_sft_destination(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)  # this process's own leftover, never another's
-    try:
-        result = run_warm_start(cfg, partial, progress=progress)
-        metrics_file = partial / SFT_METRICS_FILE
-        metrics = json.loads(metrics_file.read_text())
-        write_json_atomic(metrics_file, {**metrics, "checkpoint": str(out_dir)})
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    try:
-        os.rename(partial, out_dir)  # fails on a non-empty folder: a result written meanwhile
-    except OSError as exc:
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    if partial.exists() and not resume:
         raise FileExistsError(
-            f"{out_dir} was written by another process during this SFT ({exc.strerror}); this "
-            f"result is kept in {partial}: rename it to use it"
-        ) from exc
+            f"an interrupted SFT of experiment {out_dir.parent.name!r} is kept in {partial}: pass "
+            "--resume (Python: save_shared_sft(cfg, resume=True)) to continue it from its last "
+            "finished epoch, or "
+            "delete that folder to start again"
+        )
+    partial.mkdir(parents=True, exist_ok=True)
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(
+                f"another process is training this SFT in {partial}; wait for it to finish"
+            ) from None
+        try:
+            result = run_warm_start(cfg, partial, progress=progress, resume=True)
+            metrics_file = partial / SFT_METRICS_FILE
+            metrics = json.loads(metrics_file.read_text())
+            write_json_atomic(metrics_file, {**metrics, "checkpoint": str(out_dir)})
+        except BaseException:
+            if not (partial / SFT_STATE_FILE).is_file():  # no finished epoch: nothing to keep
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+        try:
+            os.rename(partial, out_dir)  # fails on a non-empty folder: a result written meanwhile
+        except OSError as exc:
+            raise FileExistsError(
+                f"{out_dir} was written by another process during this SFT ({exc.strerror}); this "
+                f"result is kept in {partial}: rename it to use it"
+            ) from exc
+    finally:
+        os.close(fd)
     return {**result, "sft_checkpoint": str(out_dir), "checkpoint": str(out_dir)}
 
 
