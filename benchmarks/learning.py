@@ -329,18 +329,18 @@ def ensure_sft(row: str, seed: int, extra: dict[str, Any], output_dir: Path,
 
 
 def final_evaluation(checkpoint: Path, cfg, test_episodes: int, ood_episodes: int) -> dict[str, Any]:
-    """Greedy success with its 95% Wilson interval on ``test`` and on ``val`` + each OOD split."""
+    """Greedy success with its 95% Wilson interval on ``test`` (``test_episodes``) and on
+    ``val`` + each OOD split (``ood_episodes``): one model load, each split the first seeds of
+    the same held-out stream."""
     from vla_rl_lib.training.evaluate import available_splits, evaluate_checkpoint
 
-    others = [s for s in available_splits(cfg.rollout.env_id) if s not in ("train", "test")]
-    out: dict[str, Any] = {}
-    for names, episodes in ((["test"], test_episodes), (others, ood_episodes)):
-        result = evaluate_checkpoint(checkpoint, num_episodes=episodes, config=cfg, splits=names)
-        for row in result.rows():
-            out[row["split"]] = {"success": row["success_rate"], "successes": row["successes"],
-                                 "episodes": row["episodes"],
-                                 "wilson95": [row["wilson95_low"], row["wilson95_high"]]}
-    return out
+    splits = ["test", *(s for s in available_splits(cfg.rollout.env_id) if s not in ("train", "test"))]
+    result = evaluate_checkpoint(checkpoint, num_episodes=ood_episodes, config=cfg, splits=splits,
+                                 split_episodes={"test": test_episodes})
+    return {row["split"]: {"success": row["success_rate"], "successes": row["successes"],
+                           "episodes": row["episodes"],
+                           "wilson95": [row["wilson95_low"], row["wilson95_high"]]}
+            for row in result.rows()}
 
 
 def learning_curve(run_dir: Path) -> list[dict[str, Any]]:
