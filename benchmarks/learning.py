@@ -541,6 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ood-episodes", type=int, default=100, help="val and each OOD split")
     parser.add_argument("--final-checkpoint", choices=("best", "latest"), default="best",
                         help="RL policy evaluated at the end: best on val, or the last update")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="torch threads of this process for SFT and evaluation (default: half "
+                             "the cores, as two processes share them; RL keeps its own settings)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, dotted key and YAML value (repeatable)")
     args = parser.parse_args(argv)
@@ -562,6 +565,11 @@ def _main(args: argparse.Namespace) -> int:
         print(f"wrote the table into {args.readme} and the figure {args.figure}")
         print(summary_line(doc["summary"]))
         return 0
+    if args.threads < 1:
+        raise LearningError(f"--threads {args.threads}: use at least 1")
+    import torch
+
+    torch.set_num_threads(args.threads)  # two SFTs at 2 threads each on 2 cores: ~3x slower
     if args.test_episodes < 1 or args.ood_episodes < 1:
         raise LearningError("--test-episodes and --ood-episodes must be >= 1 (the issue asks 200 and 100)")
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
