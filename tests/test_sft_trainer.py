@@ -389,6 +389,9 @@ def test_resume_file_from_other_settings_or_corrupt_is_refused(tmp_path) -> None
     assert "\n" not in str(err.value) and "delete it" in str(err.value)
     with pytest.raises(ValueError, match="another model"):
         run_sft(build_policy(SMALL, None, seed=0), dataset, epochs=2, learning_rate=1e-3, **common)
+    torch.save({"settings": {}, "code": Path("pickled-object")}, tmp_path / "sft" / "sft_state.pt")
+    with pytest.raises(ValueError, match="cannot be read"):  # weights_only: no pickled objects
+        run_sft(build_policy(SMALL, LORA, seed=0), dataset, epochs=2, learning_rate=1e-3, **common)
     (tmp_path / "sft" / "sft_state.pt").write_bytes(saved[: len(saved) // 2])
     with pytest.raises(ValueError, match="cannot be read .*delete it"):
         run_sft(build_policy(SMALL, LORA, seed=0), dataset, epochs=2, learning_rate=1e-3, **common)

@@ -213,7 +213,7 @@ class _TrainingState:
         if not self.path.is_file():
             return None
         try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=False)
+            saved = torch.load(self.path, map_location="cpu", weights_only=True)  # never runs pickled code
             recorded = saved["settings"]
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
             raise ValueError(
