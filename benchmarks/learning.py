@@ -137,12 +137,20 @@ def sft_dir(output_dir: Path, row: str, seed: int) -> Path:
     return output_dir / run_name(row, seed) / "sft"
 
 
-def git_commit() -> str:
+# what the benchmark itself writes: a change there does not make the code "dirty"
+OWN_OUTPUTS = ("benchmarks/results", "README.md", "docs/learning_curve.png")
+
+
+def git_commit(root: Path = ROOT) -> str:
+    """HEAD of ``root``, with ``-dirty`` when a tracked file other than the benchmark's own
+    outputs differs from it."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+             *(f":(exclude){path}" for path in OWN_OUTPUTS)],
+            cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return out + ("-dirty" if dirty else "")
@@ -579,6 +587,7 @@ def _main(args: argparse.Namespace) -> int:
         build_config(row, args.seeds[0], extra, args.output_dir.absolute())
     output_dir = args.output_dir.absolute()
     doc = read_results(args.results)
+    commit = git_commit()  # the code this process runs, whatever lands on HEAD meanwhile
     for seed in args.seeds:
         for row in args.rows:
             action = plan_run(row, seed, read_results(args.results)["runs"], output_dir, args.resume)
@@ -591,7 +600,7 @@ def _main(args: argparse.Namespace) -> int:
             else:
                 result = run_sft_row(row, seed, extra, output_dir, args.resume,
                                      args.test_episodes, args.ood_episodes)
-            result = {"row": row, "seed": seed, "git_commit": git_commit(), **result}
+            result = {"row": row, "seed": seed, "git_commit": commit, **result}
             doc = record_run(args.results, result)
             print(f"[{run_name(row, seed)}] " + " ".join(
                 f"{s}={v['success']:.3f}" for s, v in result["splits"].items()), flush=True)

@@ -196,3 +196,22 @@ def test_the_readme_holds_the_table_block():
     text = (ROOT / "README.md").read_text()
     assert text.count(learning.TABLE_START) == 1 and text.count(learning.TABLE_END) == 1
     assert text.index(learning.TABLE_START) < text.index(learning.TABLE_END)
+
+
+def test_git_commit_is_dirty_for_code_not_for_the_benchmarks_own_outputs(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    for name in ("code.py", "README.md", "benchmarks/results/learning.json"):
+        (tmp_path / name).write_text("0\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = learning.git_commit(tmp_path)
+    assert len(head) == 40
+    (tmp_path / "benchmarks/results/learning.json").write_text("1\n")
+    (tmp_path / "README.md").write_text("1\n")
+    assert learning.git_commit(tmp_path) == head  # the table and results it writes itself
+    (tmp_path / "code.py").write_text("1\n")
+    assert learning.git_commit(tmp_path) == head + "-dirty"
