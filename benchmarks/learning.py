@@ -93,9 +93,10 @@ RECIPE: dict[str, Any] = {
     "num_eval_episodes": 50,  # val and test at every evaluation (the learning curve)
 }
 # Row (b) clones 5x the demos in 2 passes: 5x the scenes for 1.7x row (a)'s SFT samples, which
-# keeps it inside the per-seed budget (demos ~20 min + 2 x 296k samples ~43 min); 6 passes over
-# 5,000 demos would take ~2 hours. A pass over 5x the scenes is worth more than one over the
-# same scenes again (1,000 demos memorize by 4-6 epochs; 5,000 at 2 passes did not).
+# keeps it near the per-seed budget (measured, two processes side by side: demos 16 min + 2 x
+# 296k samples at 27.5 min a pass); 6 passes over 5,000 demos would take ~3 hours. A pass over
+# 5x the scenes is worth more than one over the same scenes again (1,000 demos memorize by 4-6
+# epochs; 5,000 at 2 passes did not).
 SFT_MORE_PASSES = 2
 ROW_OVERRIDES: dict[str, dict[str, Any]] = {
     "sft": {},
@@ -577,7 +578,7 @@ def _main(args: argparse.Namespace) -> int:
         raise LearningError(f"--threads {args.threads}: use at least 1")
     import torch
 
-    torch.set_num_threads(args.threads)  # two SFTs at 2 threads each on 2 cores: ~3x slower
+    torch.set_num_threads(args.threads)  # two SFTs at 2 threads each on 2 cores: 4.4x slower
     if args.test_episodes < 1 or args.ood_episodes < 1:
         raise LearningError("--test-episodes and --ood-episodes must be >= 1 (the issue asks 200 and 100)")
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
