@@ -122,6 +122,34 @@ def test_run_overrides_give_each_seed_its_own_demos_and_row_b_five_times_more(tm
     assert cfg.ppo.algorithm == "grpo" and cfg.seed == 2
 
 
+def test_each_rl_row_starts_from_its_sft_row(tmp_path, monkeypatch):
+    """(c) and (d) start from row (a)'s policy of the seed, (e) from row (b)'s."""
+    from vla_rl_lib.training import trainer as trainer_module
+
+    assert learning.RL_START == {"ppo": "sft", "grpo": "sft", "ppo_more": "sft_more"}
+    ensured, built = [], []
+
+    class Stop(Exception):
+        pass
+
+    class FakeTrainer:  # records the config the RL run would train with, then stops
+        def __init__(self, cfg, **_kwargs):
+            built.append(cfg)
+            raise Stop
+
+    monkeypatch.setattr(learning, "ensure_sft", lambda row, seed, *a, **k: ensured.append((row, seed)))
+    monkeypatch.setattr(trainer_module, "Trainer", FakeTrainer)
+    for row in learning.RL_ROWS:
+        with pytest.raises(Stop):
+            learning.run_rl_row(row, 1, {}, tmp_path, False, 2, 1, "best")
+    assert ensured == [("sft", 1), ("sft", 1), ("sft_more", 1)]
+    assert [c.sft_checkpoint for c in built] == [
+        str(tmp_path / "sft_seed1" / "sft"), str(tmp_path / "sft_seed1" / "sft"),
+        str(tmp_path / "sft_more_seed1" / "sft")]
+    assert [c.ppo.algorithm for c in built] == ["ppo", "grpo", "ppo"]
+    assert built[2].sft.num_demos == learning.SFT_MORE_FACTOR * built[0].sft.num_demos
+
+
 def test_bad_set_is_one_line_error(capsys, tmp_path):
     assert learning.main(["--set", "no_equals_sign", "--results", str(tmp_path / "r.json")]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
