@@ -9,7 +9,8 @@
 Rows (issue 13): ``sft`` (a) scripted demos on ``train`` -> behaviour cloning; ``sft_more``
 (b) the same on ``SFT_MORE_FACTOR`` times the demos (``SFT_MORE_PASSES`` passes); ``ppo`` (c) and ``grpo`` (d) RL with
 the binary reward, starting from row (a)'s SFT checkpoint of the same seed; ``ppo_more`` (e)
-PPO from row (b)'s (``RL_START``). Seed ``s``
+PPO from row (b)'s (``RL_START``); ``sft_mid`` (f) and ``ppo_mid`` (g) the same from a start in
+between (``SFT_MID_FACTOR`` times the demos, 2 passes) that fits the 90-minute budget. Seed ``s``
 has its own demo seeds (``sft.demo_seed + s * DEMO_SEED_STRIDE``), SFT and RL run.
 Each run's config is ``params/default.yaml`` + ``RECIPE`` + the row's overrides + ``--set``,
 all recorded in the results. Model selection uses ``val`` only (``checkpoint_best``);
@@ -47,18 +48,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ("sft", "sft_more", "ppo", "grpo", "ppo_more")
-RL_ROWS = ("ppo", "grpo", "ppo_more")
+ROWS = ("sft", "sft_more", "ppo", "grpo", "ppo_more", "sft_mid", "ppo_mid")
+RL_ROWS = ("ppo", "grpo", "ppo_more", "ppo_mid")
 # the SFT row whose policy of the same seed each RL row starts from
-RL_START = {"ppo": "sft", "grpo": "sft", "ppo_more": "sft_more"}
+RL_START = {"ppo": "sft", "grpo": "sft", "ppo_more": "sft_more", "ppo_mid": "sft_mid"}
 ROW_LABELS = {
     "sft": "(a) SFT",
     "sft_more": "(b) SFT on 5x the demos",
     "ppo": "(c) SFT -> PPO",
     "grpo": "(d) SFT -> GRPO",
     "ppo_more": "(e) SFT on 5x the demos -> PPO",
+    "sft_mid": "(f) SFT on 2.5x the demos",
+    "ppo_mid": "(g) SFT on 2.5x the demos -> PPO",
 }
 SFT_MORE_FACTOR = 5
+SFT_MID_FACTOR = 2.5
 DEMO_SEED_STRIDE = 100_000  # seed s's demos start here * s above sft.demo_seed (5x demos fit)
 TASK = "PickPlace-CRANE-X7"
 SPLITS = ("test", "ood_position", "ood_combination", "ood_instruction", "ood_visual")
@@ -115,6 +119,18 @@ ROW_OVERRIDES: dict[str, dict[str, Any]] = {
 # three seeds, against row (a)'s 0.01-0.18) gives the binary reward something to amplify; does RL
 # add to more imitation? Its sft.* keys describe the start it loads (row (b)'s).
 ROW_OVERRIDES["ppo_more"] = {**ROW_OVERRIDES["sft_more"], "ppo.algorithm": "ppo"}
+# Rows (f) and (g): route (b) -> (e) met the +30-point floor (+51, +58) but took ~117 minutes a
+# seed (demos 16 + SFT 47 + RL 52). Half of row (b)'s demos in the same 2 passes costs ~8 + 23
+# minutes, so demos + SFT + RL fit 90 (~83); its SFT success should fall between row (a)'s and
+# row (b)'s, inside the issue's 0.10-0.40 band (checked on val before its RL runs).
+ROW_OVERRIDES["sft_mid"] = {
+    "sft.num_demos": int(SFT_MID_FACTOR * RECIPE["sft.num_demos"]),
+    "sft.epochs": SFT_MORE_PASSES,
+}
+ROW_OVERRIDES["ppo_mid"] = {**ROW_OVERRIDES["sft_mid"], "ppo.algorithm": "ppo"}
+# the demos of the rows that clone more than row (a): this factor times row (a)'s (--set too)
+DEMO_FACTOR = {"sft_more": SFT_MORE_FACTOR, "ppo_more": SFT_MORE_FACTOR,
+               "sft_mid": SFT_MID_FACTOR, "ppo_mid": SFT_MID_FACTOR}
 
 
 class LearningError(RuntimeError):
@@ -125,8 +141,8 @@ class LearningError(RuntimeError):
 def run_overrides(row: str, seed: int, extra: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     """Everything a run changes in ``params/default.yaml`` (recorded with its result)."""
     overrides = {**RECIPE, **ROW_OVERRIDES[row], **extra}
-    if row in ("sft_more", "ppo_more") and "sft.num_demos" in extra:  # --set scales row (b) too
-        overrides["sft.num_demos"] = SFT_MORE_FACTOR * int(extra["sft.num_demos"])
+    if row in DEMO_FACTOR and "sft.num_demos" in extra:  # --set scales rows (b), (e)-(g) too
+        overrides["sft.num_demos"] = int(DEMO_FACTOR[row] * int(extra["sft.num_demos"]))
     overrides.update({
         "seed": seed,
         "sft.demo_seed": int(overrides.get("sft.demo_seed", 12345)) + seed * DEMO_SEED_STRIDE,
@@ -505,7 +521,7 @@ def write_figure(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = {"ppo": "tab:blue", "grpo": "tab:orange", "ppo_more": "tab:purple"}
+    colors = {"ppo": "tab:blue", "grpo": "tab:orange", "ppo_more": "tab:purple", "ppo_mid": "tab:red"}
     for row in RL_ROWS:
         for key, style in (("val", "--"), ("test", "-")):
             band = curve_bands(doc["runs"], row, key)
@@ -515,7 +531,7 @@ def write_figure(doc: dict[str, Any], path: Path) -> None:
                     label=f"{ROW_LABELS[row]} {key} ({band['n_seeds']} seeds)")
             ax.fill_between(band["env_steps"], band["low"], band["high"], color=colors[row],
                             alpha=0.15 if key == "test" else 0.07)
-    for row, color in (("sft", "gray"), ("sft_more", "green")):
+    for row, color in (("sft", "gray"), ("sft_more", "green"), ("sft_mid", "brown")):
         stats = doc.get("rows", {}).get(row, {}).get("splits", {}).get("test")
         if stats:
             ax.axhline(stats["mean"], color=color, linestyle=":", label=f"{ROW_LABELS[row]} test")
