@@ -24,7 +24,8 @@ with the git commit, the run's config, minutes and env steps) and is never re-ru
 own resume) and an interrupted SFT from its last finished epoch (``run_sft``'s state file). Rows and seeds can run as separate processes: each
 process rewrites the results file under a lock, from what is there plus its own run.
 Last line: ``sft_test=... rl_test=... gain_points=... sft_ood=... rl_ood=... seeds=...
-minutes_per_seed=...`` (means over seeds; rl = the ppo row).
+minutes_per_seed=...`` for the route ending in ``HEADLINE_RL_ROW`` (row (b) -> row (g)), means over
+the seeds both rows have; every route is under ``routes`` in the results and in the README.
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ ROW_OVERRIDES["sft_mid"] = {
 }
 SHORT_RL_MINUTES = 20
 ROW_OVERRIDES["ppo_short"] = {**ROW_OVERRIDES["ppo_more"], "max_minutes": SHORT_RL_MINUTES}
+# The route the last line reports, fixed before its runs: row (b)'s start (chosen on val) and the
+# RL minutes the budget leaves (row (g)). Every route's figures are under "routes" in the results.
+HEADLINE_RL_ROW = "ppo_short"
 # the demos of the rows that clone more than row (a): this factor times row (a)'s (--set too)
 DEMO_FACTOR = {"sft_more": SFT_MORE_FACTOR, "ppo_more": SFT_MORE_FACTOR,
                "ppo_short": SFT_MORE_FACTOR, "sft_mid": SFT_MID_FACTOR}
@@ -250,7 +254,8 @@ def summarize(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "train_minutes": spread([run_minutes(r) for r in mine]),
             "env_steps": spread([r["env_steps"] for r in mine]),
         }
-    return {"rows": rows, "summary": summary_fields(rows, runs)}
+    routes = {rl: summary_fields(runs, RL_START[rl], rl) for rl in RL_ROWS}
+    return {"rows": rows, "routes": routes, "summary": routes[HEADLINE_RL_ROW]}
 
 
 def run_minutes(run: dict[str, Any]) -> float:
@@ -259,25 +264,35 @@ def run_minutes(run: dict[str, Any]) -> float:
     return run["train_minutes"] + run.get("warm_start", {}).get("demo_seconds", 0.0) / 60
 
 
-def _ood_mean(row: dict[str, Any]) -> float:
-    ood = [v["mean"] for k, v in row["splits"].items() if k.startswith("ood_")]
-    return statistics.fmean(ood) if ood else math.nan
-
-
-def summary_fields(rows: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def summary_fields(runs: dict[str, dict[str, Any]], sft_row: str, rl_row: str) -> dict[str, Any]:
+    """The route ``sft_row`` -> ``rl_row`` over the seeds both have (the SFT row's seeds while
+    the RL row has none): means of ``test`` and of the OOD splits' mean, the gain, and the
+    minutes of demos + SFT + RL a seed."""
     nan = math.nan
-    sft, rl = rows.get("sft"), rows.get("ppo")
-    sft_test = sft["splits"]["test"]["mean"] if sft else nan
-    rl_test = rl["splits"]["test"]["mean"] if rl else nan
-    per_seed = [run_minutes(runs[f"sft/seed{s}"]) + run_minutes(runs[f"ppo/seed{s}"])
-                for s in (rl["seeds"] if rl else []) if f"sft/seed{s}" in runs]
+
+    def seeds_of(row: str) -> list[int]:
+        return sorted(r["seed"] for r in runs.values() if r["row"] == row)
+
+    rl_seeds = [s for s in seeds_of(rl_row) if f"{sft_row}/seed{s}" in runs]
+    seeds = rl_seeds if seeds_of(rl_row) else seeds_of(sft_row)
+
+    def mean(row: str, ood: bool) -> float:
+        picked = [runs[f"{row}/seed{s}"]["splits"] for s in seeds if f"{row}/seed{s}" in runs]
+        values = [statistics.fmean(v["success"] for k, v in sp.items() if k.startswith("ood_"))
+                  if ood else sp["test"]["success"] for sp in picked]
+        return statistics.fmean(values) if values else nan
+
+    per_seed = [run_minutes(runs[f"{sft_row}/seed{s}"]) + run_minutes(runs[f"{rl_row}/seed{s}"])
+                for s in rl_seeds]
+    sft_test, rl_test = mean(sft_row, False), mean(rl_row, False)
     return {
+        "route": f"{sft_row} -> {rl_row}",
         "sft_test": sft_test,
         "rl_test": rl_test,
         "gain_points": 100 * (rl_test - sft_test),
-        "sft_ood": _ood_mean(sft) if sft else nan,
-        "rl_ood": _ood_mean(rl) if rl else nan,
-        "seeds": len(rl["seeds"]) if rl else 0,
+        "sft_ood": mean(sft_row, True),
+        "rl_ood": mean(rl_row, True),
+        "seeds": len(rl_seeds),
         "minutes_per_seed": statistics.fmean(per_seed) if per_seed else nan,
     }
 
@@ -471,6 +486,25 @@ def table_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def routes_markdown(doc: dict[str, Any]) -> str:
+    """Each SFT -> RL route over the seeds both rows have: means, gain and minutes a seed."""
+    def num(value: float, fmt: str) -> str:
+        return "–" if math.isnan(value) else format(value, fmt)
+
+    lines = ["| route | seeds | SFT `test` | RL `test` | gain (points) | SFT OOD mean | RL OOD mean "
+             "| minutes a seed (demos + SFT + RL) |", "|" + "---|" * 8]
+    for rl, route in doc.get("routes", {}).items():
+        if not route["seeds"]:
+            continue
+        name = f"{ROW_LABELS[RL_START[rl]].split(')')[0]}) -> {ROW_LABELS[rl].split(')')[0]})"
+        lines.append(
+            f"| {name}{' (last line)' if rl == HEADLINE_RL_ROW else ''} | {route['seeds']} | "
+            f"{num(route['sft_test'], '.3f')} | {num(route['rl_test'], '.3f')} | "
+            f"{num(route['gain_points'], '+.1f')} | {num(route['sft_ood'], '.3f')} | "
+            f"{num(route['rl_ood'], '.3f')} | {num(route['minutes_per_seed'], '.1f')} |")
+    return "\n".join(lines)
+
+
 def per_run_markdown(doc: dict[str, Any]) -> str:
     """Every run: successes / episodes and the 95% Wilson interval on each split."""
     head = "| run | " + " | ".join(f"`{s}`" for s in ("val", *SPLITS)) + " | updates | commit |"
@@ -495,7 +529,9 @@ def write_table(doc: dict[str, Any], readme: Path) -> None:
         raise LearningError(f"{readme} has no '{TABLE_START}' ... '{TABLE_END}' block; add one")
     before, rest = text.split(TABLE_START, 1)
     _, after = rest.split(TABLE_END, 1)
-    body = (table_markdown(doc) + f"\n\n{summary_line(doc['summary'])} (commit {doc.get('git_commit')})"
+    body = (table_markdown(doc) + "\n\nEach route, over the seeds both of its rows have:\n\n"
+            + routes_markdown(doc) + f"\n\nLast line, route {doc['summary']['route']}: "
+            f"`{summary_line(doc['summary'])}` (commit {doc.get('git_commit')})"
             + "\n\nPer run (successes / greedy episodes, 95% Wilson interval; `val` chose the RL "
             "checkpoint on its first 50 episodes during the run):\n\n" + per_run_markdown(doc))
     readme.write_text(f"{before}{TABLE_START}\n{body}\n{TABLE_END}{after}")

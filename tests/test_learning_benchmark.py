@@ -48,7 +48,7 @@ def test_summary_means_spreads_and_last_line():
     assert test["std"] == pytest.approx(0.1)  # sample std of 0.6, 0.7, 0.8
     assert (test["min"], test["max"], test["n_seeds"]) == (0.6, 0.8, 3)
     assert doc["rows"]["grpo"]["splits"]["test"]["std"] == 0.0  # one seed
-    s = doc["summary"]
+    s = doc["routes"]["ppo"]
     assert s["gain_points"] == pytest.approx(50.0)
     assert s["rl_ood"] == pytest.approx(0.35) and s["sft_ood"] == pytest.approx(0.1)
     assert s["minutes_per_seed"] == pytest.approx(45.0) and s["seeds"] == 3
@@ -61,7 +61,7 @@ def test_budget_minutes_count_the_demo_collection():
     for seed in range(3):  # SFT rows record demo collection apart from SFT's own minutes
         runs[f"sft/seed{seed}"]["warm_start"] = {"demo_seconds": 120.0, "seconds": 300.0}
     doc = learning.summarize(runs)
-    assert doc["summary"]["minutes_per_seed"] == pytest.approx(47.0)  # 2 + 5 + 40
+    assert doc["routes"]["ppo"]["minutes_per_seed"] == pytest.approx(47.0)  # 2 + 5 + 40
     assert doc["rows"]["sft"]["train_minutes"]["mean"] == pytest.approx(7.0)
     assert doc["rows"]["ppo"]["train_minutes"]["mean"] == pytest.approx(40.0)
 
@@ -80,8 +80,24 @@ def test_interrupted_sft_needs_resume_and_a_finished_one_is_reused(tmp_path):
 
 def test_summary_line_without_an_rl_row_says_not_available():
     runs = {"sft/seed0": fake_run("sft", 0, 0.2, 0.1)}
-    line = learning.summary_line(learning.summarize(runs)["summary"])
+    line = learning.summary_line(learning.summarize(runs)["routes"]["ppo"])
     assert "rl_test=n/a" in line and "seeds=0" in line and "sft_test=0.200" in line
+
+
+def test_last_line_reports_the_headline_route_over_matched_seeds():
+    """The last line is row (b) -> row (g); its SFT side counts only the seeds RL has run."""
+    runs = {f"sft_more/seed{s}": fake_run("sft_more", s, t, t / 2, minutes=60)
+            for s, t in enumerate((0.2, 0.3, 0.7))}
+    runs.update({f"ppo_short/seed{s}": fake_run("ppo_short", s, t, t / 2, minutes=25)
+                 for s, t in enumerate((0.6, 0.8))})
+    runs["ppo/seed0"] = fake_run("ppo", 0, 0.9, 0.5)  # another route: not in the last line
+    doc = learning.summarize(runs)
+    s = doc["summary"]
+    assert s == doc["routes"][learning.HEADLINE_RL_ROW] and s["route"] == "sft_more -> ppo_short"
+    assert s["sft_test"] == pytest.approx(0.25) and s["rl_test"] == pytest.approx(0.7)
+    assert s["gain_points"] == pytest.approx(45.0) and s["seeds"] == 2
+    assert s["minutes_per_seed"] == pytest.approx(85.0)
+    assert math.isnan(doc["routes"]["ppo"]["sft_test"])  # no row (a) seed to compare against
 
 
 def test_record_run_keeps_earlier_runs_and_recomputes(tmp_path):
@@ -170,11 +186,14 @@ def test_table_and_figure_from_the_results(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.endswith("\n\nafter\n")
     table = text.split(learning.TABLE_START)[1].split(learning.TABLE_END)[0]
-    lines = [ln for ln in table.splitlines() if ln.startswith("| (") and " seed " not in ln]
+    lines = [ln for ln in table.splitlines()
+             if ln.startswith("| (") and " seed " not in ln and " -> (" not in ln]
     assert [ln.split("|")[1].strip() for ln in lines] == ["(a) SFT", "(c) SFT -> PPO",
                                                         "(d) SFT -> GRPO"]
     assert "0.70 ± 0.10 [0.60, 0.80]" in lines[1] and "0.50 (1 seed)" in lines[2]
-    assert "gain_points=50.0" in table
+    assert "| (a) -> (c) | 3 | 0.200 | 0.700 | +50.0 | 0.100 | 0.350 | 45.0 |" in table
+    assert "| (a) -> (d) | 1 | 0.200 | 0.500 | +30.0 |" in table
+    assert "Last line, route sft_more -> ppo_short: `sft_test=n/a" in table
     runs = [ln for ln in table.splitlines() if " seed " in ln and ln.startswith("| (")]
     assert [ln.split("|")[1].strip() for ln in runs][:2] == ["(a) SFT seed 0", "(a) SFT seed 1"]
     assert len(runs) == 7 and "| 120/200 [0.00, 1.00] |" in runs[3]  # ppo seed 0's test
@@ -216,8 +235,8 @@ def test_learning_end_to_end_toy_size_and_resume_skips(tmp_path):
     assert ppo["overrides"]["sft_checkpoint"] == str(out / "sft_seed0" / "sft")
     assert doc["runs"]["sft/seed0"]["env_steps"] > 0
     last = done.stdout.strip().splitlines()[-1]
-    assert last.startswith("sft_test=") and "seeds=1" in last
-    assert not math.isnan(doc["summary"]["minutes_per_seed"])
+    assert last.startswith("sft_test=")  # the headline route (rows b, g) has no run here
+    assert doc["routes"]["ppo"]["seeds"] == 1 and not math.isnan(doc["routes"]["ppo"]["minutes_per_seed"])
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished before: skipped") == 2
