@@ -11,7 +11,8 @@ Rows (issue 13): ``sft`` (a) scripted demos on ``train`` -> behaviour cloning; `
 the binary reward, starting from row (a)'s SFT checkpoint of the same seed; ``ppo_more`` (e)
 PPO from row (b)'s (``RL_START``); ``sft_mid`` (f) SFT on ``SFT_MID_FACTOR`` times the demos in 2
 passes (a cheaper start, tried); ``ppo_short`` (g) row (e) with the RL minutes that fit row (b)'s
-start into the 90-minute budget (``SHORT_RL_MINUTES``). Seed ``s``
+start into the 90-minute budget (``SHORT_RL_MINUTES``); ``sft_match`` (h) row (g)'s control: SFT
+on row (b)'s demos plus as many more as row (g)'s RL consumed in env steps. Seed ``s``
 has its own demo seeds (``sft.demo_seed + s * DEMO_SEED_STRIDE``), SFT and RL run.
 Each run's config is ``params/default.yaml`` + ``RECIPE`` + the row's overrides + ``--set``,
 all recorded in the results. Model selection uses ``val`` only (``checkpoint_best``);
@@ -50,7 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ("sft", "sft_more", "ppo", "grpo", "ppo_more", "sft_mid", "ppo_short")
+ROWS = ("sft", "sft_more", "ppo", "grpo", "ppo_more", "sft_mid", "ppo_short", "sft_match")
 RL_ROWS = ("ppo", "grpo", "ppo_more", "ppo_short")
 # the SFT row whose policy of the same seed each RL row starts from
 RL_START = {"ppo": "sft", "grpo": "sft", "ppo_more": "sft_more",
@@ -63,6 +64,7 @@ ROW_LABELS = {
     "ppo_more": "(e) SFT on 5x the demos -> PPO",
     "sft_mid": "(f) SFT on 2.5x the demos",
     "ppo_short": "(g) SFT on 5x the demos -> PPO, 20 minutes",
+    "sft_match": "(h) SFT on (b)'s demos + (g)'s RL steps in demos",
 }
 SFT_MORE_FACTOR = 5
 SFT_MID_FACTOR = 2.5
@@ -136,12 +138,19 @@ ROW_OVERRIDES["sft_mid"] = {
 }
 SHORT_RL_MINUTES = 20
 ROW_OVERRIDES["ppo_short"] = {**ROW_OVERRIDES["ppo_more"], "max_minutes": SHORT_RL_MINUTES}
+# Row (h), the issue's "more demonstrations" baseline for route (b) -> (g): row (g)'s RL took
+# 64-67k env steps a seed and row (b)'s demos average 59.2 steps, so 1,200 more demos (~71k
+# steps) in the same 2 passes. Demo k starts from reset seed demo_seed + k, so the first 5,000
+# are row (b)'s own.
+SFT_MATCH_DEMOS = SFT_MORE_FACTOR * RECIPE["sft.num_demos"] + 1200
+ROW_OVERRIDES["sft_match"] = {"sft.num_demos": SFT_MATCH_DEMOS, "sft.epochs": SFT_MORE_PASSES}
 # The route the last line reports, fixed before its runs: row (b)'s start (chosen on val) and the
 # RL minutes the budget leaves (row (g)). Every route's figures are under "routes" in the results.
 HEADLINE_RL_ROW = "ppo_short"
 # the demos of the rows that clone more than row (a): this factor times row (a)'s (--set too)
 DEMO_FACTOR = {"sft_more": SFT_MORE_FACTOR, "ppo_more": SFT_MORE_FACTOR,
-               "ppo_short": SFT_MORE_FACTOR, "sft_mid": SFT_MID_FACTOR}
+               "ppo_short": SFT_MORE_FACTOR, "sft_mid": SFT_MID_FACTOR,
+               "sft_match": SFT_MATCH_DEMOS / RECIPE["sft.num_demos"]}
 
 
 class LearningError(RuntimeError):
@@ -574,7 +583,8 @@ def write_figure(doc: dict[str, Any], path: Path) -> None:
                     label=f"{ROW_LABELS[row]} {key} ({band['n_seeds']} seeds)")
             ax.fill_between(band["env_steps"], band["low"], band["high"], color=colors[row],
                             alpha=0.15 if key == "test" else 0.07)
-    for row, color in (("sft", "gray"), ("sft_more", "green"), ("sft_mid", "brown")):
+    for row, color in (("sft", "gray"), ("sft_more", "green"), ("sft_mid", "brown"),
+                       ("sft_match", "olive")):
         stats = doc.get("rows", {}).get(row, {}).get("splits", {}).get("test")
         if stats:
             ax.axhline(stats["mean"], color=color, linestyle=":", label=f"{ROW_LABELS[row]} test")

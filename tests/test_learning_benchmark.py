@@ -133,6 +133,9 @@ def test_run_overrides_give_each_seed_its_own_demos_and_row_b_five_times_more(tm
     assert a0["sft.num_demos"] * learning.SFT_MORE_FACTOR <= learning.DEMO_SEED_STRIDE
     assert b1["sft.num_demos"] == 35 and b1["sft.demo_seed"] == a1["sft.demo_seed"]
     assert b1["sft.epochs"] == learning.SFT_MORE_PASSES < a0["sft.epochs"]
+    h1 = learning.run_overrides("sft_match", 1, {}, tmp_path)  # (b)'s demos and 1,200 more
+    assert h1["sft.num_demos"] == 6200 and h1["sft.demo_seed"] == b1["sft.demo_seed"]
+    assert learning.run_overrides("sft_match", 1, {"sft.num_demos": 10}, tmp_path)["sft.num_demos"] == 62
     assert a0["rollout.env_id"] == "PickPlace-CRANE-X7" and a0["rollout.max_steps"] >= 100
     cfg, _ = learning.build_config("grpo", 2, {}, tmp_path)
     assert cfg.ppo.algorithm == "grpo" and cfg.seed == 2
