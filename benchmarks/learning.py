@@ -572,7 +572,7 @@ def write_figure(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10.5, 4.4))
     colors = {"ppo": "tab:blue", "grpo": "tab:orange", "ppo_more": "tab:purple", "ppo_short": "tab:red"}
     for row in RL_ROWS:
         for key, style in (("val", "--"), ("test", "-")):
@@ -592,7 +592,7 @@ def write_figure(doc: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("greedy success")
     ax.set_ylim(0, 1)
     ax.set_title(f"{TASK}: held-out success (mean over seeds, band min-max)")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
