@@ -126,10 +126,10 @@ ROW_OVERRIDES: dict[str, dict[str, Any]] = {
 ROW_OVERRIDES["ppo_more"] = {**ROW_OVERRIDES["sft_more"], "ppo.algorithm": "ppo"}
 # Route (b) -> (e) met the +30-point floor (+51, +58, +41) but took ~117 minutes a seed (demos 16
 # + SFT 47 + RL 52), over the issue's 90. Row (f), a cheaper start: half of row (b)'s demos in
-# the same 2 passes (demos 9 + SFT 16 minutes) scored val 2/100 on seed 0 (test 1/200), below
+# the same 2 passes (demos 9 + SFT 25 minutes) scored val 2/100 on seed 0 (test 1/200), below
 # row (a): the SFT samples (2,500 x 2 against row (b)'s 5,000 x 2), not only the scenes, make
 # the start. Row (g) keeps row (b)'s start and gives RL what is left of 90 minutes: row (b)'s
-# slowest seed took 66.4 minutes and RL overruns max_minutes by ~2.5 (its last update and
+# slowest seed took 66.4 minutes and RL overruns max_minutes by ~3 (its last update and
 # evaluation), so 20 minutes; row (e)'s val at update 40 (~18 minutes) read 0.76, 0.68, 0.56
 # against 0.30, 0.32, 0.40 at update 0.
 ROW_OVERRIDES["sft_mid"] = {
