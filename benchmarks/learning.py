@@ -12,7 +12,8 @@ the binary reward, starting from row (a)'s SFT checkpoint of the same seed; ``pp
 PPO from row (b)'s (``RL_START``); ``sft_mid`` (f) SFT on ``SFT_MID_FACTOR`` times the demos in 2
 passes (a cheaper start, tried); ``ppo_short`` (g) row (e) with the RL minutes that fit row (b)'s
 start into the 90-minute budget (``SHORT_RL_MINUTES``); ``sft_match`` (h) row (g)'s control: SFT
-on row (b)'s demos plus as many more as row (g)'s RL consumed in env steps. Seed ``s``
+on row (b)'s demos plus as many more as row (g)'s RL consumed in env steps; ``grpo_short`` (i)
+row (g) with GRPO. Seed ``s``
 has its own demo seeds (``sft.demo_seed + s * DEMO_SEED_STRIDE``), SFT and RL run.
 Each run's config is ``params/default.yaml`` + ``RECIPE`` + the row's overrides + ``--set``,
 all recorded in the results. Model selection uses ``val`` only (``checkpoint_best``);
@@ -51,11 +52,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ("sft", "sft_more", "ppo", "grpo", "ppo_more", "sft_mid", "ppo_short", "sft_match")
-RL_ROWS = ("ppo", "grpo", "ppo_more", "ppo_short")
+ROWS = ("sft", "sft_more", "ppo", "grpo", "ppo_more", "sft_mid", "ppo_short", "sft_match",
+        "grpo_short")
+RL_ROWS = ("ppo", "grpo", "ppo_more", "ppo_short", "grpo_short")
 # the SFT row whose policy of the same seed each RL row starts from
 RL_START = {"ppo": "sft", "grpo": "sft", "ppo_more": "sft_more",
-            "ppo_short": "sft_more"}
+            "ppo_short": "sft_more", "grpo_short": "sft_more"}
 ROW_LABELS = {
     "sft": "(a) SFT",
     "sft_more": "(b) SFT on 5x the demos",
@@ -65,6 +67,7 @@ ROW_LABELS = {
     "sft_mid": "(f) SFT on 2.5x the demos",
     "ppo_short": "(g) SFT on 5x the demos -> PPO, 20 minutes",
     "sft_match": "(h) SFT on (b)'s demos + (g)'s RL steps in demos",
+    "grpo_short": "(i) SFT on 5x the demos -> GRPO, 20 minutes",
 }
 SFT_MORE_FACTOR = 5
 SFT_MID_FACTOR = 2.5
@@ -144,12 +147,17 @@ ROW_OVERRIDES["ppo_short"] = {**ROW_OVERRIDES["ppo_more"], "max_minutes": SHORT_
 # are row (b)'s own.
 SFT_MATCH_DEMOS = SFT_MORE_FACTOR * RECIPE["sft.num_demos"] + 1200
 ROW_OVERRIDES["sft_match"] = {"sft.num_demos": SFT_MATCH_DEMOS, "sft.epochs": SFT_MORE_PASSES}
+# Row (i), PPO vs GRPO re-run from the start where the binary reward fires: row (d) started from
+# row (a)'s policy (val 0.01-0.18), where most GRPO groups fail in all 4 rollouts and so carry
+# zero advantage. Row (i) is row (g) with GRPO: row (b)'s start, the same 20 minutes.
+ROW_OVERRIDES["grpo_short"] = {**ROW_OVERRIDES["ppo_short"], "ppo.algorithm": "grpo"}
 # The route the last line reports, fixed before its runs: row (b)'s start (chosen on val) and the
 # RL minutes the budget leaves (row (g)). Every route's figures are under "routes" in the results.
 HEADLINE_RL_ROW = "ppo_short"
 # the demos of the rows that clone more than row (a): this factor times row (a)'s (--set too)
 DEMO_FACTOR = {"sft_more": SFT_MORE_FACTOR, "ppo_more": SFT_MORE_FACTOR,
-               "ppo_short": SFT_MORE_FACTOR, "sft_mid": SFT_MID_FACTOR,
+               "ppo_short": SFT_MORE_FACTOR, "grpo_short": SFT_MORE_FACTOR,
+               "sft_mid": SFT_MID_FACTOR,
                "sft_match": SFT_MATCH_DEMOS / RECIPE["sft.num_demos"]}
 
 
@@ -573,7 +581,8 @@ def write_figure(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10.5, 4.4))
-    colors = {"ppo": "tab:blue", "grpo": "tab:orange", "ppo_more": "tab:purple", "ppo_short": "tab:red"}
+    colors = {"ppo": "tab:blue", "grpo": "tab:orange", "ppo_more": "tab:purple", "ppo_short": "tab:red",
+              "grpo_short": "tab:pink"}
     for row in RL_ROWS:
         for key, style in (("val", "--"), ("test", "-")):
             band = curve_bands(doc["runs"], row, key)

@@ -142,11 +142,11 @@ def test_run_overrides_give_each_seed_its_own_demos_and_row_b_five_times_more(tm
 
 
 def test_each_rl_row_starts_from_its_sft_row(tmp_path, monkeypatch):
-    """(c) and (d) start from row (a)'s policy of the seed, (e) and (g) from row (b)'s."""
+    """(c) and (d) start from row (a)'s policy of the seed, (e), (g) and (i) from row (b)'s."""
     from vla_rl_lib.training import trainer as trainer_module
 
     assert learning.RL_START == {"ppo": "sft", "grpo": "sft", "ppo_more": "sft_more",
-                                 "ppo_short": "sft_more"}
+                                 "ppo_short": "sft_more", "grpo_short": "sft_more"}
     ensured, built = [], []
 
     class Stop(Exception):
@@ -162,14 +162,16 @@ def test_each_rl_row_starts_from_its_sft_row(tmp_path, monkeypatch):
     for row in learning.RL_ROWS:
         with pytest.raises(Stop):
             learning.run_rl_row(row, 1, {}, tmp_path, False, 2, 1, "best")
-    assert ensured == [("sft", 1), ("sft", 1), ("sft_more", 1), ("sft_more", 1)]
+    assert ensured == [("sft", 1), ("sft", 1), ("sft_more", 1), ("sft_more", 1), ("sft_more", 1)]
     assert [c.sft_checkpoint for c in built] == [
         str(tmp_path / "sft_seed1" / "sft"), str(tmp_path / "sft_seed1" / "sft"),
-        str(tmp_path / "sft_more_seed1" / "sft"), str(tmp_path / "sft_more_seed1" / "sft")]
-    assert [c.ppo.algorithm for c in built] == ["ppo", "grpo", "ppo", "ppo"]
+        str(tmp_path / "sft_more_seed1" / "sft"), str(tmp_path / "sft_more_seed1" / "sft"),
+        str(tmp_path / "sft_more_seed1" / "sft")]
+    assert [c.ppo.algorithm for c in built] == ["ppo", "grpo", "ppo", "ppo", "grpo"]
     assert built[2].sft.num_demos == learning.SFT_MORE_FACTOR * built[0].sft.num_demos
     assert built[3].sft.num_demos == built[2].sft.num_demos and built[3].sft.epochs == built[2].sft.epochs
     assert built[3].max_minutes == learning.SHORT_RL_MINUTES < built[2].max_minutes
+    assert built[4].max_minutes == built[3].max_minutes and built[4].sft.num_demos == built[3].sft.num_demos
 
 
 def test_bad_set_is_one_line_error(capsys, tmp_path):
