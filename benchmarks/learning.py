@@ -147,6 +147,7 @@ ROW_OVERRIDES["ppo_short"] = {**ROW_OVERRIDES["ppo_more"], "max_minutes": SHORT_
 # are row (b)'s own.
 SFT_MATCH_DEMOS = SFT_MORE_FACTOR * RECIPE["sft.num_demos"] + 1200
 ROW_OVERRIDES["sft_match"] = {"sft.num_demos": SFT_MATCH_DEMOS, "sft.epochs": SFT_MORE_PASSES}
+# Measured (README, ninth session): test 0.47, 0.53 and 0.025 against row (g)'s 0.595, 0.645, 0.51.
 # Row (i), PPO vs GRPO re-run from the start where the binary reward fires: row (d) started from
 # row (a)'s policy (val 0.01-0.18), where most GRPO groups fail in all 4 rollouts and so carry
 # zero advantage. Row (i) is row (g) with GRPO: row (b)'s start, the same 20 minutes.
@@ -573,6 +574,10 @@ def curve_bands(runs: dict[str, Any], row: str, key: str) -> dict[str, list[floa
     }
 
 
+def seeds_text(n: int) -> str:
+    return f"{n} seed" + ("s" if n != 1 else "")
+
+
 def write_figure(doc: dict[str, Any], path: Path) -> None:
     """val and test success against env steps per RL row: mean over seeds, min-max band."""
     import matplotlib
@@ -589,7 +594,7 @@ def write_figure(doc: dict[str, Any], path: Path) -> None:
             if band is None:
                 continue
             ax.plot(band["env_steps"], band["mean"], style, color=colors[row],
-                    label=f"{ROW_LABELS[row]} {key} ({band['n_seeds']} seeds)")
+                    label=f"{ROW_LABELS[row]} {key} ({seeds_text(band['n_seeds'])})")
             ax.fill_between(band["env_steps"], band["low"], band["high"], color=colors[row],
                             alpha=0.15 if key == "test" else 0.07)
     for row, color in (("sft", "gray"), ("sft_more", "green"), ("sft_mid", "brown"),
